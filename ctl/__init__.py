@@ -1,0 +1,1 @@
+"""dario-ctl: the control client library and CLI."""

@@ -1,0 +1,3 @@
+"""dario daemon: everything that runs inside dariod."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Upstream adapters: one module per kind of upstream."""

@@ -1,0 +1,1 @@
+"""dario-tray: the tray applet, a plain client of the control API."""
