@@ -1,0 +1,385 @@
+"""dario-ctl: the command line for a running dariod.
+
+It talks only to the daemon's control API (through `dario.ctl.client`) and never touches the
+keyring: the daemon owns the secrets. Exit codes: 0 ok, 1 failed, 2 usage error,
+3 daemon not running, 130 interrupted.
+
+Startup is kept short on purpose (it runs in shell prompts and scripts): the control client,
+rich, orjson and the views are imported inside the commands that need them, so `--help` and
+usage errors cost little more than argparse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dario.daemon import __version__
+from dario.daemon.controlapi import ACCOUNT_KINDS
+
+if TYPE_CHECKING:
+    from dario.ctl.client import ControlClient
+    from rich.console import Console
+
+PROG = "dario-ctl"
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+EXIT_INTERRUPTED = 130
+USAGE_WINDOWS = ("1h", "24h", "7d")
+
+
+class UsageError(Exception):
+    """Arguments argparse accepted but the command cannot use (exit 2)."""
+
+
+class CommandFailed(Exception):
+    """A local failure with a message for the user (exit 1)."""
+
+
+# -- plumbing --------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> ControlClient:
+    from dario.ctl.client import ControlClient
+
+    # None lets the client fall back to DARIO_SOCKET, then the platform default.
+    return ControlClient(Path(args.socket) if args.socket else None)
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console()
+
+
+def _say(console: Console, message: str, style: str | None = None) -> None:
+    # Messages embed daemon-supplied names: print them literally, never as markup.
+    console.print(message, style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_json(data: Any) -> None:
+    import orjson
+
+    # Plain stdout, not rich: the output must be exactly the JSON, with no wrapping or colour.
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- commands --------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _client(args).status()
+    if args.json:
+        _print_json(status)
+        return EXIT_OK
+    from dario.ctl.views import render_status
+
+    render_status(status, _console())
+    return EXIT_OK
+
+
+def _read_secret(alias: str, client: ControlClient) -> str:
+    stdin = sys.stdin
+    if stdin is None:
+        return ""
+    if stdin.isatty():
+        # Fail before the prompt, not after the user has pasted a key nobody can take.
+        client.status()
+        import getpass
+
+        try:
+            return getpass.getpass(f"API key for {alias} (input hidden): ").strip()
+        except EOFError:
+            return ""
+    return stdin.read().strip()
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    from dario.ctl.client import ControlAPIError
+
+    client = _client(args)
+    secret = _read_secret(args.alias, client)
+    if not secret:
+        raise UsageError("no API key given: type it at the prompt, or pipe it on stdin")
+    try:
+        account = client.login(args.alias, secret, kind=args.kind, base_url=args.base_url)
+    except ControlAPIError as exc:
+        # The daemon should never echo the key back; scrub it anyway before it reaches a terminal.
+        if secret in exc.message:
+            raise ControlAPIError(exc.status, exc.type, exc.message.replace(secret, "<secret>")) from None
+        raise
+    console = _console()
+    _say(console, f"Logged in as {account['alias']} ({account['kind']}, {account['base_url']})", "green")
+    if account.get("status") not in (None, "ok"):
+        reason = f" ({account['reason']})" if account.get("reason") else ""
+        _say(console, f"status: {account['status']}{reason}")
+    return EXIT_OK
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    _client(args).logout(args.alias)
+    _say(_console(), f"Logged out {args.alias}: removed from the pool and the keyring")
+    return EXIT_OK
+
+
+def cmd_accounts_list(args: argparse.Namespace) -> int:
+    accounts = _client(args).accounts()
+    if args.json:
+        # The daemon's envelope, as it sent it (the client unwraps the list).
+        _print_json({"accounts": accounts})
+        return EXIT_OK
+    from dario.ctl.views import render_accounts
+
+    render_accounts(accounts, _console())
+    return EXIT_OK
+
+
+def cmd_accounts_prefer(args: argparse.Namespace) -> int:
+    preferred = _client(args).prefer(None if args.none else args.alias)
+    if preferred:
+        _say(_console(), f"Preferred account: {preferred} (used first while it has headroom)")
+    else:
+        _say(_console(), "No preferred account: routing by headroom alone")
+    return EXIT_OK
+
+
+def cmd_accounts_enable(args: argparse.Namespace) -> int:
+    account = _client(args).enable(args.alias)
+    _say(_console(), f"Enabled {account['alias']} (status: {account['status']})")
+    return EXIT_OK
+
+
+def cmd_accounts_disable(args: argparse.Namespace) -> int:
+    account = _client(args).disable(args.alias)
+    _say(_console(), f"Disabled {account['alias']}: it takes no new requests until enabled")
+    return EXIT_OK
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    results = _client(args).refresh(args.alias)
+    from dario.ctl.views import render_refresh
+
+    render_refresh(results, _console())
+    # Scripts can tell a refresh that found a dead key from one that found all well.
+    return EXIT_OK if all(r.get("ok") for r in results) else EXIT_FAILED
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    usage = _client(args).usage(args.window)
+    if args.json:
+        _print_json(usage)
+        return EXIT_OK
+    from dario.ctl.usage_view import render_usage
+
+    render_usage(usage, _console())
+    return EXIT_OK
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    key = _client(args).create_key(args.name)
+    if args.json:
+        _print_json({"name": args.name, "key": key})
+        return EXIT_OK
+    console = _console()
+    _say(console, f"Created client key {args.name}:")
+    _say(console, key, "bold")
+    _say(console, "Copy it now: it is not shown again (dario keeps only a hash).", "yellow")
+    return EXIT_OK
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    keys = _client(args).keys()
+    if args.json:
+        _print_json({"keys": keys})
+        return EXIT_OK
+    from dario.ctl.views import render_keys
+
+    render_keys(keys, _console())
+    return EXIT_OK
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    _client(args).revoke_key(args.name)
+    _say(_console(), f"Revoked client key {args.name}")
+    return EXIT_OK
+
+
+def cmd_autostart(args: argparse.Namespace) -> int:
+    from dario.ctl import autostart
+
+    try:
+        if args.action == "enable":
+            report = autostart.enable(dry_run=args.dry_run)
+        elif args.action == "disable":
+            report = autostart.disable(dry_run=args.dry_run)
+        else:
+            report = autostart.status()  # only reads: --dry-run is accepted and has nothing to skip
+    except OSError as exc:  # e.g. the unit/agent folder is not writable
+        raise CommandFailed(f"autostart {args.action} failed: {exc}") from exc
+    console = _console()
+    for line in report.lines:
+        _say(console, line)
+    if not report.lines:
+        state = "enabled" if report.enabled else "disabled"
+        _say(console, f"autostart is {state}" + ("" if report.changed else " (no change)"))
+    return EXIT_OK
+
+
+# -- parser ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --socket is accepted before or after the command; SUPPRESS keeps a subcommand that was
+    # not given it from overwriting a value given before the command.
+    socket_opt = argparse.ArgumentParser(add_help=False)
+    socket_opt.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Control a running dariod: accounts, status, usage, client keys.",
+        epilog="Exit codes: 0 ok, 1 failed, 2 usage error, 3 dariod not running.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=None,
+        help="control socket (default: $DARIO_SOCKET, else <runtime dir>/dario/ctl.sock)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(
+        parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str, func: Any
+    ) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help, description=help, parents=[socket_opt])
+        p.set_defaults(func=func, parser=p)
+        return p
+
+    def json_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="print the daemon's JSON answer as is")
+
+    def alias_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("alias", metavar="ALIAS")
+
+    json_flag(add(sub, "status", "show the daemon, the pool and each account", cmd_status))
+
+    p = add(sub, "login", "add an account, or replace its key (hidden prompt, or stdin)", cmd_login)
+    p.add_argument("alias", nargs="?", default="default", metavar="ALIAS", help="default: default")
+    p.add_argument("--kind", choices=ACCOUNT_KINDS, default="anthropic", help="upstream (default: anthropic)")
+    p.add_argument("--base-url", metavar="URL", default=None, help="upstream base URL (default: per kind)")
+
+    alias_arg(add(sub, "logout", "remove an account and its key", cmd_logout))
+
+    p = add(sub, "accounts", "list and manage accounts", None)
+    acc = p.add_subparsers(dest="accounts_command", metavar="ACTION", required=True)
+    json_flag(add(acc, "list", "list accounts", cmd_accounts_list))
+    alias_arg(add(acc, "remove", "remove an account and its key", cmd_logout))
+    p = add(acc, "prefer", "use an account first while it has headroom", cmd_accounts_prefer)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("alias", nargs="?", metavar="ALIAS")
+    group.add_argument("--none", action="store_true", help="clear the preference")
+    alias_arg(add(acc, "enable", "put an account back in rotation", cmd_accounts_enable))
+    alias_arg(add(acc, "disable", "take an account out of rotation", cmd_accounts_disable))
+
+    p = add(sub, "refresh", "re-check accounts' keys and limits upstream", cmd_refresh)
+    p.add_argument("alias", nargs="?", default=None, metavar="ALIAS", help="only this account (default: all)")
+
+    p = add(sub, "usage", "show usage over a window", cmd_usage)
+    p.add_argument("--window", choices=USAGE_WINDOWS, default="24h", help="time window (default: 24h)")
+    json_flag(p)
+
+    p = add(sub, "keys", "manage client keys for the gateway", None)
+    keys = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    p = add(keys, "create", "create a client key (shown once)", cmd_keys_create)
+    p.add_argument("name", metavar="NAME")
+    json_flag(p)
+    json_flag(add(keys, "list", "list client keys", cmd_keys_list))
+    add(keys, "revoke", "revoke a client key", cmd_keys_revoke).add_argument("name", metavar="NAME")
+
+    p = add(sub, "autostart", "start dariod at login", cmd_autostart)
+    p.add_argument("action", choices=("enable", "disable", "status"))
+    p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
+    return parser
+
+
+# -- entry point -----------------------------------------------------------------------
+
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return EXIT_OK
+    return code if isinstance(code, int) else EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help/--version exit 0, bad usage 2: return it rather than exit
+        return _exit_code(exc.code)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+    # Imported here, not at the top, so --help and usage errors stay cheap.
+    from http.client import HTTPException
+
+    import orjson
+    from dario.ctl.client import ControlAPIError, DaemonNotRunning
+
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        args.parser.print_usage(sys.stderr)
+        _err(f"{args.parser.prog}: error: {exc}")
+        return EXIT_USAGE
+    except DaemonNotRunning as exc:
+        _err(str(exc))
+        return EXIT_NOT_RUNNING
+    except ControlAPIError as exc:
+        _err(f"error: {exc.message}")
+        return EXIT_FAILED
+    except CommandFailed as exc:
+        _err(f"error: {exc}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        if sys.stderr.isatty():
+            _err("")  # end the line the ^C echo left open
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`dario-ctl ... | head`): point stdout at /dev/null so the
+        # interpreter's final flush does not raise again, and leave quietly.
+        import os
+
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass  # stdout has no file descriptor (embedded or captured): nothing to quiet
+        return EXIT_FAILED
+    except TimeoutError:
+        _err(f"error: dariod did not answer in time (socket {_socket_for_messages(args)})")
+        return EXIT_FAILED
+    except (OSError, HTTPException, orjson.JSONDecodeError) as exc:
+        _err(f"error: could not talk to dariod on {_socket_for_messages(args)}: {exc}")
+        return EXIT_FAILED
+
+
+def _socket_for_messages(args: argparse.Namespace) -> str:
+    if args.socket:
+        return str(args.socket)
+    from dario.daemon import paths
+
+    return str(paths.socket_path())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

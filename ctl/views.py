@@ -1,0 +1,276 @@
+"""How `dario-ctl` shows the control API's answers: pure functions of data and a rich Console.
+
+rich is imported inside the render functions, so the small text helpers below stay cheap to
+import (the tray can reuse them without paying for rich's console machinery).
+Daemon-supplied strings (aliases, reasons, names) always go in as `Text`, never as markup:
+an alias like "[red]x" must print as typed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dario.daemon.controlapi import AccountView, ClientKeyView, RefreshResult, Status, WindowView
+    from rich.console import Console
+
+LOGIN_HINT = "No accounts yet. Add one with: dario-ctl login"
+KEYS_HINT = "No client keys. Create one with: dario-ctl keys create NAME"
+UNKNOWN = "—"
+
+STATUS_STYLES: dict[str, str] = {
+    "ok": "green",
+    "cooling": "yellow",  # amber: it comes back on its own
+    "exhausted": "red",
+    "needs_login": "bold red",
+    "disabled": "dim",
+}
+HEALTH_STYLES: dict[str, str] = {"ok": "green", "degraded": "yellow", "exhausted": "red", "empty": "red"}
+# Short labels keep the windows column narrow enough for an 80-column terminal.
+WINDOW_LABELS: dict[str, str] = {
+    "requests": "req",
+    "tokens": "tok",
+    "input-tokens": "in",
+    "output-tokens": "out",
+}
+
+
+# -- text helpers ----------------------------------------------------------------------
+
+
+def human_duration(seconds: float) -> str:
+    """`38 s`, `5 min 3 s`, `3 h 12 min`, `2 d 4 h`: the two most significant units."""
+    if not math.isfinite(seconds):
+        return UNKNOWN
+    s = max(0, round(seconds))  # a time already past reads as 0 s; callers phrase "ago" themselves
+    if s < 60:
+        return f"{s} s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m} min {s} s" if s else f"{m} min"
+    h, m = divmod(m, 60)
+    if h < 24:
+        return f"{h} h {m} min" if m else f"{h} h"
+    d, h = divmod(h, 24)
+    return f"{d} d {h} h" if h else f"{d} d"
+
+
+def relative_time(epoch: float, now: float) -> str:
+    """`in 38 s`, `5 min ago`, or `now` (within a second either way)."""
+    delta = epoch - now
+    if abs(delta) < 1:
+        return "now"
+    return f"in {human_duration(delta)}" if delta > 0 else f"{human_duration(-delta)} ago"
+
+
+def compact_count(n: float | None) -> str:
+    """`950`, `1.2k`, `190k`, `1.2M`; `?` when unknown."""
+    if n is None or not math.isfinite(n):
+        return "?"
+    sign = "-" if n < 0 else ""
+    value = abs(float(n))
+    units = ("", "k", "M", "G", "T")
+    i = 0
+    # 999.5 rather than 1000, so 999_700 reads "1M" rather than "1000k".
+    while value >= 999.5 and i < len(units) - 1:
+        value /= 1000
+        i += 1
+    if i == 0:
+        return f"{sign}{round(value)}"
+    text = f"{value:.1f}" if value < 9.95 else f"{value:.0f}"
+    return sign + text.removesuffix(".0") + units[i]
+
+
+def headroom_bar(fraction: float | None, width: int = 10) -> str:
+    """`████████░░ 83%`, or `—` when the daemon has not seen the account's limits yet."""
+    if fraction is None or not math.isfinite(fraction):
+        return UNKNOWN
+    f = min(1.0, max(0.0, fraction))
+    filled = round(f * width)
+    return "█" * filled + "░" * (width - filled) + f" {round(f * 100)}%"
+
+
+def windows_summary(windows: Mapping[str, WindowView]) -> str:
+    """`req 49/50 · out 190k/200k`: remaining/limit per known rate-limit window."""
+    order = [k for k in WINDOW_LABELS if k in windows] + sorted(k for k in windows if k not in WINDOW_LABELS)
+    parts = []
+    for key in order:
+        w = windows[key]
+        limit, remaining = w.get("limit"), w.get("remaining")
+        if limit is None and remaining is None:
+            continue
+        parts.append(f"{WINDOW_LABELS.get(key, key)} {compact_count(remaining)}/{compact_count(limit)}")
+    return " · ".join(parts) or UNKNOWN
+
+
+def account_note(account: AccountView, now: float) -> str:
+    """Why an account is not serving, and when that ends, in words."""
+    return " · ".join(_note_bits(account, now))
+
+
+def _note_bits(account: AccountView, now: float) -> list[str]:
+    if account.get("status") == "ok":
+        return []
+    bits: list[str] = []
+    if account.get("reason"):
+        bits.append(str(account["reason"]))
+    until = account.get("until")
+    if until is not None:
+        # A reset already due reads "resets now": the daemon clears it on its next check.
+        bits.append(f"resets in {human_duration(until - now)}" if until - now >= 1 else "resets now")
+    return bits
+
+
+def account_hint(account: AccountView) -> str | None:
+    """The command that fixes an account the user has to act on, if any."""
+    alias = account.get("alias", "")
+    if account.get("status") == "needs_login":
+        return f"{alias} needs a working key: dario-ctl login {alias}"
+    if account.get("status") == "disabled":
+        return f"{alias} is disabled: dario-ctl accounts enable {alias}"
+    return None
+
+
+def _headroom_style(fraction: float | None) -> str:
+    if fraction is None:
+        return "dim"
+    if fraction >= 0.5:
+        return "green"
+    return "yellow" if fraction >= 0.2 else "red"
+
+
+# -- renderers -------------------------------------------------------------------------
+
+
+def render_accounts(accounts: Sequence[AccountView], console: Console, now: float | None = None) -> None:
+    """The pool as a table (then the command that fixes any account needing the user); with no
+    accounts, the hint to add one."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    if not accounts:
+        console.print(Text(LOGIN_HINT, style="yellow"))
+        return
+    now = time.time() if now is None else now
+    # No vertical rules: the columns need every character an 80-column terminal has.
+    table = Table(
+        box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, header_style="bold"
+    )
+    # Short facts never wrap; the two free-text columns wrap between words, never mid-word.
+    table.add_column("Account", no_wrap=True)
+    table.add_column("Kind", no_wrap=True)
+    table.add_column("Status", no_wrap=True)
+    table.add_column("Headroom", no_wrap=True)
+    table.add_column("Windows", min_width=9)
+    table.add_column("In-flight", justify="right", no_wrap=True)
+    notes = ["\n".join(_note_bits(a, now)) for a in accounts]
+    if any(notes):  # a healthy pool gives the room to the windows instead
+        table.add_column("Note", min_width=12)
+    # A narrow terminal gets a shorter bar rather than a squeezed table.
+    bar_width = 10 if console.width >= 100 else 5
+    hints: list[str] = []
+    for a, note in zip(accounts, notes, strict=True):
+        status = str(a.get("status", "?"))
+        alias = Text(str(a.get("alias", "?")), style="bold" if a.get("preferred") else "")
+        if a.get("preferred"):
+            alias.append(" ★", style="yellow")
+        headroom = a.get("headroom")
+        cells = [
+            alias,
+            Text(str(a.get("kind", ""))),
+            Text(status, style=STATUS_STYLES.get(status, "")),
+            Text(headroom_bar(headroom, bar_width), style=_headroom_style(headroom)),
+            Text(windows_summary(a.get("windows") or {})),
+            Text(str(a.get("in_flight", 0))),
+        ]
+        if any(notes):
+            # One fact per line: a narrow column then breaks between facts, not inside them.
+            cells.append(Text(note))
+        # A disabled account is out of the rotation on purpose: keep it visible but quiet.
+        table.add_row(*cells, style="dim" if status == "disabled" else None)
+        hint = account_hint(a)
+        if hint:
+            hints.append(hint)
+    console.print(table)
+    for hint in hints:
+        console.print(Text(hint, style="yellow"), soft_wrap=True)
+
+
+def render_status(status: Status, console: Console, now: float | None = None) -> None:
+    """Daemon header (version, uptime, addresses, pool health), then the accounts table."""
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    now = time.time() if now is None else now
+    pool = status.get("pool") or {}
+    health = str(pool.get("health", "?"))
+
+    pool_line = Text(health, style=HEALTH_STYLES.get(health, ""))
+    pool_line.append(f" · {pool.get('available', 0)} of {pool.get('total', 0)} accounts available")
+    if pool.get("queue_depth"):
+        pool_line.append(f" · {pool['queue_depth']} queued", style="yellow")
+    earliest = pool.get("earliest_reset")
+    if earliest is not None and health != "ok":
+        pool_line.append(f" · next reset {relative_time(earliest, now)}")
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    grid.add_row("Version", Text(f"{status.get('version', '?')} (pid {status.get('pid', '?')})"))
+    grid.add_row("Uptime", Text(human_duration(float(status.get("uptime_s", 0)))))
+    grid.add_row("Listening", Text(str(status.get("listen", "?"))))
+    grid.add_row("Socket", Text(str(status.get("socket", "?"))))
+    grid.add_row("Auth required", Text("yes" if status.get("auth_required") else "no"))
+    grid.add_row("Requests served", Text(f"{int(status.get('requests_served', 0)):,}"))
+    grid.add_row("Pool", pool_line)
+    console.print(Panel(grid, title="dariod", title_align="left", expand=False))
+    render_accounts(status.get("accounts") or [], console, now=now)
+
+
+def render_refresh(results: Sequence[RefreshResult], console: Console) -> None:
+    """One line per account: alias, ok/failed, status, message."""
+    from rich.text import Text
+
+    if not results:
+        console.print(Text(LOGIN_HINT, style="yellow"))
+        return
+    width = max(len(str(r.get("alias", ""))) for r in results)
+    for r in results:
+        status = str(r.get("status", "?"))
+        line = Text(str(r.get("alias", "")).ljust(width) + "  ")
+        line.append("ok    " if r.get("ok") else "failed", style="green" if r.get("ok") else "red")
+        line.append("  ")
+        line.append(status.ljust(11), style=STATUS_STYLES.get(status, ""))
+        line.append("  " + str(r.get("message", "")))
+        console.print(line, soft_wrap=True)
+
+
+def render_keys(keys: Sequence[ClientKeyView], console: Console, now: float | None = None) -> None:
+    """Client keys: name, recognisable prefix, age, last use. Never the key itself."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    if not keys:
+        console.print(Text(KEYS_HINT, style="yellow"))
+        return
+    now = time.time() if now is None else now
+    table = Table(
+        box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, header_style="bold"
+    )
+    for name in ("Name", "Key", "Created", "Last used"):
+        table.add_column(name, no_wrap=True)
+    for k in keys:
+        last = k.get("last_used")
+        table.add_row(
+            Text(str(k.get("name", "?"))),
+            Text(f"{k.get('prefix', '')}…", style="dim"),
+            Text(relative_time(float(k.get("created", now)), now)),
+            Text(relative_time(last, now) if last is not None else "never"),
+        )
+    console.print(table)

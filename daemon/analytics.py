@@ -1,0 +1,528 @@
+"""Usage analytics: every proxied request as one SQLite row; burn rate and time-to-exhaustion.
+
+The request path only appends to an in-memory buffer (`record`); a trio task (`run`)
+writes the buffer in batches from a worker thread. A broken database never affects
+the proxy: the store reports it in `problem` and keeps a bounded buffer meanwhile.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import math
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+from dario.daemon.prices import PriceTable
+
+WINDOWS: dict[str, tuple[float, int]] = {  # window -> (span seconds, series bucket seconds)
+    "1h": (3600.0, 60),
+    "24h": (86400.0, 900),
+    "7d": (7 * 86400.0, 3600),
+}
+BURN_SPAN_S = 900.0  # burn rate is always measured over the last 15 minutes
+RECENT_ROWS = 50
+MAX_BUFFER = 100_000  # rows held in memory while the database is unavailable
+PRUNE_INTERVAL_S = 3600.0
+BUSY_TIMEOUT_MS = 2000  # bounds every write, including the shielded one at shutdown
+SHUTDOWN_FLUSH_S = 5.0
+NONE_KEY = "(none)"  # group key for rows without an account/model (e.g. refused before routing)
+WINDOW_KINDS = ("requests", "tokens", "input-tokens", "output-tokens")
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    ts: float
+    client: str
+    account: str | None
+    model: str | None
+    dialect: str  # "anthropic" | "openai"
+    endpoint: str  # "messages" | "count_tokens" | "chat"
+    streaming: bool
+    status: int
+    error_type: str | None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_write_5m: int = 0
+    cache_write_1h: int = 0
+    cache_read: int = 0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    failovers: int = 0
+    queue_wait_ms: float = 0.0
+
+
+_FIELDS = [f.name for f in dataclasses.fields(UsageRecord)]
+_COLUMNS = [*_FIELDS, "cost_usd"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    client TEXT NOT NULL,
+    account TEXT,
+    model TEXT,
+    dialect TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    streaming INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    error_type TEXT,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_5m INTEGER NOT NULL DEFAULT 0,
+    cache_write_1h INTEGER NOT NULL DEFAULT 0,
+    cache_read INTEGER NOT NULL DEFAULT 0,
+    latency_ms REAL NOT NULL DEFAULT 0,
+    ttft_ms REAL,
+    failovers INTEGER NOT NULL DEFAULT 0,
+    queue_wait_ms REAL NOT NULL DEFAULT 0,
+    cost_usd REAL
+);
+CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
+"""
+_INSERT = f"INSERT INTO usage ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_IS_ERROR = "(status >= 400 OR error_type IS NOT NULL)"
+
+
+def _describe_db_error(path: Path, exc: BaseException) -> str:
+    """A message naming the file and what to do about it."""
+    text = str(exc) or type(exc).__name__
+    low = text.lower()
+    if "locked" in low or "busy" in low:
+        fix = "another process holds it locked; make sure only one dariod runs, then restart dariod"
+    elif "readonly" in low or "read-only" in low or "permission" in low or "unable to open" in low:
+        fix = f"check that {path.parent} and the file are writable by this user, then restart dariod"
+    elif "disk" in low and "full" in low:
+        fix = "free some disk space; dariod retries on its own"
+    else:
+        fix = f"stop dariod, move the file aside (mv '{path}' '{path}.bad'), and start dariod again"
+    return f"usage analytics database {path} is unusable ({text}): {fix}. Requests are still served."
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not sorted_values:
+        return None
+    pos = (len(sorted_values) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+class AnalyticsStore:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        prices: PriceTable,
+        retention_days: float = 30.0,
+        flush_interval: float = 0.5,
+        reopen_interval: float = 30.0,
+    ) -> None:
+        self.path = path
+        self.prices = prices
+        self.retention_days = retention_days
+        self.flush_interval = flush_interval
+        self.reopen_interval = reopen_interval
+        self.problem: str | None = None
+        self.dropped = 0  # rows lost because the buffer was full while the database was unusable
+        self.rows_written = 0
+        self._buf: collections.deque[UsageRecord] = collections.deque()
+        self._conn: sqlite3.Connection | None = None
+        self._lock = trio.Lock()  # one writer at a time: periodic flush vs. explicit flush()
+        self._last_open_attempt = -math.inf
+        self._last_prune = -math.inf
+        self._flush_waiters: list[trio.Event] = []
+
+    # ---- request path -------------------------------------------------------------
+
+    def record(self, rec: UsageRecord) -> None:
+        try:
+            if len(self._buf) >= MAX_BUFFER:
+                self._buf.popleft()  # keep the newest: they matter most for burn and forecast
+                self.dropped += 1
+            self._buf.append(rec)
+        except Exception:  # pragma: no cover - a deque append cannot realistically fail
+            pass
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    # ---- writer -------------------------------------------------------------------
+
+    def _open_sync(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if not mode or str(mode[0]).lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot switch to WAL journal (got {mode})")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            with conn:
+                conn.executescript(_SCHEMA)
+            # Fail now, not at the first flush, if the file is damaged beyond its header.
+            conn.execute("SELECT COUNT(*) FROM usage WHERE ts > 0 AND id < 0").fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        with contextlib.suppress(OSError):
+            self.path.chmod(0o600)  # account aliases and client names are nobody else's business
+        return conn
+
+    def _row_values(self, r: UsageRecord) -> tuple[Any, ...]:
+        tokens = (
+            int(r.input_tokens), int(r.output_tokens), int(r.cache_write_5m), int(r.cache_write_1h),
+            int(r.cache_read),
+        )  # fmt: skip
+        if r.endpoint == "count_tokens":
+            # Counting tokens consumes none; the count is not usage.
+            tokens = (0, 0, 0, 0, 0)
+        model = None if r.model is None else str(r.model)
+        cost = self.prices.cost(model, *tokens) if model else None
+        return (
+            float(r.ts), str(r.client), None if r.account is None else str(r.account), model, str(r.dialect),
+            str(r.endpoint), int(bool(r.streaming)), int(r.status),
+            None if r.error_type is None else str(r.error_type), *tokens, float(r.latency_ms),
+            None if r.ttft_ms is None else float(r.ttft_ms), int(r.failovers), float(r.queue_wait_ms), cost,
+        )  # fmt: skip
+
+    def _write_sync(self, conn: sqlite3.Connection, rows: list[UsageRecord]) -> int:
+        """Insert rows in one transaction; returns how many were malformed and skipped."""
+        values = []
+        bad = 0
+        for r in rows:
+            try:
+                values.append(self._row_values(r))
+            except (TypeError, ValueError, AttributeError):
+                bad += 1  # one malformed record must not block the batch forever
+        with conn:
+            conn.executemany(_INSERT, values)
+        return bad
+
+    def _prune_sync(self, conn: sqlite3.Connection, now: float) -> int:
+        with conn:
+            cur = conn.execute("DELETE FROM usage WHERE ts < ?", (now - self.retention_days * 86400.0,))
+        return cur.rowcount
+
+    async def _ensure_open(self, *, force: bool = False) -> sqlite3.Connection | None:
+        if self._conn is not None:
+            return self._conn
+        now = trio.current_time()
+        if not force and now - self._last_open_attempt < self.reopen_interval:
+            return None
+        self._last_open_attempt = now
+        try:
+            self._conn = await trio.to_thread.run_sync(self._open_sync)
+        except Exception as exc:
+            self.problem = _describe_db_error(self.path, exc)
+            return None
+        self.problem = None
+        return self._conn
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await trio.to_thread.run_sync(conn.close)
+            except trio.Cancelled:
+                # Shutdown deadline hit before the thread started: close here rather than leak it.
+                with contextlib.suppress(Exception):
+                    conn.close()
+                raise
+            except Exception:
+                pass
+
+    async def flush(self, *, force_open: bool = False) -> int:
+        """Write buffered rows now; returns how many were written (0 if the database is unusable).
+
+        The daemon may call it before a query so the newest requests show up at once.
+        """
+        async with self._lock:
+            conn = await self._ensure_open(force=force_open)
+            if conn is None or not self._buf:
+                return 0
+            rows = list(self._buf)
+            self._buf.clear()
+            try:
+                bad = await trio.to_thread.run_sync(self._write_sync, conn, rows)
+            except BaseException as exc:
+                # Put them back (oldest first) within the bound; newer rows may have arrived meanwhile.
+                # Also on Cancelled: that can only come before the worker thread started.
+                room = MAX_BUFFER - len(self._buf)
+                keep = rows[-room:] if room > 0 else []
+                self.dropped += len(rows) - len(keep)
+                self._buf.extendleft(reversed(keep))
+                if not isinstance(exc, Exception):
+                    raise
+                self.problem = _describe_db_error(self.path, exc)
+                await self._close()  # reopened after reopen_interval
+                return 0
+            self.dropped += bad
+            self.rows_written += len(rows) - bad
+            self.problem = None
+            waiters, self._flush_waiters = self._flush_waiters, []
+            for event in waiters:
+                event.set()
+            return len(rows) - bad
+
+    async def wait_flushed(self) -> None:
+        """Return after the next flush that writes rows (for callers that need to read their writes)."""
+        event = trio.Event()
+        self._flush_waiters.append(event)
+        await event.wait()
+
+    async def prune(self, *, now: float | None = None) -> int:
+        """Delete rows older than the retention period; returns how many."""
+        async with self._lock:
+            conn = await self._ensure_open()
+            if conn is None:
+                return 0
+            try:
+                return await trio.to_thread.run_sync(
+                    self._prune_sync, conn, time.time() if now is None else now
+                )
+            except Exception as exc:
+                self.problem = _describe_db_error(self.path, exc)
+                await self._close()
+                return 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._ensure_open(force=True)
+            task_status.started()
+            while True:
+                await trio.sleep(self.flush_interval)
+                await self.flush()
+                if trio.current_time() - self._last_prune >= PRUNE_INTERVAL_S:
+                    self._last_prune = trio.current_time()
+                    await self.prune()
+        finally:
+            # Shielded so cancellation cannot lose the tail; bounded so shutdown cannot hang
+            # (the worker thread itself is bounded by SQLite's busy timeout).
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + SHUTDOWN_FLUSH_S):
+                try:
+                    await self.flush(force_open=True)
+                finally:
+                    await self._close()
+
+    # ---- reader -------------------------------------------------------------------
+
+    def _read_conn(self) -> sqlite3.Connection | None:
+        if not self.path.exists():  # nothing recorded yet; do not create the file from a reader
+            return None
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            conn.execute("PRAGMA query_only = 1")
+            conn.execute("BEGIN")  # one snapshot for every SELECT below, so the numbers agree
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def query(
+        self,
+        window: str,
+        *,
+        now: float | None = None,
+        pool_windows: dict[str, dict[str, dict[str, Any]]] | None = None,
+    ) -> dict[str, Any]:
+        if window not in WINDOWS:
+            raise ValueError(f"unknown window {window!r}; use one of {', '.join(WINDOWS)}")
+        span, bucket = WINDOWS[window]
+        now = time.time() if now is None else now
+        since = now - span
+        out: dict[str, Any] = {
+            "window": window,
+            "since": since,
+            "until": now,
+            "problem": self.problem,
+            "totals": _counters(None),
+            "by_account": [],
+            "by_model": [],
+            "by_client": [],
+            "series": {"bucket_s": bucket, "points": []},
+            "burn": {},
+            "forecast": {},
+            "recent": [],
+        }
+        burn_rows: list[tuple[Any, ...]] = []
+        try:
+            conn = self._read_conn()
+            if conn is not None:
+                try:
+                    burn_rows = self._query_into(conn, out, since, now, bucket)
+                finally:
+                    conn.close()
+        except (sqlite3.Error, OSError) as exc:
+            if "no such table" not in str(exc):  # the writer has not created it yet: just empty
+                out["problem"] = self.problem or _describe_db_error(self.path, exc)
+        out["burn"] = _burn(burn_rows, pool_windows)
+        out["forecast"] = _forecast(out["burn"], pool_windows or {}, now)
+        return out
+
+    def _query_into(
+        self, conn: sqlite3.Connection, out: dict[str, Any], since: float, now: float, bucket: int
+    ) -> list[tuple[Any, ...]]:
+        where = "ts >= ? AND ts <= ?"
+        args = (since, now)
+        sums = (
+            f"COUNT(*), TOTAL({_IS_ERROR}), TOTAL(input_tokens), TOTAL(output_tokens), "
+            "TOTAL(cache_write_5m + cache_write_1h), TOTAL(cache_read), TOTAL(cost_usd)"
+        )
+        row = conn.execute(f"SELECT {sums} FROM usage WHERE {where}", args).fetchone()
+        out["totals"] = _counters(row)
+
+        for name, column in (("by_account", "account"), ("by_model", "model"), ("by_client", "client")):
+            groups: dict[str, dict[str, Any]] = {}
+            for r in conn.execute(
+                f"SELECT {column}, {sums} FROM usage WHERE {where} GROUP BY {column}", args
+            ):
+                key = NONE_KEY if r[0] is None else r[0]
+                groups[key] = {"key": key, **_counters(r[1:]), "errors_by_type": {}}
+            err_sql = (
+                f"SELECT {column}, COALESCE(error_type, 'http_' || status), COUNT(*) FROM usage "
+                f"WHERE {where} AND {_IS_ERROR} GROUP BY 1, 2"
+            )
+            for key, etype, n in conn.execute(err_sql, args):
+                groups[NONE_KEY if key is None else key]["errors_by_type"][etype] = n
+            # Latency of failed requests says little (a refusal is instant); percentiles use successes.
+            lat: dict[str, list[float]] = collections.defaultdict(list)
+            ttft: dict[str, list[float]] = collections.defaultdict(list)
+            lat_sql = f"SELECT {column}, latency_ms, ttft_ms FROM usage WHERE {where} AND NOT {_IS_ERROR}"
+            for key, latency, first in conn.execute(lat_sql, args):
+                k = NONE_KEY if key is None else key
+                lat[k].append(latency)
+                if first is not None:
+                    ttft[k].append(first)
+            for key, g in groups.items():
+                lv, tv = sorted(lat.get(key, ())), sorted(ttft.get(key, ()))
+                g["p50_latency_ms"] = _percentile(lv, 0.50)
+                g["p95_latency_ms"] = _percentile(lv, 0.95)
+                g["p50_ttft_ms"] = _percentile(tv, 0.50)
+                g["p95_ttft_ms"] = _percentile(tv, 0.95)
+            out[name] = sorted(groups.values(), key=lambda g: (-g["requests"], g["key"]))
+
+        series_sql = (
+            "SELECT CAST(ts / ? AS INTEGER) * ? AS t, account, model, TOTAL(input_tokens), "
+            "TOTAL(output_tokens), COUNT(*), TOTAL(cost_usd) FROM usage "
+            f"WHERE {where} GROUP BY t, account, model ORDER BY t, account, model"
+        )
+        out["series"]["points"] = [
+            {
+                "t": float(t),
+                "account": NONE_KEY if account is None else account,
+                "model": NONE_KEY if model is None else model,
+                "input_tokens": int(i),
+                "output_tokens": int(o),
+                "requests": n,
+                "cost_usd": round(c, 6),
+            }
+            for t, account, model, i, o, n, c in conn.execute(series_sql, (bucket, bucket, *args))
+        ]
+
+        recent_sql = (
+            f"SELECT {', '.join(_COLUMNS)} FROM usage WHERE ts <= ? ORDER BY ts DESC, id DESC LIMIT ?"
+        )
+        recent = []
+        for r in conn.execute(recent_sql, (now, RECENT_ROWS)):
+            d = dict(zip(_COLUMNS, r, strict=True))
+            d["streaming"] = bool(d["streaming"])
+            recent.append(d)
+        out["recent"] = recent
+
+        burn_sql = (
+            "SELECT account, TOTAL(input_tokens + cache_write_5m + cache_write_1h), TOTAL(output_tokens), "
+            "COUNT(*) FROM usage WHERE ts > ? AND ts <= ? AND account IS NOT NULL GROUP BY account"
+        )
+        return list(conn.execute(burn_sql, (now - BURN_SPAN_S, now)))
+
+
+def _counters(row: tuple[Any, ...] | None) -> dict[str, Any]:
+    if row is None:
+        row = (0, 0, 0, 0, 0, 0, 0.0)
+    requests, errors, inp, outp, cw, cr, cost = row
+    return {
+        "requests": int(requests),
+        "errors": int(errors),
+        "input_tokens": int(inp),
+        "output_tokens": int(outp),
+        "cache_write_tokens": int(cw),
+        "cache_read_tokens": int(cr),
+        "cost_usd": round(float(cost), 6),
+    }
+
+
+def _burn(
+    rows: list[tuple[Any, ...]], pool_windows: dict[str, dict[str, dict[str, Any]]] | None
+) -> dict[str, dict[str, float]]:
+    """Per-minute rates over the last 15 minutes, per account.
+
+    input_tpm counts cache writes: Anthropic's input-token limit counts them, not cache reads.
+    """
+    minutes = BURN_SPAN_S / 60.0
+    burn = {
+        alias: {"input_tpm": 0.0, "output_tpm": 0.0, "tokens_tpm": 0.0, "requests_pm": 0.0}
+        for alias in (pool_windows or {})
+    }
+    for alias, inp, outp, n in rows:
+        burn[alias] = {
+            "input_tpm": inp / minutes,
+            "output_tpm": outp / minutes,
+            "tokens_tpm": (inp + outp) / minutes,
+            "requests_pm": n / minutes,
+        }
+    return burn
+
+
+_BURN_KEY = {
+    "requests": "requests_pm",
+    "tokens": "tokens_tpm",
+    "input-tokens": "input_tpm",
+    "output-tokens": "output_tpm",
+}
+
+
+def _forecast(
+    burn: dict[str, dict[str, float]], pool_windows: dict[str, dict[str, dict[str, Any]]], now: float
+) -> dict[str, list[dict[str, Any]]]:
+    forecast: dict[str, list[dict[str, Any]]] = {}
+    for alias, windows in pool_windows.items():
+        rates = burn.get(alias, {})
+        entries = []
+        names = [w for w in WINDOW_KINDS if w in windows] + sorted(set(windows) - set(WINDOW_KINDS))
+        for name in names:
+            w = windows[name] or {}
+            remaining = w.get("remaining")
+            if remaining is None or name not in _BURN_KEY:
+                continue  # unknown headroom, or a window we cannot match to a burn rate
+            per_min = float(rates.get(_BURN_KEY[name], 0.0))
+            reset = w.get("reset")
+            runs_out_in_s = max(0.0, remaining / per_min * 60.0) if per_min > 0 else None
+            runs_out_at = None if runs_out_in_s is None else now + runs_out_in_s
+            if runs_out_at is None:
+                before_reset = False
+            elif reset is None:
+                before_reset = True  # no reset known: it runs out, full stop
+            else:
+                before_reset = runs_out_at < reset
+            entries.append(
+                {
+                    "window": name,
+                    "remaining": remaining,
+                    "limit": w.get("limit"),
+                    "reset": reset,
+                    "burn_per_min": per_min,
+                    "runs_out_at": runs_out_at,
+                    "runs_out_in_s": runs_out_in_s,
+                    "before_reset": before_reset,
+                }
+            )
+        forecast[alias] = entries
+    return forecast

@@ -1,0 +1,135 @@
+"""The control API: HTTP/1.1 + JSON on the Unix socket, for dario-ctl and the tray.
+
+Like Tailscale's LocalAPI it refuses anything that looks like it came from a browser
+(an Origin or Referer header) and expects its own Host sentinel. The socket itself is
+0600 in a 0700 folder: only this user gets here at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+import orjson
+
+from dario.daemon.asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, header, lifespan, read_body, send_json
+from dario.daemon.controlapi import CONTROL_HOST
+from dario.daemon.state import ControlFailure, DaemonState
+
+log = logging.getLogger("dario.control")
+
+Route = Callable[[dict[str, Any], str, dict[str, str]], Awaitable[tuple[int, Any]]]
+ALLOWED_HOSTS = frozenset({CONTROL_HOST.encode(), b"localhost", b""})
+
+
+class ControlApp:
+    def __init__(self, state: DaemonState) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await lifespan(receive, send)
+            return
+        if header(scope, b"origin") is not None or header(scope, b"referer") is not None:
+            await _fail(send, 403, "forbidden", "the control API does not answer browsers (Origin/Referer present)")
+            return
+        if (header(scope, b"host") or b"").lower() not in ALLOWED_HOSTS:
+            await _fail(send, 403, "forbidden", f"the control API expects Host: {CONTROL_HOST}")
+            return
+        method: str = scope["method"]
+        parts = [unquote(p) for p in scope["path"].strip("/").split("/")]
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        try:
+            body: dict[str, Any] = {}
+            if method in ("POST", "PUT", "DELETE"):
+                raw = await read_body(scope, receive, 1024 * 1024)
+                if raw:
+                    parsed = orjson.loads(raw)
+                    if not isinstance(parsed, dict):
+                        raise ControlFailure(400, "invalid_request", "the body must be a JSON object")
+                    body = parsed
+            status, result = await self.dispatch(method, parts, body, query)
+        except ControlFailure as exc:
+            await _fail(send, exc.status, exc.type, exc.message)
+            return
+        except orjson.JSONDecodeError:
+            await _fail(send, 400, "invalid_request", "the body is not valid JSON")
+            return
+        except BodyTooLarge:
+            await _fail(send, 413, "too_large", "control requests are limited to 1 MB")
+            return
+        except ClientGone:
+            return
+        await send_json(send, status, result)
+
+    async def dispatch(self, method: str, parts: list[str], body: dict[str, Any],
+                       query: dict[str, str]) -> tuple[int, Any]:
+        s = self.state
+        if parts[:1] != ["v1"]:
+            raise ControlFailure(404, "not_found", "unknown control route")
+        route = parts[1:]
+        match method, route:
+            case "GET", ["status"]:
+                return 200, s.status()
+            case "GET", ["accounts"]:
+                return 200, {"accounts": s.pool.views()}
+            case "POST", ["accounts"]:
+                alias = _str(body, "alias")
+                secret = _str(body, "secret")
+                kind = body.get("kind") or "anthropic"
+                base_url = body.get("base_url")
+                if not isinstance(kind, str) or (base_url is not None and not isinstance(base_url, str)):
+                    raise ControlFailure(400, "invalid_request", "kind and base_url must be strings")
+                return 201, {"account": await s.login(alias, secret, kind, base_url)}
+            case "DELETE", ["accounts", alias]:
+                await s.logout(alias)
+                return 200, {"removed": alias}
+            case "POST", ["accounts", alias, "enable"]:
+                return 200, {"account": await s.set_enabled(alias, True)}
+            case "POST", ["accounts", alias, "disable"]:
+                return 200, {"account": await s.set_enabled(alias, False)}
+            case "POST", ["prefer"]:
+                alias_or_none = body.get("alias")
+                if alias_or_none is not None and not isinstance(alias_or_none, str):
+                    raise ControlFailure(400, "invalid_request", "alias must be a string or null")
+                return 200, {"preferred": await s.prefer(alias_or_none)}
+            case "POST", ["refresh"]:
+                target = body.get("alias")
+                if target is not None and not isinstance(target, str):
+                    raise ControlFailure(400, "invalid_request", "alias must be a string or null")
+                return 200, {"results": await s.refresh(target)}
+            case "GET", ["usage"]:
+                try:
+                    return 200, await s.usage(query.get("window", "24h"))
+                except ValueError as exc:
+                    raise ControlFailure(400, "invalid_request", str(exc)) from None
+            case "GET", ["keys"]:
+                return 200, {"keys": s.client_keys.list()}
+            case "POST", ["keys"]:
+                name = _str(body, "name")
+                try:
+                    key = s.client_keys.create(name)
+                except ValueError as exc:
+                    raise ControlFailure(400, "invalid_request", str(exc)) from None
+                return 201, {"name": name, "key": key}
+            case "DELETE", ["keys", name]:
+                try:
+                    s.client_keys.revoke(name)
+                except KeyError:
+                    raise ControlFailure(404, "not_found", f"no client key named {name!r}") from None
+                return 200, {"revoked": name}
+        raise ControlFailure(404, "not_found", f"unknown control route {method} /{'/'.join(parts)}")
+
+
+def _str(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise ControlFailure(400, "invalid_request", f"{name} is required")
+    return value
+
+
+async def _fail(send: Send, status: int, type: str, message: str) -> None:
+    await send_json(send, status, {"error": {"type": type, "message": message}})

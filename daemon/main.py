@@ -1,0 +1,177 @@
+"""`dariod`: settings → one trio nursery running both servers and the background tasks."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from dario.daemon import __version__, paths
+from dario.daemon.control import ControlApp
+from dario.daemon.guard import Guard
+from dario.daemon.httpclient import HttpClient, Timeouts
+from dario.daemon.modelcatalog import ModelCatalog
+from dario.daemon.openai.models import ModelTable
+from dario.daemon.relay import Relay
+from dario.daemon.server import PublicApp
+from dario.daemon.settings import Settings, SettingsError, from_args
+from dario.daemon.state import DaemonState
+
+log = logging.getLogger("dario")
+
+
+class StartupError(Exception):
+    """dariod cannot start; the message says why and what to do."""
+
+
+def claim_socket(path: Path) -> None:
+    """Refuse to start if another dariod answers on `path`; clear a stale socket file.
+
+    hypercorn would silently unlink a live socket and take its path over.
+    """
+    paths.ensure_private_dir(path.parent)
+    if not path.exists() and not path.is_symlink():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)  # left behind by a dead daemon
+        return
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
+            path.unlink(missing_ok=True)
+            return
+        raise StartupError(f"cannot check the control socket {path}: {exc}") from None
+    finally:
+        probe.close()
+    raise StartupError(
+        f"another dariod is already running on {path}. Stop it first, or give this one its own "
+        "--socket (and --port)."
+    )
+
+
+def _hypercorn_config(bind: str, settings: Settings) -> Config:
+    config = Config()
+    config.bind = [bind]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = settings.grace_period
+    config.keep_alive_timeout = 75
+    config.backlog = 4096
+    config.umask = 0o177  # socket file 0600
+    config.include_server_header = False
+    config.h11_max_incomplete_size = 64 * 1024  # larger request heads are refused
+    return config
+
+
+async def run(settings: Settings) -> None:
+    claim_socket(settings.socket)
+    http = HttpClient(
+        timeouts=Timeouts(connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout)
+    )
+    state = DaemonState(settings, http)
+    await state.load()
+    try:
+        table = ModelTable.load(paths.models_file())
+    except ValueError as exc:
+        log.warning("%s; using the built-in aliases", exc)
+        table = ModelTable()
+    catalog = ModelCatalog(table, state.fetch_upstream_models)
+    relay = Relay(
+        state.pool, http,
+        queue_timeout=settings.queue_timeout,
+        failover_deadline=settings.failover_deadline,
+        hold_message_start=settings.hold_message_start,
+        read_timeout=settings.upstream_read_timeout,
+        record=state.record,
+    )
+    bound_port = [settings.port]
+    guard = Guard(
+        listen_host=settings.host, port_ref=lambda: bound_port[0],
+        allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
+        api_key=settings.api_key, client_key_check=state.client_keys.verify,
+    )
+    public = PublicApp(state, relay, guard, catalog)
+    control = ControlApp(state)
+    stop = trio.Event()
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    try:
+        async with trio.open_nursery() as background:
+            background.start_soon(_watch_signals, stop)
+            if state.analytics is not None:
+                await background.start(state.analytics.run)
+            background.start_soon(state.persist_forever)
+            # serve() returns after `stop`, once in-flight requests end or the grace period runs out.
+            async with trio.open_nursery() as servers:
+                binds = await servers.start(
+                    _serve, public, _hypercorn_config(f"{host}:{settings.port}", settings), stop
+                )
+                bound_port[0] = int(binds[0].rsplit(":", 1)[1])
+                state.listen = f"http://{host}:{bound_port[0]}"
+                await servers.start(_serve, control, _hypercorn_config(f"unix:{settings.socket}", settings), stop)
+                os.chmod(settings.socket, 0o600)
+                # One line a supervisor or a test can wait for.
+                print(f"dariod {__version__} listening on {state.listen} (control socket {settings.socket})",
+                      flush=True)
+                await stop.wait()
+                log.info("shutting down; in-flight requests get up to %g s", settings.grace_period)
+            background.cancel_scope.cancel()
+    finally:
+        settings.socket.unlink(missing_ok=True)
+        await http.aclose()
+
+
+async def _serve(app: object, config: Config, stop: trio.Event,
+                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status, mode="asgi")  # type: ignore[arg-type]
+
+
+async def _watch_signals(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            stop.set()
+            return
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        settings = from_args(argv)
+    except SettingsError as exc:
+        print(f"dariod: {exc}", file=sys.stderr)
+        sys.exit(2)
+    logging.basicConfig(
+        level=logging.DEBUG if os.environ.get("DARIO_DEBUG") else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not settings.verbose:
+        logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
+    try:
+        trio.run(run, settings)
+    except StartupError as exc:
+        print(f"dariod: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except BaseExceptionGroup as group:
+        in_use, rest = group.split(lambda e: isinstance(e, OSError) and e.errno == errno.EADDRINUSE)
+        if in_use is None:
+            raise
+        print(f"dariod: {settings.host}:{settings.port} is already in use; stop what holds it or pass "
+              "--port", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

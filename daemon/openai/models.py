@@ -1,0 +1,171 @@
+"""Model names on the OpenAI side: aliases → Claude ids, and the /v1/models listings."""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+from typing import Any
+
+import orjson
+
+OPUS = "claude-opus-4-5-20251101"
+SONNET = "claude-sonnet-4-5-20250929"
+HAIKU = "claude-haiku-4-5-20251001"
+
+# OpenAI model names map to the Claude tier with the same cost/latency role, so a tool configured with
+# a hard-coded OpenAI name gets what its author chose it for: flagship reasoning models (o1, o3, gpt-5)
+# → Opus, general-purpose large models → Sonnet, and the small/cheap ones (mini, nano, 3.5) → Haiku,
+# because those are picked for speed and price (autocomplete, titles, summaries), not depth.
+DEFAULT_ALIASES: dict[str, str] = {
+    "opus": OPUS,
+    "sonnet": SONNET,
+    "haiku": HAIKU,
+    "o1": OPUS,
+    "o3": OPUS,
+    "gpt-5": OPUS,
+    "gpt-4o": SONNET,
+    "gpt-4.1": SONNET,
+    "gpt-4-turbo": SONNET,
+    "gpt-4": SONNET,
+    "gpt-4o-mini": HAIKU,
+    "gpt-4.1-mini": HAIKU,
+    "gpt-4.1-nano": HAIKU,
+    "gpt-3.5-turbo": HAIKU,
+    "o3-mini": HAIKU,
+    "o4-mini": HAIKU,
+    "gpt-5-mini": HAIKU,
+    "gpt-5-nano": HAIKU,
+}
+
+KNOWN_MODELS: list[dict[str, Any]] = [
+    {"id": OPUS, "display_name": "Claude Opus 4.5", "created_at": "2025-11-01T00:00:00Z"},
+    {"id": SONNET, "display_name": "Claude Sonnet 4.5", "created_at": "2025-09-29T00:00:00Z"},
+    {"id": HAIKU, "display_name": "Claude Haiku 4.5", "created_at": "2025-10-01T00:00:00Z"},
+    {
+        "id": "claude-opus-4-1-20250805",
+        "display_name": "Claude Opus 4.1",
+        "created_at": "2025-08-05T00:00:00Z",
+    },
+    {
+        "id": "claude-sonnet-4-20250514",
+        "display_name": "Claude Sonnet 4",
+        "created_at": "2025-05-14T00:00:00Z",
+    },
+    {
+        "id": "claude-3-7-sonnet-20250219",
+        "display_name": "Claude Sonnet 3.7",
+        "created_at": "2025-02-19T00:00:00Z",
+    },
+    {
+        "id": "claude-3-5-haiku-20241022",
+        "display_name": "Claude Haiku 3.5",
+        "created_at": "2024-10-22T00:00:00Z",
+    },
+]
+
+
+def _epoch(rfc3339: str) -> int:
+    return int(datetime.datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp())
+
+
+_CREATED: dict[str, int] = {m["id"]: _epoch(m["created_at"]) for m in KNOWN_MODELS}
+
+
+def _strip_provider(name: str) -> str:
+    # LiteLLM-style clients (Aider, …) send "openai/gpt-4o" or "anthropic/claude-…".
+    slash = name.rfind("/")
+    return name[slash + 1 :] if slash >= 0 else name
+
+
+class ModelTable:
+    """Alias table; read-only after construction."""
+
+    def __init__(self, aliases: dict[str, str] | None = None) -> None:
+        merged = dict(DEFAULT_ALIASES)
+        if aliases:
+            merged.update(aliases)
+        # Keys are matched case-insensitively. A value may itself name an alias ("fast": "haiku").
+        lowered = {k.strip().lower(): v.strip() for k, v in merged.items()}
+        self._aliases: dict[str, str] = {}
+        for key, value in lowered.items():
+            target, hops = value, 0
+            while target.lower() in lowered and hops < 8:
+                nxt = lowered[target.lower()]
+                if nxt.lower() == target.lower():
+                    break
+                target, hops = nxt, hops + 1
+            self._aliases[key] = target
+        # Display names as written (first spelling wins), for the listing.
+        self._display: dict[str, str] = {}
+        for k in merged:
+            self._display.setdefault(k.strip().lower(), k.strip())
+
+    @classmethod
+    def load(cls, path: pathlib.Path) -> ModelTable:
+        """User file {"aliases": {"name": "claude-id", ...}} merged over DEFAULT_ALIASES."""
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return cls()
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read model alias file: {e}") from e
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise ValueError(f"{path}: model alias file is not valid JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise ValueError(f'{path}: model alias file must be a JSON object like {{"aliases": {{...}}}}')
+        unknown = set(data) - {"aliases"}
+        if unknown:
+            raise ValueError(f'{path}: unknown key(s) {sorted(unknown)}; only "aliases" is allowed')
+        aliases = data.get("aliases", {})
+        if not isinstance(aliases, dict):
+            raise ValueError(f'{path}: "aliases" must be an object mapping names to Claude model ids')
+        for k, v in aliases.items():
+            if not isinstance(v, str) or not v.strip() or not k.strip():
+                raise ValueError(
+                    f"{path}: alias {k!r} must map a non-empty name to a non-empty model id string"
+                )
+        return cls(aliases)
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        """Alias (lower-case) → resolved Claude id."""
+        return dict(self._aliases)
+
+    def resolve(self, name: str) -> str | None:
+        """Alias → Claude id; any "claude-…" id passes through unchanged; unknown → None."""
+        if not isinstance(name, str):
+            return None
+        name = name.strip()
+        key = name.lower()
+        hit = self._aliases.get(key)
+        if hit is not None:
+            return hit
+        bare = _strip_provider(name)
+        if bare is not name:
+            hit = self._aliases.get(bare.lower())
+            if hit is not None:
+                return hit
+        if bare.lower().startswith("claude-"):
+            return bare
+        return None
+
+    def _entry(self, id: str, target: str) -> dict[str, Any]:
+        return {"id": id, "object": "model", "created": _CREATED.get(target, 0), "owned_by": "anthropic"}
+
+    def openai_list(self) -> dict[str, Any]:
+        data = [self._entry(m["id"], m["id"]) for m in KNOWN_MODELS]
+        seen = {m["id"] for m in KNOWN_MODELS}
+        # Aliases are listed too, so tools that validate against a hard-coded list accept them.
+        for key, target in self._aliases.items():
+            if key not in seen:
+                seen.add(key)
+                data.append(self._entry(self._display.get(key, key), target))
+        return {"object": "list", "data": data}
+
+    def openai_model(self, id: str) -> dict[str, Any] | None:
+        target = self.resolve(id)
+        if target is None:
+            return None
+        return self._entry(id.strip(), target)

@@ -1,0 +1,552 @@
+"""The pool: per-account state, headroom, choice, cooldowns and the wait queue.
+
+Every upstream answer (errors included) feeds `observe`; every request takes a `Lease`
+from `acquire` and gives it back with `release`. State that must survive a restart
+(cooldowns, exhaustion, needs-login, last seen windows) is exported by `export_state`
+and restored by `import_state`; the daemon persists it.
+
+Kept behind this one class so a shared store (Redis) can replace the in-memory state
+for several daemons later without touching the relay.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from dario.daemon.controlapi import AccountStatus, AccountView, PoolView
+from dario.daemon.ratelimits import WINDOWS, Snapshot, Window
+
+COOLDOWN_BASE = 1.0  # first 529/5xx cooldown, doubled on each repeat
+COOLDOWN_MAX = 60.0
+DEFAULT_429_COOLDOWN = 30.0  # a 429 that names no reset at all
+SPEND_LIMIT_RECHECK = 3600.0  # a spend-limited account is tried again after this long
+
+
+@dataclass(slots=True)
+class Estimate:
+    """What one request is expected to take from an account's windows."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class AccountState:
+    alias: str
+    kind: str
+    base_url: str
+    created: float
+    secret: str | None = None  # held in memory only; never serialized
+    enabled: bool = True
+    needs_login: str | None = None  # reason, when the key was rejected or is missing
+    block_kind: str | None = None  # "cooling" | "exhausted"
+    block_reason: str | None = None
+    block_until: float | None = None
+    failures: int = 0  # consecutive transient failures, for the growing cooldown
+    windows: dict[str, Window] = field(default_factory=dict)
+    in_flight: int = 0
+    reserved_input: int = 0
+    reserved_output: int = 0
+    requests: int = 0
+    errors: int = 0
+    latency_ms: float | None = None
+
+    def _clear_block_if_over(self, now: float) -> None:
+        if self.block_until is not None and now >= self.block_until:
+            self.block_kind = self.block_reason = self.block_until = None
+
+    def status(self, now: float) -> AccountStatus:
+        if not self.enabled:
+            return "disabled"
+        if self.needs_login or self.secret is None:
+            return "needs_login"
+        self._clear_block_if_over(now)
+        if self.block_kind == "exhausted":
+            return "exhausted"
+        if self.block_kind == "cooling":
+            return "cooling"
+        if self.zero_window_reset(now) is not None:
+            return "exhausted"
+        return "ok"
+
+    def window_remaining(self, name: str, window: Window, now: float) -> int | None:
+        """Remaining in a window, restored to the limit once its reset has passed."""
+        if window.reset is not None and now >= window.reset and window.limit is not None:
+            return window.limit
+        return window.remaining
+
+    def zero_window_reset(self, now: float) -> float | None:
+        """If a known window is at zero and not yet reset, when it resets."""
+        latest = None
+        for name, w in self.windows.items():
+            if w.remaining == 0 and w.reset is not None and now < w.reset:
+                latest = w.reset if latest is None else max(latest, w.reset)
+            elif w.remaining == 0 and w.reset is None and name == "requests":
+                continue
+        return latest
+
+    def _reserved(self, name: str) -> int:
+        if name == "requests":
+            return self.in_flight
+        if name == "input-tokens":
+            return self.reserved_input
+        if name == "output-tokens":
+            return self.reserved_output
+        return self.reserved_input + self.reserved_output  # "tokens"
+
+    def headroom(self, now: float) -> float | None:
+        """Smallest remaining fraction over the known windows, less in-flight reservations."""
+        best: float | None = None
+        for name, w in self.windows.items():
+            if not w.limit:
+                continue
+            remaining = self.window_remaining(name, w, now)
+            if remaining is None:
+                continue
+            frac = max(0.0, (remaining - self._reserved(name)) / w.limit)
+            if best is None or frac < best:
+                best = frac
+        return best
+
+    def fits(self, est: Estimate, now: float) -> bool:
+        """Whether the request's estimate fits every known window's remaining budget."""
+        for name, w in self.windows.items():
+            remaining = self.window_remaining(name, w, now)
+            if remaining is None:
+                continue
+            if name == "requests":
+                need = 1
+            elif name == "input-tokens":
+                need = est.input_tokens
+            elif name == "output-tokens":
+                need = est.output_tokens
+            else:
+                need = est.input_tokens + est.output_tokens
+            if w.limit:
+                # A request bigger than the whole window can only ever wait for a full one.
+                need = min(need, w.limit)
+            if remaining - self._reserved(name) < need:
+                return False
+        return True
+
+    def next_free(self, now: float) -> float | None:
+        """When this account can next serve, if it is blocked by time (not by login/disable)."""
+        if not self.enabled or self.needs_login or self.secret is None:
+            return None
+        times = [t for t in (self.block_until, self.zero_window_reset(now)) if t is not None and t > now]
+        return max(times) if times else None
+
+
+@dataclass(eq=False, slots=True)
+class Lease:
+    account: AccountState
+    estimate: Estimate
+    started: float
+    released: bool = False
+
+
+class NoAccounts(Exception):
+    """The pool has no account that could ever serve (none, all disabled or needing login)."""
+
+
+class PoolExhausted(Exception):
+    """Every usable account stayed exhausted past the queue deadline."""
+
+    def __init__(self, retry_after: float | None, detail: str) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+        self.detail = detail
+
+
+class Pool:
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self.accounts: dict[str, AccountState] = {}
+        self.preferred: str | None = None
+        self.clock = clock
+        self._rr = itertools.count()
+        self._queue: deque[_Waiter] = deque()
+        self.on_change: Callable[[], None] | None = None  # persistence hook
+
+    # -- membership --------------------------------------------------------------------
+    def upsert(self, alias: str, kind: str, base_url: str, created: float, secret: str | None,
+               enabled: bool = True) -> AccountState:
+        acc = self.accounts.get(alias)
+        if acc is None:
+            acc = self.accounts[alias] = AccountState(alias, kind, base_url, created)
+        acc.kind, acc.base_url, acc.created, acc.enabled = kind, base_url, created, enabled
+        if secret is not None:
+            acc.secret = secret
+            acc.needs_login = None
+        self._changed()
+        return acc
+
+    def remove(self, alias: str) -> None:
+        self.accounts.pop(alias, None)
+        if self.preferred == alias:
+            self.preferred = None
+        self._changed()
+
+    def set_enabled(self, alias: str, enabled: bool) -> None:
+        self.accounts[alias].enabled = enabled
+        self._changed()
+
+    def prefer(self, alias: str | None) -> None:
+        if alias is not None and alias not in self.accounts:
+            raise KeyError(alias)
+        self.preferred = alias
+        self._changed()
+
+    def mark_needs_login(self, alias: str, reason: str) -> None:
+        self.accounts[alias].needs_login = reason
+        self._changed()
+
+    def clear_block(self, alias: str) -> None:
+        acc = self.accounts[alias]
+        acc.block_kind = acc.block_reason = acc.block_until = None
+        acc.failures = 0
+        self._changed()
+
+    # -- choice ------------------------------------------------------------------------
+    def choose(self, est: Estimate, exclude: Iterable[str] = ()) -> Lease | None:
+        """Pick an account now, or None if none can serve this request right now."""
+        now = self.clock()
+        excluded = set(exclude)
+        candidates: list[AccountState] = []
+        fitting: list[AccountState] = []
+        for acc in self.accounts.values():
+            if acc.alias in excluded or acc.status(now) != "ok":
+                continue
+            candidates.append(acc)
+            if acc.fits(est, now):
+                fitting.append(acc)
+        # Nothing fits the estimate but some can serve: better to try than to queue on a guess.
+        pool = fitting or candidates
+        if not pool:
+            return None
+        chosen: AccountState | None = None
+        if self.preferred is not None:
+            for acc in pool:
+                if acc.alias == self.preferred:
+                    chosen = acc
+                    break
+        if chosen is None:
+            if len(pool) == 1:
+                chosen = pool[0]
+            else:
+                best_key: tuple[float, int] | None = None
+                ties: list[AccountState] = []
+                for acc in pool:
+                    h = acc.headroom(now)
+                    # Unknown headroom (no headers yet) counts as full; round so near-equal ties rotate.
+                    key = (round(1.0 if h is None else h, 2), -acc.in_flight)
+                    if best_key is None or key > best_key:
+                        best_key, ties = key, [acc]
+                    elif key == best_key:
+                        ties.append(acc)
+                chosen = ties[next(self._rr) % len(ties)] if len(ties) > 1 else ties[0]
+        chosen.in_flight += 1
+        chosen.reserved_input += est.input_tokens
+        chosen.reserved_output += est.output_tokens
+        return Lease(chosen, est, now)
+
+    def release(self, lease: Lease) -> None:
+        if lease.released:
+            return
+        lease.released = True
+        acc = lease.account
+        acc.in_flight -= 1
+        acc.reserved_input -= lease.estimate.input_tokens
+        acc.reserved_output -= lease.estimate.output_tokens
+        self._wake_head()
+
+    def servable(self, exclude: Iterable[str] = ()) -> bool:
+        """Whether any not-excluded account could serve, now or after a wait."""
+        now = self.clock()
+        excluded = set(exclude)
+        return any(
+            acc.alias not in excluded and acc.status(now) in ("ok", "cooling", "exhausted")
+            for acc in self.accounts.values()
+        )
+
+    def earliest_free(self, exclude: Iterable[str] = ()) -> float | None:
+        now = self.clock()
+        excluded = set(exclude)
+        times = [
+            t for acc in self.accounts.values() if acc.alias not in excluded
+            for t in [acc.next_free(now)] if t is not None
+        ]
+        return min(times) if times else None
+
+    async def acquire(self, est: Estimate, exclude: Iterable[str], deadline: float) -> tuple[Lease, float]:
+        """Choose an account, waiting FIFO for the earliest reset when none can serve.
+
+        `deadline` is on trio's clock. Returns the lease and the seconds spent queued.
+        Raises NoAccounts when nothing could ever serve, PoolExhausted at the deadline.
+        """
+        excluded = frozenset(exclude)
+        if not self._queue:
+            lease = self.choose(est, excluded)
+            if lease is not None:
+                return lease, 0.0
+        if not self.servable(excluded):
+            raise NoAccounts()
+        waiter = _Waiter()
+        self._queue.append(waiter)
+        started = trio.current_time()
+        try:
+            while True:
+                if self._queue[0] is waiter:
+                    lease = self.choose(est, excluded)
+                    if lease is not None:
+                        return lease, trio.current_time() - started
+                    if not self.servable(excluded):
+                        raise NoAccounts()
+                if trio.current_time() >= deadline:
+                    break
+                # The head sleeps until the earliest reset; the others until the head moves.
+                wake_at = deadline
+                if self._queue[0] is waiter:
+                    free = self.earliest_free(excluded)
+                    if free is not None:
+                        wake_at = min(deadline, trio.current_time() + max(0.0, free - self.clock()) + 0.01)
+                waiter.event = trio.Event()
+                with trio.move_on_at(wake_at):
+                    await waiter.event.wait()
+        finally:
+            was_head = bool(self._queue) and self._queue[0] is waiter
+            try:
+                self._queue.remove(waiter)
+            except ValueError:
+                pass
+            if was_head:
+                self._wake_head()
+        free = self.earliest_free(excluded)
+        now = self.clock()
+        retry_after = max(1.0, free - now) if free is not None else None
+        raise PoolExhausted(retry_after, self.describe_resets(now))
+
+    def _wake_head(self) -> None:
+        if self._queue:
+            self._queue[0].event.set()
+
+    def notify(self) -> None:
+        """Something changed outside observe/release (login, enable, refresh): let the queue retry."""
+        self._wake_head()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def describe_resets(self, now: float) -> str:
+        parts = []
+        for acc in self.accounts.values():
+            status = acc.status(now)
+            free = acc.next_free(now)
+            if free is not None:
+                parts.append(f"{acc.alias}: {status}, resets in {max(0, round(free - now))} s")
+            else:
+                parts.append(f"{acc.alias}: {status}")
+        return "; ".join(parts)
+
+    # -- outcomes ----------------------------------------------------------------------
+    def observe_headers(self, acc: AccountState, snap: Snapshot) -> None:
+        for name, w in snap.windows.items():
+            acc.windows[name] = w
+        # Fresh headers showing room again are evidence of recovery.
+        if acc.block_kind == "exhausted" and snap.windows and acc.zero_window_reset(self.clock()) is None \
+                and all((w.remaining or 0) > 0 for w in snap.windows.values()):
+            acc.block_kind = acc.block_reason = acc.block_until = None
+        self._wake_head()
+
+    def observe_success(self, acc: AccountState, latency_ms: float | None) -> None:
+        acc.requests += 1
+        acc.failures = 0
+        acc.needs_login = None
+        if acc.block_kind is not None:
+            acc.block_kind = acc.block_reason = acc.block_until = None
+            self._changed()
+        if latency_ms is not None:
+            acc.latency_ms = latency_ms if acc.latency_ms is None else acc.latency_ms * 0.8 + latency_ms * 0.2
+        self._wake_head()
+
+    def observe_rate_limited(self, acc: AccountState, snap: Snapshot, *, spend_limit: bool, message: str) -> None:
+        now = self.clock()
+        acc.errors += 1
+        acc.windows.update(snap.windows)
+        if spend_limit:
+            until = now + SPEND_LIMIT_RECHECK
+            reason = f"spend limit reached: {message}"[:200]
+        else:
+            candidates = [t for t in (
+                now + snap.retry_after if snap.retry_after is not None else None,
+                snap.latest_exhausted_reset(),
+            ) if t is not None]
+            until = max(candidates) if candidates else now + DEFAULT_429_COOLDOWN
+            reason = "rate limited (429)"
+        # The latest reset wins: a new 429 never shortens a longer exhaustion.
+        if acc.block_kind == "exhausted" and acc.block_until and acc.block_until > until:
+            until = acc.block_until
+        acc.block_kind, acc.block_reason, acc.block_until = "exhausted", reason, until
+        self._changed()
+
+    def observe_transient(self, acc: AccountState, reason: str) -> None:
+        """529, 5xx, connect and read errors: a short cooldown that grows with repeats."""
+        now = self.clock()
+        acc.errors += 1
+        acc.failures += 1
+        seconds = min(COOLDOWN_MAX, COOLDOWN_BASE * 2 ** (acc.failures - 1))
+        if acc.block_kind != "exhausted":
+            acc.block_kind, acc.block_reason, acc.block_until = "cooling", reason, now + seconds
+        self._changed()
+
+    def observe_auth_failure(self, acc: AccountState, status: int, message: str) -> None:
+        acc.errors += 1
+        acc.needs_login = f"upstream answered {status}: {message}"[:200]
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+        self._wake_head()
+
+    # -- views -------------------------------------------------------------------------
+    def view(self, acc: AccountState, now: float | None = None) -> AccountView:
+        now = self.clock() if now is None else now
+        status = acc.status(now)
+        reason: str | None = None
+        until: float | None = None
+        if status == "needs_login":
+            reason = acc.needs_login or "no key in the keyring; run: dario-ctl login " + acc.alias
+        elif status in ("cooling", "exhausted"):
+            reason = acc.block_reason or "a rate-limit window is at zero"
+            until = acc.next_free(now)
+        elif status == "disabled":
+            reason = "disabled; run: dario-ctl accounts enable " + acc.alias
+        windows = {
+            name: {
+                "limit": w.limit,
+                "remaining": acc.window_remaining(name, w, now),
+                "reset": w.reset if (w.reset is None or w.reset > now) else None,
+            }
+            for name, w in acc.windows.items()
+        }
+        headroom = acc.headroom(now)
+        return {
+            "alias": acc.alias,
+            "kind": acc.kind,
+            "base_url": acc.base_url,
+            "created": acc.created,
+            "enabled": acc.enabled,
+            "preferred": self.preferred == acc.alias,
+            "status": status,
+            "reason": reason,
+            "until": until,
+            "headroom": None if headroom is None else round(headroom, 4),
+            "windows": windows,  # type: ignore[typeddict-item]
+            "in_flight": acc.in_flight,
+            "requests": acc.requests,
+            "errors": acc.errors,
+            "latency_ms": None if acc.latency_ms is None else round(acc.latency_ms, 2),
+        }
+
+    def views(self) -> list[AccountView]:
+        now = self.clock()
+        return [self.view(acc, now) for acc in self.accounts.values()]
+
+    def pool_view(self) -> PoolView:
+        now = self.clock()
+        statuses = [acc.status(now) for acc in self.accounts.values()]
+        usable = [s for s in statuses if s != "disabled"]
+        available = sum(1 for s in statuses if s == "ok")
+        if not usable:
+            health = "empty"
+        elif available == len(usable):
+            health = "ok"
+        elif available:
+            health = "degraded"
+        else:
+            health = "exhausted"
+        return {
+            "health": health,  # type: ignore[typeddict-item]
+            "available": available,
+            "total": len(self.accounts),
+            "earliest_reset": self.earliest_free(),
+            "queue_depth": len(self._queue),
+        }
+
+    def pool_headers(self) -> list[tuple[bytes, bytes]]:
+        """Pool-level `anthropic-ratelimit-*` headers: the sum over accounts that can serve."""
+        now = self.clock()
+        totals: dict[str, list[int]] = {}
+        resets: dict[str, float] = {}
+        for acc in self.accounts.values():
+            if acc.status(now) != "ok":
+                continue
+            for name, w in acc.windows.items():
+                remaining = acc.window_remaining(name, w, now)
+                if w.limit is None or remaining is None:
+                    continue
+                t = totals.setdefault(name, [0, 0])
+                t[0] += w.limit
+                t[1] += remaining
+                if w.reset is not None and w.reset > now:
+                    resets[name] = min(resets.get(name, w.reset), w.reset)
+        out: list[tuple[bytes, bytes]] = []
+        for name in WINDOWS:
+            if name in totals:
+                prefix = b"anthropic-ratelimit-" + name.encode()
+                out.append((prefix + b"-limit", str(totals[name][0]).encode()))
+                out.append((prefix + b"-remaining", str(totals[name][1]).encode()))
+                if name in resets:
+                    out.append((prefix + b"-reset", _rfc3339(resets[name]).encode()))
+        return out
+
+    # -- persistence -------------------------------------------------------------------
+    def export_state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for acc in self.accounts.values():
+            out[acc.alias] = {
+                "block_kind": acc.block_kind,
+                "block_reason": acc.block_reason,
+                "block_until": acc.block_until,
+                "failures": acc.failures,
+                "needs_login": acc.needs_login,
+                "windows": {name: w.as_dict() for name, w in acc.windows.items()},
+            }
+        return {"version": 1, "saved_at": self.clock(), "accounts": out}
+
+    def import_state(self, data: Any) -> None:
+        if not isinstance(data, dict):
+            return
+        now = self.clock()
+        for alias, item in (data.get("accounts") or {}).items():
+            acc = self.accounts.get(alias)
+            if acc is None or not isinstance(item, dict):
+                continue
+            until = item.get("block_until")
+            if isinstance(until, (int, float)) and until > now:
+                acc.block_kind = item.get("block_kind")
+                acc.block_reason = item.get("block_reason")
+                acc.block_until = float(until)
+                acc.failures = int(item.get("failures") or 0)
+            if item.get("needs_login") and acc.secret is not None:
+                acc.needs_login = str(item["needs_login"])
+            for name, w in (item.get("windows") or {}).items():
+                if name in WINDOWS and isinstance(w, dict):
+                    acc.windows[name] = Window(w.get("limit"), w.get("remaining"), w.get("reset"))
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    event: trio.Event = field(default_factory=trio.Event)
+
+
+def _rfc3339(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

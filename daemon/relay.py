@@ -1,0 +1,519 @@
+"""Forward one client request through the pool, failing over before the first byte.
+
+The request path, top to bottom:
+
+    acquire an account (waiting FIFO if all are exhausted)
+    → send upstream → classify the answer
+        retryable before any byte reached the client → note it on the account, next account
+        final error → pass it through
+        success → non-streaming: hand the body over
+                  streaming: hold `message_start` back until the first content event (or a
+                  short timer) so an in-band error can still fail over, then relay each
+                  complete event as it arrives; after that, errors end the stream with a
+                  well-formed `error` event, never a silent switch of account
+    → release the account, record usage
+
+What the client sees is written by a `Sink` (Anthropic or OpenAI dialect); the relay
+itself never formats a response.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import orjson
+import trio
+
+from dario.daemon import ratelimits
+from dario.daemon.errors import DarioError
+from dario.daemon.httpclient import (
+    ConnectError,
+    HttpClient,
+    PoolTimeout,
+    ReadTimeout,
+    Response,
+    UpstreamError,
+)
+from dario.daemon.pool import Estimate, Lease, NoAccounts, Pool, PoolExhausted
+from dario.daemon.sse import EventSplitter, iter_events
+from dario.daemon.upstreams import anthropic as upstream
+
+log = logging.getLogger("dario.relay")
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504, 529})
+AUTH_STATUS = frozenset({401, 403})
+CONTENT_EVENTS = frozenset({b"content_block_start", b"content_block_delta"})
+FORWARD_RESPONSE_HEADERS = (b"request-id", b"retry-after", b"retry-after-ms", b"x-should-retry")
+_RL_PREFIX = b"anthropic-ratelimit-"
+MAX_ERROR_BODY = 1024 * 1024
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_write_5m: int = 0
+    cache_write_1h: int = 0
+    cache_read: int = 0
+
+    def update(self, usage: object) -> None:
+        """Take values from an Anthropic usage object; they are cumulative, so the last wins."""
+        if not isinstance(usage, dict):
+            return
+        for src, dst in (("input_tokens", "input_tokens"), ("output_tokens", "output_tokens"),
+                         ("cache_read_input_tokens", "cache_read")):
+            v = usage.get(src)
+            if isinstance(v, int):
+                setattr(self, dst, v)
+        creation = usage.get("cache_creation")
+        if isinstance(creation, dict):
+            v5, v1 = creation.get("ephemeral_5m_input_tokens"), creation.get("ephemeral_1h_input_tokens")
+            if isinstance(v5, int):
+                self.cache_write_5m = v5
+            if isinstance(v1, int):
+                self.cache_write_1h = v1
+        else:
+            v = usage.get("cache_creation_input_tokens")
+            if isinstance(v, int):
+                self.cache_write_5m = v
+
+
+@dataclass(slots=True)
+class Incoming:
+    """One client request, already read, parsed and translated to the upstream's form."""
+
+    dialect: str  # "anthropic" | "openai"
+    endpoint: str  # "messages" | "count_tokens" | "chat"
+    path: str  # upstream path
+    query: bytes
+    headers: list[tuple[bytes, bytes]]  # the client's, lower-case names
+    body: bytes  # exactly what goes upstream
+    stream: bool
+    model: str | None
+    estimate: Estimate
+    client: str
+    t_start: float  # perf_counter when the request arrived
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened, for analytics and the access log."""
+
+    account: str | None = None
+    status: int = 0
+    error_type: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    failovers: int = 0
+    queue_wait_ms: float = 0.0
+    ttft_ms: float | None = None
+    upstream_ms: float = 0.0
+    bytes_to_client: int = 0
+
+
+@dataclass(slots=True)
+class Answer:
+    """An upstream answer as the sink needs it."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]  # to send to the client (already filtered, x-dario-* added)
+    body: bytes
+    account: str
+
+
+class Sink(Protocol):
+    async def error(self, err: DarioError) -> None: ...
+    async def answer(self, ans: Answer) -> None: ...  # a whole response (success or upstream error)
+    async def stream_start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+    async def stream_data(self, block: bytes) -> None: ...  # complete SSE events
+    async def stream_abort(self, type: str, message: str) -> None: ...
+    async def stream_end(self) -> None: ...
+
+
+class _Retry(Exception):
+    """This attempt failed in a way another account may not; nothing reached the client."""
+
+    def __init__(self, answer: Answer | None, err: DarioError | None) -> None:
+        self.answer = answer
+        self.err = err
+
+
+class Relay:
+    def __init__(
+        self,
+        pool: Pool,
+        http: HttpClient,
+        *,
+        queue_timeout: float,
+        failover_deadline: float,
+        hold_message_start: float,
+        read_timeout: float,
+        record: Callable[[Incoming, Outcome], None] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.http = http
+        self.queue_timeout = queue_timeout
+        self.failover_deadline = failover_deadline
+        self.hold_message_start = hold_message_start
+        self.read_timeout = read_timeout
+        self.record = record
+
+    async def forward(self, inc: Incoming, sink: Sink) -> Outcome:
+        out = Outcome()
+        try:
+            await self._forward(inc, sink, out)
+        finally:
+            if self.record is not None:
+                try:
+                    self.record(inc, out)
+                except Exception:  # analytics must never break the proxy
+                    log.exception("recording usage failed")
+        return out
+
+    async def _forward(self, inc: Incoming, sink: Sink, out: Outcome) -> None:
+        tried: list[str] = []
+        last: _Retry | None = None
+        now = trio.current_time()
+        failover_deadline = now + self.failover_deadline
+        queue_deadline = now + self.queue_timeout
+        while True:
+            try:
+                lease, waited = await self.pool.acquire(inc.estimate, tried, queue_deadline)
+            except NoAccounts:
+                await self._give_up(sink, out, last, self._no_accounts_error(tried))
+                return
+            except PoolExhausted as exc:
+                headers = []
+                if exc.retry_after is not None:
+                    headers.append((b"retry-after", str(math.ceil(exc.retry_after)).encode()))
+                err = DarioError(
+                    429, "rate_limit_error",
+                    f"every dario account is rate limited; waited {self.queue_timeout:g} s. {exc.detail}",
+                    headers=headers,
+                )
+                await self._give_up(sink, out, last, err)
+                return
+            out.queue_wait_ms += waited * 1000.0
+            tried.append(lease.account.alias)
+            out.account = lease.account.alias
+            try:
+                await self._attempt(lease, inc, sink, out)
+                return
+            except _Retry as retry:
+                last = retry
+                out.failovers += 1
+                log.info("failover: %s on %s; trying another account", _describe(retry), lease.account.alias)
+            finally:
+                self.pool.release(lease)
+            if trio.current_time() >= failover_deadline:
+                await self._give_up(sink, out, last, None)
+                return
+
+    def _no_accounts_error(self, tried: list[str]) -> DarioError:
+        if not self.pool.accounts:
+            return DarioError(
+                503, "api_error",
+                "dario has no accounts yet. Add one with: dario-ctl login <name>  (it asks for an Anthropic API key)",
+            )
+        views = [
+            f"{v['alias']}: {v['status']}" + (f" ({v['reason']})" if v["reason"] else "")
+            for v in self.pool.views()
+        ]
+        return DarioError(503, "api_error", "no dario account can serve this request: " + "; ".join(views))
+
+    async def _give_up(self, sink: Sink, out: Outcome, last: _Retry | None, fallback: DarioError | None) -> None:
+        """No more accounts to try: the client gets the last upstream failure, or dario's own error."""
+        if last is not None and last.answer is not None:
+            out.status = last.answer.status
+            out.error_type = _error_type_of(last.answer.body)
+            await sink.answer(last.answer)
+            return
+        err = (last.err if last is not None else None) or fallback
+        assert err is not None
+        out.status, out.error_type = err.status, err.type
+        await sink.error(err)
+
+    # -- one attempt on one account ------------------------------------------------------
+    async def _attempt(self, lease: Lease, inc: Incoming, sink: Sink, out: Outcome) -> None:
+        acc = lease.account
+        assert acc.secret is not None
+        t0 = time.perf_counter()
+        try:
+            response = await upstream.send(
+                self.http, acc.base_url, acc.secret, "POST", inc.path, inc.query, inc.headers, inc.body,
+                read_timeout=self.read_timeout,
+            )
+        except UpstreamError as exc:
+            self.pool.observe_transient(acc, _transport_reason(exc))
+            raise _Retry(None, _transport_error(exc, acc.alias)) from None
+        try:
+            snap = ratelimits.parse(response.headers)
+            self.pool.observe_headers(acc, snap)
+            status = response.status
+            if status >= 400:
+                body = await self._read_error_body(response)
+                out.upstream_ms += (time.perf_counter() - t0) * 1000.0
+                answer = Answer(status, self._client_headers(response, acc.alias, inc, None), body, acc.alias)
+                self._classify_error(acc, status, snap, body, answer)  # raises _Retry when retryable
+                self.pool.observe_success(acc, None)  # a 4xx is the request's fault, not the account's
+                out.status, out.error_type = status, _error_type_of(body)
+                self._set_overhead(answer.headers, inc, out)
+                await sink.answer(answer)
+                return
+            ctype = response.header(b"content-type") or b""
+            if inc.stream and ctype.startswith(b"text/event-stream"):
+                await self._stream(response, acc, lease, inc, sink, out, t0)
+                return
+            try:
+                body = await response.read()
+            except UpstreamError as exc:
+                self.pool.observe_transient(acc, _transport_reason(exc))
+                raise _Retry(None, _transport_error(exc, acc.alias)) from None
+            out.upstream_ms += (time.perf_counter() - t0) * 1000.0
+            self.pool.observe_success(acc, out.upstream_ms)
+            out.status = status
+            if inc.endpoint != "count_tokens":
+                _tap_json_usage(body, out.usage)
+            answer = Answer(status, self._client_headers(response, acc.alias, inc, out), body, acc.alias)
+            await sink.answer(answer)
+        finally:
+            await response.aclose()
+
+    async def _read_error_body(self, response: Response) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_ERROR_BODY:
+                    break
+                chunks.append(chunk)
+        except UpstreamError:
+            pass  # a truncated error body is still an error
+        return b"".join(chunks)
+
+    def _classify_error(self, acc: object, status: int, snap: ratelimits.Snapshot, body: bytes,
+                        answer: Answer) -> None:
+        from dario.daemon.pool import AccountState
+
+        assert isinstance(acc, AccountState)
+        message = _error_message_of(body)
+        if status == 429:
+            spend = b"spend_limit" in body or b"spend limit" in body.lower()
+            self.pool.observe_rate_limited(acc, snap, spend_limit=spend, message=message)
+            raise _Retry(answer, None)
+        if status in AUTH_STATUS:
+            self.pool.observe_auth_failure(acc, status, message)
+            raise _Retry(answer, None)
+        if status in RETRYABLE_STATUS:
+            self.pool.observe_transient(acc, f"upstream {status}: {message}"[:200])
+            raise _Retry(answer, None)
+
+    # -- streaming ---------------------------------------------------------------------
+    async def _stream(self, response: Response, acc: object, lease: Lease, inc: Incoming, sink: Sink,
+                      out: Outcome, t0: float) -> None:
+        from dario.daemon.pool import AccountState
+
+        assert isinstance(acc, AccountState)
+        splitter = EventSplitter()
+        send_chan, recv_chan = trio.open_memory_channel[bytes | UpstreamError | None](16)
+
+        async def pump() -> None:
+            async with send_chan:
+                try:
+                    async for chunk in response.aiter_bytes():
+                        await send_chan.send(chunk)
+                except UpstreamError as exc:
+                    await send_chan.send(exc)
+                    return
+                await send_chan.send(None)
+
+        held: list[bytes] = []
+        committed = False
+        ended = False
+        retry: _Retry | None = None
+        # trio wraps exceptions raised in a nursery body in an ExceptionGroup, so a retry is
+        # carried out of the nursery by hand.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump)
+            hold_until = trio.current_time() + self.hold_message_start
+            try:
+                # Phase 1: hold everything back until content shows up or the timer fires.
+                while not committed:
+                    item: bytes | UpstreamError | None = None
+                    timed_out = True
+                    with trio.move_on_at(hold_until):
+                        item = await recv_chan.receive()
+                        timed_out = False
+                    if timed_out:
+                        break  # commit with what we have
+                    if isinstance(item, UpstreamError):
+                        self.pool.observe_transient(acc, _transport_reason(item))
+                        raise _Retry(None, _transport_error(item, acc.alias))
+                    if item is None:
+                        ended = True
+                        if not any(b"message_stop" in b for b in held):
+                            # Ended before a whole message: nothing reached the client, so retry.
+                            self.pool.observe_transient(acc, "upstream stream ended early")
+                            raise _Retry(None, DarioError(502, "api_error", "upstream stream ended early"))
+                        break
+                    block = splitter.feed(item)
+                    if not block:
+                        continue
+                    for name, data in iter_events(block):
+                        if name == b"error":
+                            self._stream_error_before_content(acc, data, response, inc)
+                        elif name in CONTENT_EVENTS:
+                            committed = True
+                        _tap_event_usage(name, data, out.usage)
+                    held.append(block)
+                # Commit: from here on, the client owns this stream.
+                out.upstream_ms += (time.perf_counter() - t0) * 1000.0
+                out.status = response.status
+                headers = self._client_headers(response, acc.alias, inc, out)
+                await sink.stream_start(response.status, headers)
+                prefix = b"".join(held)
+                if prefix:
+                    await sink.stream_data(prefix)
+                    out.bytes_to_client += len(prefix)
+                out.ttft_ms = (time.perf_counter() - inc.t_start) * 1000.0
+                # Phase 2: relay each complete event as it arrives.
+                while not ended:
+                    item = await recv_chan.receive()
+                    if item is None:
+                        break
+                    if isinstance(item, UpstreamError):
+                        self.pool.observe_transient(acc, _transport_reason(item))
+                        out.error_type = "api_error"
+                        await sink.stream_abort(
+                            "api_error",
+                            f"the upstream connection of account {acc.alias} failed mid-stream "
+                            f"({type(item).__name__}); the response is incomplete",
+                        )
+                        return
+                    block = splitter.feed(item)
+                    if not block:
+                        continue
+                    if block.find(b"event: message_") >= 0 or block.find(b"event: error") >= 0:
+                        for name, data in iter_events(block):
+                            _tap_event_usage(name, data, out.usage)
+                            if name == b"error":
+                                out.error_type = _error_type_of(data)
+                    await sink.stream_data(block)
+                    out.bytes_to_client += len(block)
+                self.pool.observe_success(acc, out.upstream_ms)
+                await sink.stream_end()
+            except _Retry as exc:
+                retry = exc
+            finally:
+                nursery.cancel_scope.cancel()
+        if retry is not None:
+            raise retry
+
+    def _stream_error_before_content(self, acc: object, data: bytes, response: Response, inc: Incoming) -> None:
+        """An in-band error before any content: fail over if another account might do better."""
+        from dario.daemon.pool import AccountState
+
+        assert isinstance(acc, AccountState)
+        etype = _error_type_of(data) or "api_error"
+        message = _error_message_of(data)
+        status = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500,
+                  "timeout_error": 504}.get(etype)
+        if status is None:
+            return  # e.g. invalid_request_error: the client's problem; relay it as it is
+        if status == 429:
+            self.pool.observe_rate_limited(acc, ratelimits.Snapshot({}, None), spend_limit=False, message=message)
+        else:
+            self.pool.observe_transient(acc, f"in-stream {etype}: {message}"[:200])
+        body = orjson.dumps({"type": "error", "error": {"type": etype, "message": message}})
+        headers = self._client_headers(response, acc.alias, inc, None)
+        headers = [(k, v) for k, v in headers if k != b"content-type"]
+        headers.append((b"content-type", b"application/json"))
+        raise _Retry(Answer(status, headers, body, acc.alias), None)
+
+    # -- headers -----------------------------------------------------------------------
+    def _client_headers(self, response: Response, alias: str, inc: Incoming,
+                        out: Outcome | None) -> list[tuple[bytes, bytes]]:
+        headers: list[tuple[bytes, bytes]] = []
+        for name, value in response.headers:
+            if name.startswith(_RL_PREFIX) or name in FORWARD_RESPONSE_HEADERS or name == b"content-type":
+                headers.append((name, value))
+        headers.append((b"x-dario-account", alias.encode()))
+        if inc.model:
+            headers.append((b"x-dario-model", inc.model.encode()))
+        if out is not None:
+            self._set_overhead(headers, inc, out)
+        return headers
+
+    def _set_overhead(self, headers: list[tuple[bytes, bytes]], inc: Incoming, out: Outcome) -> None:
+        elapsed = (time.perf_counter() - inc.t_start) * 1000.0
+        overhead = max(0.0, elapsed - out.upstream_ms - out.queue_wait_ms)
+        headers.append((b"x-dario-overhead-ms", f"{overhead:.2f}".encode()))
+
+
+# -- small helpers ----------------------------------------------------------------------
+
+def _tap_event_usage(name: bytes, data: bytes, usage: Usage) -> None:
+    if name == b"message_start":
+        try:
+            usage.update(orjson.loads(data).get("message", {}).get("usage"))
+        except (orjson.JSONDecodeError, AttributeError):
+            pass
+    elif name == b"message_delta":
+        try:
+            usage.update(orjson.loads(data).get("usage"))
+        except (orjson.JSONDecodeError, AttributeError):
+            pass
+
+
+def _tap_json_usage(body: bytes, usage: Usage) -> None:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return
+    if isinstance(parsed, dict):
+        usage.update(parsed.get("usage"))
+
+
+def _parse_error(body: bytes) -> dict[str, object]:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        return parsed["error"]  # type: ignore[no-any-return]
+    return {}
+
+
+def _error_type_of(body: bytes) -> str | None:
+    t = _parse_error(body).get("type")
+    return t if isinstance(t, str) else None
+
+
+def _error_message_of(body: bytes) -> str:
+    m = _parse_error(body).get("message")
+    return m if isinstance(m, str) else "no message"
+
+
+def _transport_reason(exc: UpstreamError) -> str:
+    return f"upstream {type(exc).__name__}: {exc}"[:200]
+
+
+def _transport_error(exc: UpstreamError, alias: str) -> DarioError:
+    if isinstance(exc, (ReadTimeout, PoolTimeout)):
+        return DarioError(504, "timeout_error", f"the upstream of account {alias} timed out: {exc}")
+    if isinstance(exc, ConnectError):
+        return DarioError(502, "api_error", f"could not reach the upstream of account {alias}: {exc}")
+    return DarioError(502, "api_error", f"the upstream of account {alias} failed: {exc}")
+
+
+def _describe(retry: _Retry) -> str:
+    if retry.answer is not None:
+        return f"upstream {retry.answer.status}"
+    if retry.err is not None:
+        return retry.err.message
+    return "failure"

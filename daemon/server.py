@@ -1,0 +1,324 @@
+"""The public ASGI app on 127.0.0.1:3456: its routes, in one table.
+
+Anthropic Messages (`/v1/messages`, `/v1/messages/count_tokens`), OpenAI Chat
+Completions (`/v1/chat/completions`), models for both (`/v1/models`), and dario's own
+views (`/health`, `/accounts`, `/analytics`, `/metrics`, the dashboard at `/`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+import orjson
+import trio
+
+from dario.daemon import __version__
+from dario.daemon.asgi import (
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    header,
+    lifespan,
+    read_body,
+    send_json,
+    send_response,
+)
+from dario.daemon.dialects import AnthropicSink, OpenAISink
+from dario.daemon.errors import DarioError, anthropic_error_body, openai_error_status_and_body
+from dario.daemon.guard import Guard
+from dario.daemon.modelcatalog import ModelCatalog
+from dario.daemon.openai.request import chat_to_messages
+from dario.daemon.openai.thinking import ThinkingCache
+from dario.daemon.pool import Estimate
+from dario.daemon.relay import Incoming, Relay
+from dario.daemon.state import DaemonState
+from dario.daemon.upstreams import anthropic as upstream
+
+log = logging.getLogger("dario.server")
+
+Handler = Callable[[Scope, Receive, Send, "RequestInfo"], Awaitable[None]]
+DEFAULT_MAX_TOKENS = 4096
+
+
+class RequestInfo:
+    __slots__ = ("client", "request_id", "t_start")
+
+    def __init__(self, t_start: float, request_id: str, client: str) -> None:
+        self.t_start = t_start
+        self.request_id = request_id
+        self.client = client
+
+
+class PublicApp:
+    def __init__(self, state: DaemonState, relay: Relay, guard: Guard, models: ModelCatalog) -> None:
+        self.state = state
+        self.relay = relay
+        self.guard = guard
+        self.models = models
+        self.settings = state.settings
+        self.thinking = ThinkingCache()
+        self._ids = itertools.count(1)
+        self._id_prefix = f"req_dario_{os.getpid():x}_"
+        self.routes: dict[tuple[str, str], Handler] = {
+            ("POST", "/v1/messages"): self.messages,
+            ("POST", "/v1/messages/count_tokens"): self.count_tokens,
+            ("POST", "/v1/chat/completions"): self.chat_completions,
+            ("GET", "/v1/models"): self.list_models,
+            ("GET", "/health"): self.health,
+            ("GET", "/accounts"): self.accounts,
+            ("GET", "/analytics"): self.analytics,
+            ("GET", "/metrics"): self.metrics,
+            ("GET", "/"): self.dashboard,
+        }
+        self._dashboard_cache: dict[str, bytes] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await lifespan(receive, send)
+            return
+        t_start = time.perf_counter()
+        path: str = scope["path"]
+        method: str = scope["method"]
+        openai_side = path.startswith("/v1/chat")
+        request_id = f"{self._id_prefix}{next(self._ids)}"
+
+        problem = self.guard.host_problem(scope) or self.guard.origin_problem(scope)
+        if problem:
+            await _error(send, openai_side, DarioError(403, "permission_error", problem), request_id)
+            return
+        handler = self.routes.get((method, path))
+        if handler is None:
+            if method == "GET" and path.startswith("/v1/models/"):
+                handler = self.get_model
+            elif method == "GET" and path.startswith("/static/"):
+                handler = self.static
+            else:
+                known = any(p == path for _, p in self.routes) or path.startswith("/v1/models/")
+                status, kind = (405, "invalid_request_error") if known else (404, "not_found_error")
+                msg = f"{method} {path} is not allowed" if known else f"dario has no endpoint {method} {path}"
+                await _error(send, openai_side, DarioError(status, kind, msg), request_id)
+                return
+        client = ""
+        if path != "/health" and not path.startswith("/static/") and path != "/":
+            allowed, key_name = self.guard.authenticate(scope)
+            if not allowed:
+                await _error(send, openai_side, DarioError(
+                    401, "authentication_error",
+                    "this dario requires a key: send DARIO_API_KEY (or a dario client key) as x-api-key "
+                    "or Authorization: Bearer",
+                ), request_id)
+                return
+            client = key_name or ""
+        if not client:
+            client = self.state.client_family(header(scope, b"user-agent"))
+        await handler(scope, receive, send, RequestInfo(t_start, request_id, client))
+
+    # -- Anthropic Messages ------------------------------------------------------------
+    async def _read_json(self, scope: Scope, receive: Receive) -> tuple[bytes, Any]:
+        try:
+            body = await read_body(scope, receive, self.settings.max_body)
+        except BodyTooLarge:
+            raise DarioError(
+                413, "request_too_large",
+                f"request body is larger than {self.settings.max_body // (1024 * 1024)} MB",
+            ) from None
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise DarioError(400, "invalid_request_error", f"request body is not valid JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise DarioError(400, "invalid_request_error", "request body must be a JSON object")
+        return body, parsed
+
+    async def messages(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+        await self._anthropic(scope, receive, send, info, upstream.PATH_MESSAGES, "messages")
+
+    async def count_tokens(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+        await self._anthropic(scope, receive, send, info, upstream.PATH_COUNT_TOKENS, "count_tokens")
+
+    async def _anthropic(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo,
+                         path: str, endpoint: str) -> None:
+        sink = AnthropicSink(send, info.request_id)
+        try:
+            body, parsed = await self._read_json(scope, receive)
+            model = parsed.get("model")
+            if not isinstance(model, str) or not model:
+                raise DarioError(400, "invalid_request_error", "model: field required (a Claude model id)")
+            resolved = self.settings.force_model or self.models.resolve_anthropic(model)
+            if resolved != model:
+                parsed["model"] = resolved
+                body = orjson.dumps(parsed)
+            stream = parsed.get("stream") is True and endpoint == "messages"
+            max_tokens = parsed.get("max_tokens")
+            est = Estimate(
+                input_tokens=min(len(body) // 4, 1_000_000),
+                output_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 0,
+            )
+        except DarioError as err:
+            await sink.error(err)
+            return
+        except ClientGone:
+            return
+        inc = Incoming(
+            dialect="anthropic", endpoint=endpoint, path=path, query=scope.get("query_string", b""),
+            headers=scope["headers"], body=body, stream=stream, model=resolved, estimate=est,
+            client=info.client, t_start=info.t_start,
+        )
+        await self._forward(inc, sink, receive)
+
+    async def _forward(self, inc: Incoming, sink: Any, receive: Receive) -> None:
+        """Relay, and stop everything at once if the client hangs up."""
+        self.state.requests_served += 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+            outcome = await self.relay.forward(inc, sink)
+            nursery.cancel_scope.cancel()
+        if self.settings.verbose:
+            log.info(
+                "%s %s → %s via %s (%d failovers, %.0f ms queued)", inc.dialect, inc.endpoint,
+                outcome.status, outcome.account, outcome.failovers, outcome.queue_wait_ms,
+            )
+
+    # -- OpenAI Chat Completions -------------------------------------------------------
+    async def chat_completions(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+        created = int(time.time())
+        try:
+            _, parsed = await self._read_json(scope, receive)
+            anthropic_body, ctx = chat_to_messages(parsed, self.models.table, thinking_cache=self.thinking)
+        except DarioError as err:
+            await OpenAISink(send, info.request_id, None, created, None).error(err)
+            return
+        except ClientGone:
+            return
+        if self.settings.force_model:
+            anthropic_body["model"] = self.settings.force_model
+        body = orjson.dumps(anthropic_body)
+        max_tokens = anthropic_body.get("max_tokens")
+        inc = Incoming(
+            dialect="openai", endpoint="chat", path=upstream.PATH_MESSAGES, query=b"",
+            headers=[h for h in scope["headers"] if h[0] == b"anthropic-beta"], body=body,
+            stream=bool(anthropic_body.get("stream")), model=anthropic_body.get("model"),
+            estimate=Estimate(min(len(body) // 4, 1_000_000), max_tokens if isinstance(max_tokens, int) else 0),
+            client=info.client, t_start=info.t_start,
+        )
+        await self._forward(inc, OpenAISink(send, info.request_id, ctx, created, self.thinking), receive)
+
+    # -- models (both dialects on one path) ---------------------------------------------
+    async def list_models(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+        await self.models.refresh_if_stale()
+        query = _query(scope)
+        try:
+            page = self.models.page(
+                limit=int(query.get("limit", "0") or 0) or None,
+                after_id=query.get("after_id"), before_id=query.get("before_id"),
+            )
+        except ValueError:
+            await _error(send, False, DarioError(400, "invalid_request_error", "limit must be a number"),
+                         info.request_id)
+            return
+        await send_json(send, 200, page)
+
+    async def get_model(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+        model_id = scope["path"][len("/v1/models/"):]
+        await self.models.refresh_if_stale()
+        item = self.models.get(model_id)
+        if item is None:
+            openai_side = header(scope, b"anthropic-version") is None and header(scope, b"x-api-key") is None
+            await _error(send, openai_side, DarioError(
+                404, "not_found_error", f"model {model_id!r} not found", openai_code="model_not_found", param="model",
+            ), info.request_id)
+            return
+        await send_json(send, 200, item)
+
+    # -- dario's own views -------------------------------------------------------------
+    async def health(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+        pool = self.state.pool.pool_view()
+        await send_json(send, 200, {
+            "status": "ok",
+            "version": __version__,
+            "accounts": pool["total"],
+            "accounts_available": pool["available"],
+            "pool": pool["health"],
+            "requests_served": self.state.requests_served,
+            "uptime_s": round(time.time() - self.state.started_at, 3),
+        })
+
+    async def accounts(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+        await send_json(send, 200, {"pool": self.state.pool.pool_view(), "accounts": self.state.pool.views()})
+
+    async def analytics(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+        window = _query(scope).get("window", "24h")
+        try:
+            usage = await self.state.usage(window)
+        except ValueError as exc:
+            await _error(send, False, DarioError(400, "invalid_request_error", str(exc)), info.request_id)
+            return
+        usage["accounts"] = self.state.pool.views()
+        await send_json(send, 200, usage)
+
+    async def metrics(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+        body, content_type = self.state.render_metrics()
+        await send_response(send, 200, body, content_type=content_type.encode())
+
+    async def dashboard(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+        await self._static_file(send, "index.html")
+
+    async def static(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+        name = scope["path"][len("/static/"):]
+        await self._static_file(send, name)
+
+    async def _static_file(self, send: Send, name: str) -> None:
+        types = {"html": b"text/html; charset=utf-8", "js": b"text/javascript; charset=utf-8",
+                 "css": b"text/css; charset=utf-8", "svg": b"image/svg+xml"}
+        ext = name.rsplit(".", 1)[-1]
+        if "/" in name or name.startswith(".") or ext not in types:
+            await send_response(send, 404, b"not found", content_type=b"text/plain")
+            return
+        body = self._dashboard_cache.get(name)
+        if body is None:
+            try:
+                body = resources.files("dario.daemon").joinpath("static", name).read_bytes()
+            except (FileNotFoundError, OSError):
+                await send_response(send, 404, b"not found", content_type=b"text/plain")
+                return
+            self._dashboard_cache[name] = body
+        await send_response(send, 200, body, [
+            (b"content-security-policy",
+             b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+             b"connect-src 'self'; frame-ancestors 'none'"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"cache-control", b"no-cache"),
+        ], content_type=types[ext])
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+async def _error(send: Send, openai_side: bool, err: DarioError, request_id: str) -> None:
+    if openai_side:
+        status, body = openai_error_status_and_body(err.status, err.type, err.message, code=err.openai_code,
+                                                    param=err.param)
+        await send_response(send, status, body, err.headers + [(b"x-request-id", request_id.encode())])
+    else:
+        await send_response(send, err.status, anthropic_error_body(err.type, err.message, request_id),
+                            err.headers + [(b"request-id", request_id.encode())])
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    from urllib.parse import parse_qsl
+
+    return dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))

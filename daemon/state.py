@@ -1,0 +1,327 @@
+"""Everything one running dariod holds, and the operations both apps share.
+
+The public app and the control app are two views on this one object: accounts (registry,
+keyring, pool), analytics, metrics, client keys. Blocking work (keyring, SQLite, files)
+goes to worker threads; state changes are persisted from one background task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import orjson
+import trio
+
+from dario.daemon import __version__, accounts, atomicfile, paths
+from dario.daemon.analytics import AnalyticsStore, UsageRecord
+from dario.daemon.clientkeys import ClientKeyStore
+from dario.daemon.clients import client_family
+from dario.daemon.controlapi import AccountView, RefreshResult, Status
+from dario.daemon.httpclient import HttpClient, UpstreamError
+from dario.daemon.metrics import Metrics
+from dario.daemon.pool import Pool
+from dario.daemon.prices import PriceTable
+from dario.daemon.ratelimits import parse as parse_ratelimits
+from dario.daemon.relay import Incoming, Outcome
+from dario.daemon.settings import Settings
+from dario.daemon.upstreams import anthropic as upstream
+
+log = logging.getLogger("dario.state")
+
+
+class ControlFailure(Exception):
+    """A control-API operation that failed; status + type + message go to the caller."""
+
+    def __init__(self, status: int, type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type
+        self.message = message
+
+
+class DaemonState:
+    def __init__(self, settings: Settings, http: HttpClient) -> None:
+        self.settings = settings
+        self.http = http
+        self.started_at = time.time()
+        self.requests_served = 0
+        self.listen = f"http://{settings.host}:{settings.port}"
+        self.registry = accounts.Registry(paths.accounts_file())
+        self.pool = Pool()
+        self.pool.on_change = self._mark_dirty
+        self._dirty = trio.Event()
+        self._ua_cache: dict[bytes | None, str] = {}
+        prices = _load_or_default(PriceTable.load, paths.prices_file(), PriceTable)
+        self.analytics: AnalyticsStore | None = (
+            AnalyticsStore(paths.analytics_db(), prices=prices, retention_days=settings.analytics_retention_days)
+            if settings.analytics else None
+        )
+        self.metrics = Metrics(lambda: list(self.pool.views()), lambda: self.pool.queue_depth)
+        self.client_keys = ClientKeyStore(paths.keys_file())
+
+    # -- start-up ------------------------------------------------------------------------
+    async def load(self) -> None:
+        """Accounts from the registry, secrets from the keyring, cooldowns from the state file."""
+        self.registry.load()
+        secrets: dict[str, str | None] = {}
+        problem: str | None = None
+        if self.registry.accounts:
+            try:
+                secrets = await trio.to_thread.run_sync(self._read_secrets)
+            except accounts.KeyringUnavailable as exc:
+                problem = str(exc)
+                log.warning("%s", problem)
+        for acc in self.registry.accounts.values():
+            self.pool.upsert(acc.alias, acc.kind, acc.base_url, acc.created, secrets.get(acc.alias), acc.enabled)
+            if secrets.get(acc.alias) is None:
+                self.pool.mark_needs_login(
+                    acc.alias, problem or f"no key in the keyring; run: dario-ctl login {acc.alias}"
+                )
+        self.pool.preferred = self.registry.preferred
+        try:
+            self.pool.import_state(atomicfile.read_json(paths.pool_state_file(), {}))
+        except ValueError:
+            log.warning("ignoring unreadable %s", paths.pool_state_file())
+
+    def _read_secrets(self) -> dict[str, str | None]:
+        return {alias: accounts.get_secret(alias) for alias in self.registry.accounts}
+
+    def _mark_dirty(self) -> None:
+        self._dirty.set()
+
+    async def persist_forever(self) -> None:
+        """Write pool state (cooldowns, windows) after changes, at most twice a second."""
+        try:
+            while True:
+                await self._dirty.wait()
+                self._dirty = trio.Event()
+                await trio.to_thread.run_sync(self.save_pool_state)
+                await trio.sleep(0.5)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.save_pool_state)
+                await trio.to_thread.run_sync(self.client_keys.flush)
+
+    def save_pool_state(self) -> None:
+        try:
+            atomicfile.write_json_atomic(paths.pool_state_file(), self.pool.export_state())
+        except OSError as exc:
+            log.warning("could not save pool state to %s: %s", paths.pool_state_file(), exc)
+
+    # -- views ---------------------------------------------------------------------------
+    def status(self) -> Status:
+        now = time.time()
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "uptime_s": round(now - self.started_at, 3),
+            "listen": self.listen,
+            "socket": str(self.settings.socket),
+            "auth_required": self.settings.api_key is not None,
+            "requests_served": self.requests_served,
+            "pool": self.pool.pool_view(),
+            "accounts": self.pool.views(),
+        }
+
+    def client_family(self, user_agent: bytes | None) -> str:
+        name = self._ua_cache.get(user_agent)
+        if name is None:
+            name = client_family(user_agent.decode("latin-1") if user_agent else None)
+            if len(self._ua_cache) < 1024:
+                self._ua_cache[user_agent] = name
+        return name
+
+    def record(self, inc: Incoming, out: Outcome) -> None:
+        rec = UsageRecord(
+            ts=time.time(), client=inc.client, account=out.account, model=inc.model, dialect=inc.dialect,
+            endpoint=inc.endpoint, streaming=inc.stream, status=out.status, error_type=out.error_type,
+            input_tokens=out.usage.input_tokens, output_tokens=out.usage.output_tokens,
+            cache_write_5m=out.usage.cache_write_5m, cache_write_1h=out.usage.cache_write_1h,
+            cache_read=out.usage.cache_read, latency_ms=(time.perf_counter() - inc.t_start) * 1000.0,
+            ttft_ms=out.ttft_ms, failovers=out.failovers, queue_wait_ms=out.queue_wait_ms,
+        )
+        if self.analytics is not None:
+            self.analytics.record(rec)
+        self.metrics.observe(rec)
+
+    async def usage(self, window: str) -> dict[str, Any]:
+        if self.analytics is None:
+            raise ValueError("analytics are off (dariod --no-analytics)")
+        pool_windows = {v["alias"]: dict(v["windows"]) for v in self.pool.views()}
+        result: dict[str, Any] = await trio.to_thread.run_sync(
+            lambda: self.analytics.query(window, pool_windows=pool_windows)  # type: ignore[union-attr]
+        )
+        return result
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        return self.metrics.render()
+
+    # -- account operations (control API) ------------------------------------------------
+    async def login(self, alias: str, secret: str, kind: str, base_url: str | None) -> AccountView:
+        try:
+            accounts.check_alias(alias)
+            url = accounts.normalise_base_url(kind, base_url)
+        except accounts.AccountError as exc:
+            raise ControlFailure(400, "invalid_request", str(exc)) from None
+        secret = secret.strip()
+        if not secret:
+            raise ControlFailure(400, "invalid_request", "the API key is empty")
+        try:
+            await trio.to_thread.run_sync(accounts.check_keyring)
+        except accounts.KeyringUnavailable as exc:
+            raise ControlFailure(503, "keyring_unavailable", str(exc)) from None
+        status, headers, body = await self._validate(url, secret)
+        if status in (401, 403):
+            raise ControlFailure(
+                400, "key_rejected",
+                f"{url} rejected this key ({status}: {_upstream_message(body)}); nothing was stored. "
+                "Check that it is an API key from the provider's console.",
+            )
+        if status >= 400:
+            raise ControlFailure(
+                502, "upstream_error",
+                f"{url} answered {status} ({_upstream_message(body)}) while checking the key; nothing was stored",
+            )
+        try:
+            await trio.to_thread.run_sync(accounts.set_secret, alias, secret)
+        except accounts.KeyringUnavailable as exc:
+            raise ControlFailure(503, "keyring_unavailable", str(exc)) from None
+        acc = self.registry.upsert(alias, kind, url)
+        await trio.to_thread.run_sync(self.registry.save)
+        state = self.pool.upsert(alias, kind, url, acc.created, secret, acc.enabled)
+        self.pool.clear_block(alias)
+        self.pool.observe_headers(state, parse_ratelimits(headers))
+        self.pool.notify()
+        log.info("account %s logged in (%s, %s)", alias, kind, url)
+        return self.pool.view(state)
+
+    async def _validate(self, url: str, secret: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        try:
+            return await upstream.validate_key(self.http, url, secret)
+        except UpstreamError as exc:
+            raise ControlFailure(
+                502, "upstream_unreachable", f"could not reach {url} to check the key ({exc}); nothing was stored"
+            ) from None
+
+    def _require(self, alias: str) -> None:
+        if alias not in self.registry.accounts:
+            known = ", ".join(self.registry.accounts) or "none yet"
+            raise ControlFailure(404, "not_found", f"no account named {alias!r} (accounts: {known})")
+
+    async def logout(self, alias: str) -> None:
+        self._require(alias)
+        try:
+            await trio.to_thread.run_sync(accounts.delete_secret, alias)
+        except accounts.KeyringUnavailable as exc:
+            raise ControlFailure(503, "keyring_unavailable", str(exc)) from None
+        self.registry.remove(alias)
+        await trio.to_thread.run_sync(self.registry.save)
+        self.pool.remove(alias)
+        log.info("account %s removed", alias)
+
+    async def set_enabled(self, alias: str, enabled: bool) -> AccountView:
+        self._require(alias)
+        self.registry.accounts[alias].enabled = enabled
+        await trio.to_thread.run_sync(self.registry.save)
+        self.pool.set_enabled(alias, enabled)
+        return self.pool.view(self.pool.accounts[alias])
+
+    async def prefer(self, alias: str | None) -> str | None:
+        if alias is not None:
+            self._require(alias)
+        self.registry.preferred = alias
+        await trio.to_thread.run_sync(self.registry.save)
+        self.pool.prefer(alias)
+        return alias
+
+    async def refresh(self, alias: str | None) -> list[RefreshResult]:
+        if alias is not None:
+            self._require(alias)
+        targets = [alias] if alias else list(self.pool.accounts)
+        results: list[RefreshResult] = []
+        for name in targets:
+            results.append(await self._refresh_one(name))
+        self.pool.notify()
+        return results
+
+    async def _refresh_one(self, alias: str) -> RefreshResult:
+        acc = self.pool.accounts[alias]
+        if acc.secret is None:
+            try:
+                acc.secret = await trio.to_thread.run_sync(accounts.get_secret, alias)
+            except accounts.KeyringUnavailable as exc:
+                return {"alias": alias, "ok": False, "status": "needs_login", "message": str(exc)}
+            if acc.secret is None:
+                return {"alias": alias, "ok": False, "status": "needs_login",
+                        "message": f"no key in the keyring; run: dario-ctl login {alias}"}
+        try:
+            status, headers, body = await upstream.validate_key(self.http, acc.base_url, acc.secret)
+        except UpstreamError as exc:
+            self.pool.observe_transient(acc, f"refresh failed: {type(exc).__name__}")
+            view = self.pool.view(acc)
+            return {"alias": alias, "ok": False, "status": view["status"], "message": f"unreachable: {exc}"}
+        snap = parse_ratelimits(headers)
+        if status in (401, 403):
+            self.pool.observe_auth_failure(acc, status, _upstream_message(body))
+            return {"alias": alias, "ok": False, "status": "needs_login",
+                    "message": f"key rejected ({status}); run: dario-ctl login {alias}"}
+        if status == 429:
+            self.pool.observe_rate_limited(acc, snap, spend_limit=b"spend" in body, message=_upstream_message(body))
+            view = self.pool.view(acc)
+            return {"alias": alias, "ok": False, "status": view["status"], "message": "still rate limited"}
+        if status >= 400:
+            self.pool.observe_transient(acc, f"refresh answered {status}")
+            view = self.pool.view(acc)
+            return {"alias": alias, "ok": False, "status": view["status"], "message": f"upstream answered {status}"}
+        # The key works: whatever blocked the account is re-judged from fresh headers alone.
+        acc.needs_login = None
+        self.pool.clear_block(alias)
+        self.pool.observe_headers(acc, snap)
+        view = self.pool.view(acc)
+        return {"alias": alias, "ok": True, "status": view["status"], "message": "key valid; windows re-read"}
+
+    async def fetch_upstream_models(self) -> list[dict[str, Any]] | None:
+        """The upstream's model list, through any account that can serve right now."""
+        from dario.daemon.pool import Estimate
+
+        lease = self.pool.choose(Estimate())
+        if lease is None:
+            return None
+        try:
+            acc = lease.account
+            assert acc.secret is not None
+            response = await upstream.send(self.http, acc.base_url, acc.secret, "GET", upstream.PATH_MODELS,
+                                           b"limit=1000", [], b"", read_timeout=15)
+            try:
+                body = await response.read()
+            finally:
+                await response.aclose()
+            if response.status != 200:
+                return None
+            data = orjson.loads(body).get("data")
+            return data if isinstance(data, list) else None
+        finally:
+            self.pool.release(lease)
+
+
+def _upstream_message(body: bytes) -> str:
+    try:
+        parsed = orjson.loads(body)
+        message = parsed["error"]["message"]
+        if isinstance(message, str):
+            return message[:200]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        pass
+    return "no message"
+
+
+def _load_or_default(loader: Any, path: Any, cls: Any) -> Any:
+    try:
+        return loader(path)
+    except ValueError as exc:
+        log.warning("%s; using the built-in table", exc)
+        return cls()

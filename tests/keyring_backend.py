@@ -1,0 +1,47 @@
+"""A file-backed keyring for test runs without a Secret Service.
+
+Only for tests: `tests/run` uses the real Secret Service (gnome-keyring) instead. It lets a
+`dariod` subprocess and its restart share secrets through a file in the test's temp folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from keyring.backend import KeyringBackend
+from keyring.errors import PasswordDeleteError
+
+
+class FileKeyring(KeyringBackend):
+    priority = -10  # never chosen by auto-detection; only by PYTHON_KEYRING_BACKEND
+
+    @property
+    def _path(self) -> Path:
+        return Path(os.environ["DARIO_TEST_KEYRING_FILE"])
+
+    def _load(self) -> dict[str, str]:
+        try:
+            return dict(json.loads(self._path.read_text()))
+        except FileNotFoundError:
+            return {}
+
+    def _save(self, data: dict[str, str]) -> None:
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self._path)
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self._load().get(f"{service}\0{username}")
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        data = self._load()
+        data[f"{service}\0{username}"] = password
+        self._save(data)
+
+    def delete_password(self, service: str, username: str) -> None:
+        data = self._load()
+        if data.pop(f"{service}\0{username}", None) is None:
+            raise PasswordDeleteError(username)
+        self._save(data)

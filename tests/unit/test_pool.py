@@ -1,0 +1,203 @@
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from dario.daemon import ratelimits
+from dario.daemon.pool import Estimate, NoAccounts, Pool, PoolExhausted
+from dario.daemon.ratelimits import Snapshot, Window
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_pool(*aliases: str) -> tuple[Pool, Clock]:
+    clock = Clock()
+    pool = Pool(clock=clock)
+    for a in aliases:
+        pool.upsert(a, "anthropic", "https://example.invalid", 0.0, "secret-" + a)
+    return pool, clock
+
+
+def windows(clock: Clock, **remaining: int) -> Snapshot:
+    ws = {}
+    for name, rem in remaining.items():
+        key = name.replace("_", "-")
+        ws[key] = Window(limit=1000, remaining=rem, reset=clock.now + 60)
+    return Snapshot(ws, None)
+
+
+def test_most_headroom_wins() -> None:
+    pool, clock = make_pool("a", "b", "c")
+    pool.observe_headers(pool.accounts["a"], windows(clock, requests=100))
+    pool.observe_headers(pool.accounts["b"], windows(clock, requests=900))
+    pool.observe_headers(pool.accounts["c"], windows(clock, requests=500))
+    lease = pool.choose(Estimate())
+    assert lease is not None and lease.account.alias == "b"
+
+
+def test_ties_rotate_round_robin_and_in_flight_breaks_ties() -> None:
+    pool, _ = make_pool("a", "b")
+    first = pool.choose(Estimate())
+    second = pool.choose(Estimate())
+    assert first and second and first.account.alias != second.account.alias  # fewer in flight wins
+    pool.release(first)
+    pool.release(second)
+    seen = set()
+    for _ in range(4):
+        lease = pool.choose(Estimate())
+        assert lease is not None
+        seen.add(lease.account.alias)
+        pool.release(lease)
+    assert seen == {"a", "b"}
+
+
+def test_preferred_account_is_used_while_it_can_serve() -> None:
+    pool, clock = make_pool("a", "b")
+    pool.observe_headers(pool.accounts["b"], windows(clock, requests=100))
+    pool.prefer("b")
+    lease = pool.choose(Estimate())
+    assert lease and lease.account.alias == "b"
+    pool.release(lease)
+    pool.observe_rate_limited(pool.accounts["b"], Snapshot({}, 30.0), spend_limit=False, message="x")
+    lease = pool.choose(Estimate())
+    assert lease and lease.account.alias == "a"
+
+
+def test_estimate_that_does_not_fit_goes_elsewhere() -> None:
+    pool, clock = make_pool("a", "b")
+    pool.observe_headers(pool.accounts["a"], windows(clock, output_tokens=900))
+    pool.observe_headers(pool.accounts["b"], windows(clock, output_tokens=300))
+    # a has more headroom, but a reservation on it leaves too little for the next request.
+    l1 = pool.choose(Estimate(output_tokens=700))
+    assert l1 and l1.account.alias == "a"
+    l2 = pool.choose(Estimate(output_tokens=250))
+    assert l2 and l2.account.alias == "b"
+
+
+def test_429_exhausts_until_latest_reset_and_reset_restores() -> None:
+    pool, clock = make_pool("a")
+    acc = pool.accounts["a"]
+    snap = ratelimits.Snapshot(
+        {"requests": Window(50, 0, clock.now + 20), "output-tokens": Window(1000, 0, clock.now + 45)}, 5.0
+    )
+    pool.observe_rate_limited(acc, snap, spend_limit=False, message="slow down")
+    assert acc.status(clock.now) == "exhausted"
+    assert acc.block_until == clock.now + 45  # the latest reset wins over retry-after
+    # A later 429 naming an earlier reset does not shorten it.
+    pool.observe_rate_limited(acc, Snapshot({}, 1.0), spend_limit=False, message="x")
+    assert acc.block_until == clock.now + 45
+    clock.now += 46
+    assert acc.status(clock.now) == "ok"
+    assert acc.headroom(clock.now) == 1.0  # windows past their reset count as full
+
+
+def test_transient_cooldown_grows_and_success_clears() -> None:
+    pool, clock = make_pool("a")
+    acc = pool.accounts["a"]
+    pool.observe_transient(acc, "529")
+    first = acc.block_until - clock.now  # type: ignore[operator]
+    clock.now += first + 0.1
+    pool.observe_transient(acc, "529")
+    second = acc.block_until - clock.now  # type: ignore[operator]
+    assert acc.status(clock.now) == "cooling"
+    assert second > first
+    pool.observe_success(acc, 10.0)
+    assert acc.status(clock.now) == "ok" and acc.failures == 0
+
+
+def test_auth_failure_needs_login_and_is_not_chosen() -> None:
+    pool, _ = make_pool("a", "b")
+    pool.observe_auth_failure(pool.accounts["a"], 401, "invalid x-api-key")
+    for _ in range(3):
+        lease = pool.choose(Estimate())
+        assert lease and lease.account.alias == "b"
+        pool.release(lease)
+    assert pool.view(pool.accounts["a"])["status"] == "needs_login"
+
+
+def test_disabled_and_excluded_accounts_are_skipped() -> None:
+    pool, _ = make_pool("a", "b")
+    pool.set_enabled("a", False)
+    lease = pool.choose(Estimate())
+    assert lease and lease.account.alias == "b"
+    assert pool.choose(Estimate(), exclude=["b"]) is None
+
+
+def test_state_survives_export_import() -> None:
+    pool, clock = make_pool("a")
+    pool.observe_rate_limited(pool.accounts["a"], Snapshot({}, 120.0), spend_limit=False, message="x")
+    saved = pool.export_state()
+    fresh, _ = make_pool("a")
+    fresh.clock = clock
+    fresh.import_state(saved)
+    assert fresh.accounts["a"].status(clock.now) == "exhausted"
+    assert "secret" not in str(saved)
+
+
+def test_pool_headers_sum_servable_accounts() -> None:
+    pool, clock = make_pool("a", "b")
+    pool.observe_headers(pool.accounts["a"], windows(clock, requests=100))
+    pool.observe_headers(pool.accounts["b"], windows(clock, requests=300))
+    headers = dict(pool.pool_headers())
+    assert headers[b"anthropic-ratelimit-requests-limit"] == b"2000"
+    assert headers[b"anthropic-ratelimit-requests-remaining"] == b"400"
+
+
+def test_queue_waits_for_earliest_reset_in_fifo_order() -> None:
+    async def main() -> None:
+        pool, clock = make_pool("a")
+        pool.observe_rate_limited(pool.accounts["a"], Snapshot({}, 10.0), spend_limit=False, message="x")
+        order: list[int] = []
+
+        async def client(n: int) -> None:
+            lease, waited = await pool.acquire(Estimate(), [], trio.current_time() + 60)
+            order.append(n)
+            assert waited > 0
+            pool.release(lease)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(3):
+                nursery.start_soon(client, n)
+                await trio.testing.wait_all_tasks_blocked()
+            assert pool.queue_depth == 3
+            clock.now += 11  # the reset passes; the head wakes on its own timer
+        assert order == [0, 1, 2]
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_queue_deadline_gives_retry_after_and_a_hangup_leaves_the_queue() -> None:
+    async def main() -> None:
+        pool, clock = make_pool("a")
+        pool.observe_rate_limited(pool.accounts["a"], Snapshot({}, 300.0), spend_limit=False, message="x")
+        try:
+            await pool.acquire(Estimate(), [], trio.current_time() + 5)
+        except PoolExhausted as exc:
+            assert exc.retry_after is not None and 290 < exc.retry_after <= 300
+            assert "a: exhausted" in exc.detail
+        else:
+            raise AssertionError("expected PoolExhausted")
+        with trio.move_on_after(1):
+            await pool.acquire(Estimate(), [], trio.current_time() + 60)
+        assert pool.queue_depth == 0
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_no_accounts_raises_at_once() -> None:
+    async def main() -> None:
+        pool, _ = make_pool("a")
+        pool.observe_auth_failure(pool.accounts["a"], 401, "bad")
+        try:
+            await pool.acquire(Estimate(), [], trio.current_time() + 60)
+        except NoAccounts:
+            return
+        raise AssertionError("expected NoAccounts")
+
+    trio.run(main)

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+from dario.ctl.usage_view import duration, forecast_sentences, render_usage, sparkline
+from dario.daemon.analytics import AnalyticsStore, UsageRecord
+from dario.daemon.prices import PriceTable
+from rich.console import Console
+
+NOW = 1_700_000_000.0
+
+
+def entry(window: str, **kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "window": window,
+        "remaining": 100,
+        "limit": 1000,
+        "reset": NOW + 38,
+        "burn_per_min": 0.0,
+        "runs_out_at": None,
+        "runs_out_in_s": None,
+        "before_reset": False,
+    }
+    base.update(kw)
+    return base
+
+
+def test_forecast_sentences_wording() -> None:
+    usage = {
+        "forecast": {
+            "work": [
+                entry("requests", remaining=900),
+                entry(
+                    "output-tokens", remaining=2400, reset=NOW + 38, runs_out_at=NOW + 240, before_reset=True
+                ),
+                entry("tokens", remaining=10, reset=None, runs_out_at=NOW + 30, before_reset=True),
+            ],
+            "home": [
+                entry("requests", remaining=40, limit=50, runs_out_at=NOW + 7200),  # after the reset: fine
+                entry("input-tokens", remaining=900, limit=1000),
+            ],
+            "spent": [
+                entry("input-tokens", remaining=0, runs_out_at=NOW, before_reset=True, reset=NOW + 7380)
+            ],
+            "new": [],
+            "quiet": [entry("requests", reset=None)],
+        }
+    }
+    assert forecast_sentences(usage, NOW) == [
+        "home: requests fine at current burn (resets in 38 s)",
+        "quiet: requests fine at current burn",
+        "spent: input tokens are used up, reset in 2 h 3 min",
+        "work: tokens run out in 30 s, reset time unknown",
+        "work: output tokens run out in 4 min, reset in 38 s",
+    ]
+    # Read later, the same forecast counts down.
+    assert forecast_sentences(usage, NOW + 60)[-1] == "work: output tokens run out in 3 min, reset due now"
+    assert forecast_sentences({}, NOW) == []
+
+
+def test_duration_and_sparkline() -> None:
+    assert [duration(s) for s in (0, 38, 59.4, 240, 3600, 7380, 86400 + 4 * 3600)] == [
+        "0 s",
+        "38 s",
+        "59 s",
+        "4 min",
+        "1 h",
+        "2 h 3 min",
+        "1 d 4 h",
+    ]
+    assert sparkline([0, 1, 2, 4, 8], 10) == "▁▁▂▄█"
+    assert sparkline([0, 0], 5) == "▁▁"
+    assert sparkline([1] * 8 + [0] * 8, 4) == "██▁▁"
+
+
+def test_render_empty_usage() -> None:
+    store = AnalyticsStore(Path("/nonexistent/dario/usage.sqlite3"), prices=PriceTable())
+    console = Console(record=True, width=100)
+    render_usage(store.query("24h", now=NOW), console)
+    text = console.export_text()
+    assert "No requests in the last 24h" in text
+    console = Console(record=True, width=100)
+    render_usage({}, console)  # nothing at all still renders
+    assert "Usage" in console.export_text()
+
+
+def test_render_full_usage(tmp_path: Path) -> None:
+    store = AnalyticsStore(tmp_path / "u.sqlite3", prices=PriceTable(), flush_interval=3600)
+    records = [
+        UsageRecord(
+            ts=NOW - 3000 + i * 60,
+            client="claude-cli",
+            account="work" if i % 3 else "[red]home",
+            model="claude-sonnet-4-5",
+            dialect="anthropic",
+            endpoint="messages",
+            streaming=True,
+            status=200 if i % 7 else 529,
+            error_type=None if i % 7 else "overloaded_error",
+            input_tokens=1000 * (i % 5),
+            output_tokens=200,
+            cache_read=50,
+            latency_ms=800.0 + i,
+            ttft_ms=120.0,
+        )
+        for i in range(50)
+    ]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            for r in records:
+                store.record(r)
+            await store.flush()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    pool = {"work": {"output-tokens": {"limit": 8000, "remaining": 100, "reset": NOW + 600}}}
+    usage = store.query("1h", now=NOW, pool_windows=pool)
+    console = Console(record=True, width=140)
+    render_usage(usage, console)
+    text = console.export_text()
+    assert "50" in text and "By account" in text and "By model" in text and "By client" in text
+    assert "[red]home" in text  # daemon strings are shown as typed, never as markup
+    assert "claude-cli" in text and "overloaded_error" in text
+    assert any(ch in text for ch in "▂▃▄▅▆▇█")
+    assert "work: output tokens run out in" in text
+    assert "$" in text
