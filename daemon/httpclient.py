@@ -335,9 +335,21 @@ class Response:
     back to the pool at once) or `aclose()` is called. Always `aclose()` it.
     """
 
-    __slots__ = ("_conn", "_pool", "_read_timeout", "_state", "headers", "http_version", "reason", "status")
+    __slots__ = (
+        "_conn",
+        "_pool",
+        "_read_timeout",
+        "_reusable",
+        "_state",
+        "headers",
+        "http_version",
+        "reason",
+        "status",
+    )
 
-    def __init__(self, event: h11.Response, conn: _Connection, pool: _Pool, read_timeout: float) -> None:
+    def __init__(
+        self, event: h11.Response, conn: _Connection, pool: _Pool, read_timeout: float, reusable: bool
+    ) -> None:
         self.status: int = event.status_code
         self.reason: bytes = event.reason
         self.http_version: bytes = event.http_version
@@ -345,6 +357,7 @@ class Response:
         self._conn: _Connection | None = conn
         self._pool = pool
         self._read_timeout = read_timeout
+        self._reusable = reusable
         self._state = _OPEN
 
     def header(self, name: bytes) -> bytes | None:
@@ -398,10 +411,15 @@ class Response:
         self._state = _DONE
         h = conn.h11
         pool = self._pool
-        if h.our_state is h11.DONE and h.their_state is h11.DONE and h.trailing_data == (b"", False):
+        if (
+            self._reusable
+            and h.our_state is h11.DONE
+            and h.their_state is h11.DONE
+            and h.trailing_data == (b"", False)
+        ):
             h.start_next_cycle()
             pool.checkin(conn)
-        else:  # Connection: close, HTTP/1.0, read-until-close body, early response, stray bytes
+        else:  # Connection: close, HTTP/1.0, read-until-close body, upload cut short, stray bytes
             conn.close()
         pool.sem.release()
 
@@ -696,7 +714,8 @@ class HttpClient:
                 raise RemoteProtocolError(
                     f"{pool.label} closed the connection without sending a response{reason}"
                 ) from exc.__cause__
-            return Response(event, conn, pool, rtimeout)
+            # h11 counts the request as sent once serialised; only we know if the bytes went out.
+            return Response(event, conn, pool, rtimeout, reusable=write_error is None)
         except BaseException:
             conn.close()  # cancelled or failed mid-exchange: the connection state is unknown
             raise

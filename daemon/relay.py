@@ -135,11 +135,17 @@ class Sink(Protocol):
 
 
 class _Retry(Exception):
-    """This attempt failed in a way another account may not; nothing reached the client."""
+    """This attempt failed in a way another account may not; nothing reached the client.
 
-    def __init__(self, answer: Answer | None, err: DarioError | None) -> None:
+    `rate_limited`: the upstream refused with a plain 429, so it did not process the request;
+    the same account may take it again once its reset has passed (the pool keeps it out
+    until then). Anything else is never sent to the same account twice.
+    """
+
+    def __init__(self, answer: Answer | None, err: DarioError | None, *, rate_limited: bool = False) -> None:
         self.answer = answer
         self.err = err
+        self.rate_limited = rate_limited
 
 
 class Relay:
@@ -175,16 +181,16 @@ class Relay:
         return out
 
     async def _forward(self, inc: Incoming, sink: Sink, out: Outcome) -> None:
-        tried: list[str] = []
+        excluded: list[str] = []
         last: _Retry | None = None
         now = trio.current_time()
         failover_deadline = now + self.failover_deadline
         queue_deadline = now + self.queue_timeout
         while True:
             try:
-                lease, waited = await self.pool.acquire(inc.estimate, tried, queue_deadline)
+                lease, waited = await self.pool.acquire(inc.estimate, excluded, queue_deadline)
             except NoAccounts:
-                await self._give_up(sink, out, last, self._no_accounts_error(tried))
+                await self._give_up(sink, out, last, self._no_accounts_error())
                 return
             except PoolExhausted as exc:
                 headers = []
@@ -198,7 +204,6 @@ class Relay:
                 await self._give_up(sink, out, last, err)
                 return
             out.queue_wait_ms += waited * 1000.0
-            tried.append(lease.account.alias)
             out.account = lease.account.alias
             try:
                 await self._attempt(lease, inc, sink, out)
@@ -206,6 +211,8 @@ class Relay:
             except _Retry as retry:
                 last = retry
                 out.failovers += 1
+                if not retry.rate_limited:
+                    excluded.append(lease.account.alias)
                 log.info("failover: %s on %s; trying another account", _describe(retry), lease.account.alias)
             finally:
                 self.pool.release(lease)
@@ -213,7 +220,7 @@ class Relay:
                 await self._give_up(sink, out, last, None)
                 return
 
-    def _no_accounts_error(self, tried: list[str]) -> DarioError:
+    def _no_accounts_error(self) -> DarioError:
         if not self.pool.accounts:
             return DarioError(
                 503, "api_error",
@@ -305,7 +312,7 @@ class Relay:
         if status == 429:
             spend = b"spend_limit" in body or b"spend limit" in body.lower()
             self.pool.observe_rate_limited(acc, snap, spend_limit=spend, message=message)
-            raise _Retry(answer, None)
+            raise _Retry(answer, None, rate_limited=not spend)
         if status in AUTH_STATUS:
             self.pool.observe_auth_failure(acc, status, message)
             raise _Retry(answer, None)
@@ -427,6 +434,10 @@ class Relay:
             return  # e.g. invalid_request_error: the client's problem; relay it as it is
         if status == 429:
             self.pool.observe_rate_limited(acc, ratelimits.Snapshot({}, None), spend_limit=False, message=message)
+            body = orjson.dumps({"type": "error", "error": {"type": etype, "message": message}})
+            headers = [(k, v) for k, v in self._client_headers(response, acc.alias, inc, None) if k != b"content-type"]
+            headers.append((b"content-type", b"application/json"))
+            raise _Retry(Answer(status, headers, body, acc.alias), None, rate_limited=True)
         else:
             self.pool.observe_transient(acc, f"in-stream {etype}: {message}"[:200])
         body = orjson.dumps({"type": "error", "error": {"type": etype, "message": message}})

@@ -21,6 +21,8 @@ class EventSplitter:
 
     def feed(self, chunk: bytes) -> bytes:
         """Return the longest prefix of (buffer + chunk) that ends on an event boundary."""
+        if type(chunk) is not bytes:  # h11 may hand over a bytearray
+            chunk = bytes(chunk)
         data = self._buf + chunk if self._buf else chunk
         end = data.rfind(_LF2)
         end_crlf = data.rfind(_CRLF2)

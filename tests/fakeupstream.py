@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any, Literal, NoReturn
 
 import orjson
 import trio
@@ -66,7 +66,6 @@ DEFAULT_LIMITS: dict[str, int] = {
 DEFAULT_RESET_IN = 60.0
 MAX_BODY = 32 * 1024 * 1024  # the real API's cap for messages and count_tokens (protocol.md §1.8)
 ORG_ID = b"00000000-0000-4000-8000-00000000fa4e"
-ANTHROPIC_VERSIONS = frozenset({"2023-06-01", "2023-01-01"})
 
 # Real ids look like msg_01…/toolu_01…; keeping a "fake" marker makes leaks into logs obvious.
 DEFAULT_TEXT = ("Hello", " from the fake", " upstream.")
@@ -141,46 +140,58 @@ MESSAGES_FIELDS = _COMMON_FIELDS | {
 }  # fmt: skip
 COUNT_FIELDS = _COMMON_FIELDS
 
-# (id, display name, release date, context window, max output, line); newest first, as the real
-# list endpoint orders them.
-_MODEL_ROWS = (
-    ("claude-opus-4-5-20251101", "Claude Opus 4.5", "2025-11-24T00:00:00Z", 200_000, 64_000, "opus"),
-    ("claude-haiku-4-5-20251001", "Claude Haiku 4.5", "2025-10-15T00:00:00Z", 200_000, 64_000, "haiku"),
-    ("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5", "2025-09-29T00:00:00Z", 200_000, 64_000, "sonnet"),
-    ("claude-opus-4-1-20250805", "Claude Opus 4.1", "2025-08-05T00:00:00Z", 200_000, 32_000, "opus"),
-    ("claude-opus-4-20250514", "Claude Opus 4", "2025-05-22T00:00:00Z", 200_000, 32_000, "opus"),
-    ("claude-sonnet-4-20250514", "Claude Sonnet 4", "2025-05-22T00:00:00Z", 200_000, 64_000, "sonnet"),
-    ("claude-3-7-sonnet-20250219", "Claude Sonnet 3.7", "2025-02-24T00:00:00Z", 200_000, 64_000, "sonnet"),
-    ("claude-3-5-haiku-20241022", "Claude Haiku 3.5", "2024-10-22T00:00:00Z", 200_000, 8_192, "haiku"),
+# (id, display name, release date, context window, max output, line, retires_at); newest first, as
+# the real list endpoint orders them. Ids follow the anthropic SDK's Model literal (newer models
+# have undated ids); dates are approximate, nothing depends on them.
+_MODEL_ROWS: tuple[tuple[str, str, str, int, int, str, str | None], ...] = (
+    ("claude-fable-5-2", "Claude Fable 5.2", "2026-11-10", 1_000_000, 128_000, "fable", None),
+    ("claude-mythos-5-2", "Claude Mythos 5.2", "2026-11-10", 1_000_000, 128_000, "mythos", None),
+    ("claude-opus-5-5", "Claude Opus 5.5", "2026-10-20", 1_000_000, 128_000, "opus", None),
+    ("claude-sonnet-5-5", "Claude Sonnet 5.5", "2026-10-20", 1_000_000, 128_000, "sonnet", None),
+    ("claude-haiku-5-5", "Claude Haiku 5.5", "2026-10-20", 200_000, 64_000, "haiku", None),
+    ("claude-fable-5-1", "Claude Fable 5.1", "2026-09-15", 1_000_000, 128_000, "fable", None),
+    ("claude-mythos-5-1", "Claude Mythos 5.1", "2026-09-15", 1_000_000, 128_000, "mythos", None),
+    ("claude-fable-5", "Claude Fable 5", "2026-08-04", 1_000_000, 128_000, "fable", None),
+    ("claude-mythos-5", "Claude Mythos 5", "2026-08-04", 1_000_000, 128_000, "mythos", None),
+    ("claude-opus-5", "Claude Opus 5", "2026-08-04", 1_000_000, 128_000, "opus", None),
+    ("claude-sonnet-5", "Claude Sonnet 5", "2026-08-04", 1_000_000, 128_000, "sonnet", None),
+    ("claude-opus-4-8", "Claude Opus 4.8", "2026-06-02", 1_000_000, 128_000, "opus", None),
+    ("claude-opus-4-7", "Claude Opus 4.7", "2026-04-16", 1_000_000, 128_000, "opus", None),
+    ("claude-sonnet-4-6", "Claude Sonnet 4.6", "2026-02-17", 1_000_000, 128_000, "sonnet", None),
+    ("claude-opus-4-6", "Claude Opus 4.6", "2026-02-05", 1_000_000, 128_000, "opus", None),
+    ("claude-opus-4-5-20251101", "Claude Opus 4.5", "2025-11-24", 200_000, 64_000, "opus", "2027-01-22"),
+    ("claude-haiku-4-5-20251001", "Claude Haiku 4.5", "2025-10-15", 200_000, 64_000, "haiku", None),
+    (
+        "claude-sonnet-4-5-20250929",
+        "Claude Sonnet 4.5",
+        "2025-09-29",
+        200_000,
+        64_000,
+        "sonnet",
+        "2026-11-30",
+    ),
 )
 MODELS: list[dict[str, Any]] = [
     {
         "type": "model",
         "id": mid,
         "display_name": name,
-        "created_at": created,
+        "created_at": f"{created}T00:00:00Z",
         "max_input_tokens": ctx,
         "max_tokens": out,
         "line": line,
-        "lifecycle": "active",
-        "deprecated_at": None,
-        "retires_at": None,
+        "lifecycle": "deprecated" if retires else "active",
+        "deprecated_at": f"{created}T00:00:00Z" if retires else None,
+        "retires_at": f"{retires}T00:00:00Z" if retires else None,
     }
-    for mid, name, created, ctx, out, line in _MODEL_ROWS
+    for mid, name, created, ctx, out, line, retires in _MODEL_ROWS
 ]
 MODEL_IDS = [m["id"] for m in MODELS]
-# The real API resolves aliases (undated ids, "-0", "-latest") to the dated model.
+# The real API resolves an undated alias to the dated model.
 MODEL_ALIASES: dict[str, dict[str, Any]] = {}
 for _m in MODELS:
     MODEL_ALIASES[_m["id"]] = _m
-    MODEL_ALIASES[re.sub(r"-\d{8}$", "", _m["id"])] = _m
-for _alias, _target in (
-    ("claude-opus-4-0", "claude-opus-4-20250514"),
-    ("claude-sonnet-4-0", "claude-sonnet-4-20250514"),
-    ("claude-3-7-sonnet-latest", "claude-3-7-sonnet-20250219"),
-    ("claude-3-5-haiku-latest", "claude-3-5-haiku-20241022"),
-):
-    MODEL_ALIASES[_alias] = MODEL_ALIASES[_target]
+    MODEL_ALIASES.setdefault(re.sub(r"-\d{8}$", "", _m["id"]), _m)
 
 # Recognised script action keys; anything else is rejected so a typo fails the test loudly.
 _ACTION_KEYS = frozenset(
@@ -337,6 +348,13 @@ class _State:
         self.scripts: list[tuple[str | None, dict[str, Any]]] = []
         self.log: deque[dict[str, Any]] = deque(maxlen=log_max)
         self.limits = _Limits()
+        # In-flight API requests, so tests can wait (server-side) until dario has let go of them.
+        self.in_flight = 0
+        self.idle = trio.Event()
+        self.idle.set()
+
+    def stats(self) -> dict[str, int]:
+        return {"in_flight": self.in_flight, "requests": self.n, "pending_actions": len(self.scripts)}
 
     def take_action(self, key: str | None) -> dict[str, Any] | None:
         if not self.scripts:  # the benchmark path: nothing scripted
@@ -748,7 +766,7 @@ async def _reset_connection(send: Send, receive: Receive) -> None:
 
 
 class _Req:
-    __slots__ = ("body", "headers", "key", "method", "n", "path", "query", "raw", "receive", "send")
+    __slots__ = ("body", "entry", "headers", "key", "method", "n", "path", "query", "raw", "receive", "send")
 
     def __init__(
         self,
@@ -762,7 +780,9 @@ class _Req:
         body: Any,
         receive: Receive,
         send: Send,
+        entry: dict[str, Any],
     ) -> None:
+        self.entry = entry  # this request's log entry; "status" and "disconnected" are filled in
         self.n = n
         self.method = method
         self.path = path
@@ -828,21 +848,30 @@ class App:
             except orjson.JSONDecodeError:
                 body = _BAD_JSON
         query = scope["query_string"].decode("latin-1")
-        s.log.append(
-            {
-                "n": s.n,
-                "method": scope["method"],
-                "path": path,
-                "query": query,
-                "headers": headers,
-                "body": None if body is _BAD_JSON else body,
-                "size": len(raw),
-                "key": key,
-                "time": time.time(),
-            }
-        )
-        req = _Req(s.n, scope["method"], path, query, headers, key, raw, body, receive, send)
-        await self._route(req)
+        entry = {
+            "n": s.n,
+            "method": scope["method"],
+            "path": path,
+            "query": query,
+            "headers": headers,
+            "body": None if body is _BAD_JSON else body,
+            "size": len(raw),
+            "key": key,
+            "time": time.time(),
+            "status": None,
+            "disconnected": False,
+        }
+        s.log.append(entry)
+        req = _Req(s.n, scope["method"], path, query, headers, key, raw, body, receive, send, entry)
+        if s.in_flight == 0:
+            s.idle = trio.Event()
+        s.in_flight += 1
+        try:
+            await self._route(req)
+        finally:
+            s.in_flight -= 1
+            if s.in_flight == 0:
+                s.idle.set()
 
     # -- responses -----------------------------------------------------------------------------
 
@@ -870,6 +899,7 @@ class App:
     ) -> None:
         h = headers if headers is not None else self._headers(req, b"application/json")
         h.append((b"content-length", b"%d" % len(payload)))
+        req.entry["status"] = status
         await req.send({"type": "http.response.start", "status": status, "headers": h})
         if cut:
             # Half a body, then return: hypercorn closes the connection mid-message.
@@ -919,14 +949,9 @@ class App:
         if not self.s.key_ok(req.key):
             await self._error(req, 401, "authentication_error", "invalid x-api-key")
             return
-        version = req.headers.get("anthropic-version")
-        if version is None:
+        # Only presence is checked: SDKs move on (anthropic 2.14 sends 2026-10-21, not 2023-06-01).
+        if not req.headers.get("anthropic-version"):
             await self._error(req, 400, "invalid_request_error", "anthropic-version: header is required")
-            return
-        if version not in ANTHROPIC_VERSIONS:
-            await self._error(
-                req, 400, "invalid_request_error", f"anthropic-version: invalid version {version!r}"
-            )
             return
         if method == "POST":
             if len(req.raw) > MAX_BODY:
@@ -948,12 +973,14 @@ class App:
         """Apply the parts of an action that come before a normal reply. True = done already."""
         delay = action.get("delay")
         if delay and not await _sleep_unless_disconnected(req.receive, float(delay)):
+            req.entry["disconnected"] = True
             return True
         if action.get("reset_connection"):
             await _reset_connection(req.send, req.receive)
             return True
         if action.get("stall"):
             await _wait_disconnect(req.receive)
+            req.entry["disconnected"] = True
             return True
         status = action.get("status")
         if status is None and action.get("stream_error") and not stream:
@@ -1020,6 +1047,7 @@ class App:
         h = self._headers(req, b"text/event-stream", ws)
         h.append((b"cache-control", b"no-cache"))
         send = req.send
+        req.entry["status"] = 200
         await send({"type": "http.response.start", "status": 200, "headers": h})
         events = plan.events()
         if "cut_after_events" in action:
@@ -1035,6 +1063,7 @@ class App:
         gap = float(action.get("event_delay") or 0)
         for i, ev in enumerate(events):
             if gap and i and not await _sleep_unless_disconnected(req.receive, gap):
+                req.entry["disconnected"] = True
                 return
             # One ASGI message per event, so clients (and dario) can observe the timing.
             await send({"type": "http.response.body", "body": ev, "more_body": True})
@@ -1121,6 +1150,13 @@ class App:
                 s.limits.configure(key, body)
             elif (method, path) == ("GET", "/_fake/requests"):
                 out = orjson.dumps(list(s.log))
+            elif (method, path) == ("GET", "/_fake/stats"):
+                out = orjson.dumps(s.stats())
+            elif (method, path) == ("POST", "/_fake/wait_idle"):
+                # Blocks until no API request is in flight (or the timeout), then reports stats.
+                with trio.move_on_after(float(body.get("timeout", 10))):
+                    await s.idle.wait()
+                out = orjson.dumps(s.stats())
             elif (method, path) == ("POST", "/_fake/reset"):
                 s.scripts.clear()
                 s.log.clear()
@@ -1183,6 +1219,7 @@ class FakeUpstream:
     def __init__(self, keys: list[str] | None = None) -> None:
         self.keys = list(keys or [])
         self.url = ""
+        self.returncode: int | None = None  # the server's exit status once stopped
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
         # Loopback only: never let a proxy from the environment see these calls.
@@ -1216,6 +1253,8 @@ class FakeUpstream:
         if self._stderr is not None:
             self._stderr.seek(0)
             err = self._stderr.read()
+            self._stderr.close()
+            self._stderr = None
         raise RuntimeError(
             f"fake upstream failed to start: {why}\n--- stderr ---\n{err.decode(errors='replace')}"
         )
@@ -1231,6 +1270,7 @@ class FakeUpstream:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        self.returncode = proc.returncode
         if proc.stdout is not None:
             proc.stdout.close()
 
@@ -1255,13 +1295,13 @@ class FakeUpstream:
         # pread leaves the offset alone: the child writes through the same open file.
         return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
-    def _call(self, method: str, path: str, payload: Any = None) -> Any:
+    def _call(self, method: str, path: str, payload: Any = None, timeout: float = 10.0) -> Any:
         data = orjson.dumps(payload) if payload is not None else None
         req = urllib.request.Request(
             self.url + path, data=data, method=method, headers={"content-type": "application/json"}
         )
         try:
-            with self._opener.open(req, timeout=10) as resp:
+            with self._opener.open(req, timeout=timeout) as resp:
                 return orjson.loads(resp.read())
         except urllib.error.HTTPError as e:
             raise RuntimeError(f"fake upstream admin {method} {path}: {e.code} {e.read().decode()}") from None
@@ -1286,6 +1326,16 @@ class FakeUpstream:
         result: list[dict[str, Any]] = self._call("GET", "/_fake/requests")
         return result
 
+    def stats(self) -> dict[str, int]:
+        """{"in_flight", "requests" (API requests seen so far), "pending_actions"}."""
+        result: dict[str, int] = self._call("GET", "/_fake/stats")
+        return result
+
+    def wait_idle(self, timeout: float = 10.0) -> dict[str, int]:
+        """Block until no API request is in flight on the server (or timeout); returns stats()."""
+        result: dict[str, int] = self._call("POST", "/_fake/wait_idle", {"timeout": timeout}, timeout + 5)
+        return result
+
     def clear(self) -> None:
         self._call("POST", "/_fake/reset", {})
 
@@ -1296,7 +1346,11 @@ def running(keys: list[str] | None = None) -> Iterator[FakeUpstream]:
         yield fake
 
 
-def fixture(name: str = "fake_upstream", scope: str = "module", keys: list[str] | None = None) -> Any:
+def fixture(
+    name: str = "fake_upstream",
+    scope: Literal["session", "package", "module", "class", "function"] = "module",
+    keys: list[str] | None = None,
+) -> Any:
     """A pytest fixture yielding a started FakeUpstream; assign it to a module-level name.
 
     Example: ``fake_upstream = fakeupstream.fixture()``. The server is shared for the scope, so
@@ -1304,12 +1358,11 @@ def fixture(name: str = "fake_upstream", scope: str = "module", keys: list[str] 
     """
     import pytest  # only the test side needs pytest
 
-    @pytest.fixture(scope=scope, name=name)  # type: ignore[call-overload, untyped-decorator]
     def _fixture() -> Iterator[FakeUpstream]:
         with FakeUpstream(keys) as fake:
             yield fake
 
-    return _fixture
+    return pytest.fixture(_fixture, scope=scope, name=name)
 
 
 if __name__ == "__main__":

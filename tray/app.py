@@ -358,6 +358,7 @@ class TrayApp:
     def _setup(self, icon: Any) -> None:
         # pystray runs this in a thread once the icon exists, and joins it on stop(): return quickly.
         icon.visible = True
+        _xorg_accept_clicks(icon)
         threading.Thread(target=self._poll_loop, name="dario-tray-poller", daemon=True).start()
         threading.Thread(target=self._work_loop, name="dario-tray-worker", daemon=True).start()
 
@@ -369,6 +370,22 @@ class TrayApp:
         self._wake.set()
         self.actions.put(None)
         self.icon.stop()
+
+
+def _xorg_accept_clicks(icon: Any) -> None:
+    """pystray 0.19.5's xorg icon window never selects ButtonPress, so its only interaction, the
+    default action on click, never fires (pystray#151). Add the event to the window's mask."""
+    window = getattr(icon, "_window", None)
+    display = getattr(icon, "_display", None)
+    if type(icon).__module__ != "pystray._xorg" or window is None or display is None:
+        return
+    try:
+        from Xlib import X
+
+        window.change_attributes(event_mask=X.ExposureMask | X.StructureNotifyMask | X.ButtonPressMask)
+        display.flush()
+    except Exception as exc:  # a future pystray may differ: clicks stay broken, the icon still works
+        log.debug("could not enable clicks on the xorg icon: %r", exc)
 
 
 def main() -> int:

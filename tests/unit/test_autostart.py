@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from dario.ctl import autostart
 
 REPO = Path(__file__).resolve().parents[2]
@@ -231,7 +230,7 @@ def test_systemd_quoting() -> None:
 
 def test_desktop_quoting() -> None:
     assert autostart.desktop_exec(["/usr/bin/dario-tray"]) == "/usr/bin/dario-tray"
-    assert autostart.desktop_exec(["/a b/python", "-m", "dario.tray.app"]) == '"/a b/python" -m dario.tray.app'
+    assert autostart.desktop_exec(["/a b/py", "-m", "dario.tray.app"]) == '"/a b/py" -m dario.tray.app'
     # "$" escaped inside the quotes, then every backslash doubled at the string level.
     assert autostart.desktop_exec(["/x$y"]) == '"/x\\\\$y"'
 
@@ -240,7 +239,8 @@ def test_packaging_copies_match_the_embedded_templates() -> None:
     for rel, text in autostart.packaging_files().items():
         path = REPO / "packaging" / rel
         assert path.read_text() == text, (
-            f"{path} differs from ctl/autostart.py; run: python -m dario.ctl.autostart render-packaging packaging/"
+            f"{path} differs from ctl/autostart.py; "
+            "run: python -m dario.ctl.autostart render-packaging packaging/"
         )
 
 
@@ -252,8 +252,9 @@ def test_packaged_socket_unit_verifies() -> None:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX paths")
-def test_explicit_home_ignores_the_callers_xdg_config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           fake_commands: None, no_subprocess: list[Any]) -> None:
+def test_explicit_home_ignores_the_callers_xdg_config_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_commands: None, no_subprocess: list[Any]
+) -> None:
     # Otherwise a test (or a --home option) would write into the real profile.
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "real-profile"))
     report = autostart.enable(home=tmp_path / "home", platform="linux")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import re
 from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from dario.daemon.errors import DarioError, openai_error_status_and_body
 from dario.daemon.openai.models import HAIKU, OPUS, SONNET, ModelTable
 from dario.daemon.openai.request import (
@@ -21,6 +19,8 @@ from dario.daemon.openai.request import (
     chat_to_messages,
 )
 from dario.daemon.openai.thinking import ThinkingCache
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 MODELS = ModelTable()
 
@@ -86,7 +86,9 @@ def test_unknown_model_is_404_model_not_found() -> None:
     e = ei.value
     assert (e.status, e.type, e.openai_code, e.param) == (404, "not_found_error", "model_not_found", "model")
     assert "`llama-3`" in e.message
-    status, body = openai_error_status_and_body(e.status, e.type, e.message, code=e.openai_code, param=e.param)
+    status, body = openai_error_status_and_body(
+        e.status, e.type, e.message, code=e.openai_code, param=e.param
+    )
     err = orjson.loads(body)["error"]
     assert status == 404 and err["code"] == "model_not_found" and err["param"] == "model"
 
@@ -136,7 +138,10 @@ def test_system_and_developer_hoisted_in_order() -> None:
             [
                 {"role": "system", "content": "A"},
                 user("q"),
-                {"role": "developer", "content": [{"type": "text", "text": "B", "cache_control": {"type": "ephemeral"}}]},
+                {
+                    "role": "developer",
+                    "content": [{"type": "text", "text": "B", "cache_control": {"type": "ephemeral"}}],
+                },
                 {"role": "system", "content": "   "},
             ]
         )
@@ -155,7 +160,17 @@ def test_only_system_adds_user_turn() -> None:
 
 
 def test_system_rejects_images() -> None:
-    bad(req([{"role": "system", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}, user()]))
+    bad(
+        req(
+            [
+                {
+                    "role": "system",
+                    "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}],
+                },
+                user(),
+            ]
+        )
+    )
 
 
 # --- user content parts ------------------------------------------------------------------------------
@@ -167,8 +182,12 @@ def user_parts(parts: list[Any]) -> list[dict[str, Any]]:
 
 
 def test_image_data_url_to_base64() -> None:
-    blocks = user_parts([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "high"}}])
-    assert blocks == [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]
+    blocks = user_parts(
+        [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "high"}}]
+    )
+    assert blocks == [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+    ]
 
 
 def test_image_jpg_normalised_and_string_url_form() -> None:
@@ -184,7 +203,10 @@ def test_image_http_url() -> None:
 def test_pdf_data_url_in_image_url_becomes_document() -> None:
     blocks = user_parts([{"type": "image_url", "image_url": {"url": "data:application/pdf;base64,JVBERi0="}}])
     assert blocks == [
-        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}}
+        {
+            "type": "document",
+            "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="},
+        }
     ]
 
 
@@ -202,11 +224,20 @@ def test_file_part_becomes_document_with_title() -> None:
 def test_text_plain_file_decoded() -> None:
     data = base64.b64encode(b"hello notes").decode()
     part = {"type": "file", "file": {"file_data": f"data:text/plain;base64,{data}"}}
-    assert user_parts([part])[0]["source"] == {"type": "text", "media_type": "text/plain", "data": "hello notes"}
+    assert user_parts([part])[0]["source"] == {
+        "type": "text",
+        "media_type": "text/plain",
+        "data": "hello notes",
+    }
 
 
 def test_input_audio_dropped() -> None:
-    blocks = user_parts([{"type": "input_audio", "input_audio": {"data": "x", "format": "wav"}}, {"type": "text", "text": "t"}])
+    blocks = user_parts(
+        [
+            {"type": "input_audio", "input_audio": {"data": "x", "format": "wav"}},
+            {"type": "text", "text": "t"},
+        ]
+    )
     assert blocks == [{"type": "text", "text": "t"}]
 
 
@@ -250,7 +281,10 @@ def test_part_cache_control_and_message_cache_control() -> None:
             [
                 {
                     "role": "user",
-                    "content": [{"type": "text", "text": "a", "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "b"}],
+                    "content": [
+                        {"type": "text", "text": "a", "cache_control": {"type": "ephemeral"}},
+                        {"type": "text", "text": "b"},
+                    ],
                     "cache_control": {"type": "ephemeral", "ttl": "1h"},
                 }
             ]
@@ -349,7 +383,15 @@ def test_trailing_unanswered_tool_call_gets_result_turn() -> None:
 
 
 def test_duplicate_tool_use_ids_made_unique() -> None:
-    out, _ = conv(req([user(), {"role": "assistant", "tool_calls": [tc("a"), tc("a")]}, {"role": "tool", "tool_call_id": "a", "content": "r"}]))
+    out, _ = conv(
+        req(
+            [
+                user(),
+                {"role": "assistant", "tool_calls": [tc("a"), tc("a")]},
+                {"role": "tool", "tool_call_id": "a", "content": "r"},
+            ]
+        )
+    )
     ids = [b["id"] for b in out["messages"][1]["content"]]
     assert len(set(ids)) == 2 and ids[0] == "a"
 
@@ -359,7 +401,11 @@ def test_legacy_function_call_and_function_role() -> None:
         req(
             [
                 user(),
-                {"role": "assistant", "content": None, "function_call": {"name": "lookup", "arguments": '{"q": 1}'}},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "function_call": {"name": "lookup", "arguments": '{"q": 1}'},
+                },
                 {"role": "function", "name": "lookup", "content": "found"},
             ]
         )
@@ -371,7 +417,16 @@ def test_legacy_function_call_and_function_role() -> None:
 
 
 def test_consecutive_same_role_merged_and_assistant_first_gets_user() -> None:
-    out, _ = conv(req([{"role": "assistant", "content": "hello"}, {"role": "assistant", "content": "again"}, user("a"), user("b")]))
+    out, _ = conv(
+        req(
+            [
+                {"role": "assistant", "content": "hello"},
+                {"role": "assistant", "content": "again"},
+                user("a"),
+                user("b"),
+            ]
+        )
+    )
     assert [m["role"] for m in out["messages"]] == ["user", "assistant", "user"]
     assert out["messages"][0]["content"] == [{"type": "text", "text": PLACEHOLDER_USER_TEXT}]
     assert [b["text"] for b in out["messages"][1]["content"]] == ["hello", "again"]
@@ -380,7 +435,10 @@ def test_consecutive_same_role_merged_and_assistant_first_gets_user() -> None:
 
 def test_final_assistant_prefill_trailing_whitespace_stripped() -> None:
     out, _ = conv(req([user(), {"role": "assistant", "content": "The answer is \n"}]))
-    assert out["messages"][-1] == {"role": "assistant", "content": [{"type": "text", "text": "The answer is"}]}
+    assert out["messages"][-1] == {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "The answer is"}],
+    }
 
 
 def test_bad_roles_and_tool_fields() -> None:
@@ -388,8 +446,10 @@ def test_bad_roles_and_tool_fields() -> None:
     bad(req(["hi"]), "messages[0]")
     bad(req([user(), {"role": "tool", "content": "x"}]), "messages[1].tool_call_id")
     bad(req([user(), {"role": "assistant", "tool_calls": {"id": "a"}}]), "messages[1].tool_calls")
-    bad(req([user(), {"role": "assistant", "tool_calls": [{"id": "a", "function": {"arguments": "{}"}}]}]),
-        "messages[1].tool_calls[0].function.name")
+    bad(
+        req([user(), {"role": "assistant", "tool_calls": [{"id": "a", "function": {"arguments": "{}"}}]}]),
+        "messages[1].tool_calls[0].function.name",
+    )
 
 
 # --- sampling / limits -------------------------------------------------------------------------------
@@ -477,7 +537,10 @@ def test_tool_choice(choice: Any, expected: dict[str, Any]) -> None:
 
 
 def test_tool_choice_errors_and_no_tools() -> None:
-    bad(req([user()], tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}}), "tool_choice")
+    bad(
+        req([user()], tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}}),
+        "tool_choice",
+    )
     bad(req([user()], tools=[WEATHER], tool_choice="sometimes"), "tool_choice")
     bad(req([user()], tools=[{"type": "function", "function": {"name": ""}}]), "tools[0].function.name")
     bad(req([user()], tools=[{"type": "web_search"}]), "tools[0]")
@@ -502,7 +565,10 @@ def test_legacy_functions() -> None:
 
 def test_allowed_tools_filters() -> None:
     other = {"type": "function", "function": {"name": "other"}}
-    choice = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [{"type": "function", "function": {"name": "other"}}]}}
+    choice = {
+        "type": "allowed_tools",
+        "allowed_tools": {"mode": "required", "tools": [{"type": "function", "function": {"name": "other"}}]},
+    }
     out, _ = conv(req([user()], tools=[WEATHER, other], tool_choice=choice))
     assert [t["name"] for t in out["tools"]] == ["other"] and out["tool_choice"] == {"type": "any"}
 
@@ -512,7 +578,9 @@ def test_allowed_tools_filters() -> None:
 
 def test_json_schema_forced_tool() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
-    out, ctx = conv(req([user()], response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}}))
+    out, ctx = conv(
+        req([user()], response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}})
+    )
     assert ctx.json_tool == JSON_TOOL_NAME and ctx.json_unwrap is None
     assert out["tools"][-1]["name"] == JSON_TOOL_NAME and out["tools"][-1]["input_schema"] is schema
     assert out["tool_choice"] == {"type": "tool", "name": JSON_TOOL_NAME}
@@ -520,9 +588,15 @@ def test_json_schema_forced_tool() -> None:
 
 def test_json_schema_non_object_root_is_wrapped() -> None:
     schema = {"type": "array", "items": {"type": "string"}}
-    out, ctx = conv(req([user()], response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}}))
+    out, ctx = conv(
+        req([user()], response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}})
+    )
     assert ctx.json_unwrap == "value"
-    assert out["tools"][0]["input_schema"] == {"type": "object", "properties": {"value": schema}, "required": ["value"]}
+    assert out["tools"][0]["input_schema"] == {
+        "type": "object",
+        "properties": {"value": schema},
+        "required": ["value"],
+    }
 
 
 def test_json_object_open_schema() -> None:
@@ -547,6 +621,7 @@ def test_json_mode_with_thinking_instructs_instead_of_forcing() -> None:
 
 def test_json_mode_with_client_tools_does_not_force() -> None:
     out, ctx = conv(req([user()], tools=[WEATHER], response_format={"type": "json_object"}))
+    assert ctx.json_tool == JSON_TOOL_NAME
     assert [t["name"] for t in out["tools"]] == ["get_weather", JSON_TOOL_NAME]
     assert "tool_choice" not in out
     assert any(JSON_TOOL_NAME in b["text"] for b in out["system"])
@@ -562,7 +637,9 @@ def test_json_tool_name_avoids_client_tool_clash() -> None:
 # --- thinking ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("effort", "budget"), [("minimal", 1024), ("low", 1024), ("medium", 4096), ("high", 16384)])
+@pytest.mark.parametrize(
+    ("effort", "budget"), [("minimal", 1024), ("low", 1024), ("medium", 4096), ("high", 16384)]
+)
 def test_reasoning_effort_budgets(effort: str, budget: int) -> None:
     out, ctx = conv(req([user()], reasoning_effort=effort, temperature=0.2, top_p=0.5))
     assert out["thinking"] == {"type": "enabled", "budget_tokens": budget}
@@ -580,7 +657,10 @@ def test_reasoning_effort_none_and_invalid() -> None:
 
 def test_max_tokens_raised_above_budget_only_when_needed() -> None:
     assert conv(req([user()], reasoning_effort="high"))[0]["max_tokens"] == 16384 + 4096
-    assert conv(req([user()], reasoning_effort="high", max_completion_tokens=2000))[0]["max_tokens"] == 16384 + 4096
+    assert (
+        conv(req([user()], reasoning_effort="high", max_completion_tokens=2000))[0]["max_tokens"]
+        == 16384 + 4096
+    )
     assert conv(req([user()], reasoning_effort="high", max_completion_tokens=30000))[0]["max_tokens"] == 30000
     assert conv(req([user()], reasoning_effort="low"))[0]["max_tokens"] == 4096
 
@@ -602,7 +682,11 @@ def tool_loop(**extra: Any) -> dict[str, Any]:
     return req(
         [
             user("weather?"),
-            {"role": "assistant", "content": "", "tool_calls": [tc("toolu_01", "get_weather", '{"city":"SF"}')]},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [tc("toolu_01", "get_weather", '{"city":"SF"}')],
+            },
             {"role": "tool", "tool_call_id": "toolu_01", "content": "sunny"},
         ],
         tools=[WEATHER],
@@ -664,7 +748,16 @@ TOP_KEYS = [
     "temperature", "top_p", "stop", "tools", "tool_choice", "functions", "function_call",
     "parallel_tool_calls", "response_format", "reasoning_effort", "thinking", "user",
 ]  # fmt: skip
-MSG_KEYS = ["role", "content", "tool_calls", "tool_call_id", "function_call", "name", "thinking_blocks", "cache_control"]
+MSG_KEYS = [
+    "role",
+    "content",
+    "tool_calls",
+    "tool_call_id",
+    "function_call",
+    "name",
+    "thinking_blocks",
+    "cache_control",
+]
 ROLES = st.sampled_from(["system", "developer", "user", "assistant", "tool", "function", "x"])
 
 fuzzy_messages = st.lists(
@@ -728,13 +821,22 @@ message = st.one_of(
     st.builds(lambda i, c: {"role": "tool", "tool_call_id": i or "call_1", "content": c}, ids, text),
 )
 chat_requests = st.fixed_dictionaries(
-    {"model": st.sampled_from(["sonnet", "gpt-4o-mini", "claude-opus-4-5-20251101"]), "messages": st.lists(message, min_size=1, max_size=8)},
+    {
+        "model": st.sampled_from(["sonnet", "gpt-4o-mini", "claude-opus-4-5-20251101"]),
+        "messages": st.lists(message, min_size=1, max_size=8),
+    },
     optional={
         "tools": st.just([WEATHER, {"type": "function", "function": {"name": "now"}}]),
-        "tool_choice": st.sampled_from(["auto", "required", "none", {"type": "function", "function": {"name": "now"}}]),
+        "tool_choice": st.sampled_from(
+            ["auto", "required", "none", {"type": "function", "function": {"name": "now"}}]
+        ),
         "parallel_tool_calls": st.booleans(),
         "response_format": st.sampled_from(
-            [{"type": "text"}, {"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array"}}}]
+            [
+                {"type": "text"},
+                {"type": "json_object"},
+                {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array"}}},
+            ]
         ),
         "stop": st.one_of(st.text(max_size=3), st.lists(st.text(max_size=3), max_size=3)),
         "n": st.sampled_from([1, 2]),
@@ -752,7 +854,7 @@ chat_requests = st.fixed_dictionaries(
 def check_anthropic_rules(out: dict[str, Any]) -> None:
     msgs = out["messages"]
     assert msgs and msgs[0]["role"] == "user"
-    for a, b in zip(msgs, msgs[1:], strict=False):
+    for a, b in itertools.pairwise(msgs):
         assert a["role"] != b["role"], "roles must alternate"
     for m in msgs:
         assert m["content"], "no empty turns"
@@ -770,7 +872,11 @@ def check_anthropic_rules(out: dict[str, Any]) -> None:
     for i, m in enumerate(msgs):
         uses = [b["id"] for b in m["content"] if b["type"] == "tool_use"]
         nxt = msgs[i + 1]["content"] if i + 1 < len(msgs) else None
-        results = [b["tool_use_id"] for b in (nxt or []) if b["type"] == "tool_result"] if m["role"] == "assistant" else []
+        results = (
+            [b["tool_use_id"] for b in (nxt or []) if b["type"] == "tool_result"]
+            if m["role"] == "assistant"
+            else []
+        )
         if uses:
             assert nxt is not None, "tool_use must be answered"
             assert results == uses, "one result per tool_use, in order"

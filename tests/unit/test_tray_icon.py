@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from dario.tray import icon
 from dario.tray.model import TrayHealth
 

@@ -10,9 +10,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
 from dario.ctl.client import ControlAPIError, DaemonNotRunning
-from dario.daemon.controlapi import AccountView, RefreshResult, Status
+from dario.daemon.controlapi import AccountStatus, AccountView, RefreshResult, Status
 from dario.tray import app
 from dario.tray.model import (
     MenuEntry,
@@ -28,11 +27,13 @@ from dario.tray.model import (
 NOW = 1_700_000_000.0
 
 
-def account(alias: str, status: str = "ok", headroom: float | None = 0.83, *, preferred: bool = False,
-            enabled: bool = True, until: float | None = None) -> AccountView:
+def account(
+    alias: str, status: AccountStatus = "ok", headroom: float | None = 0.83, *, preferred: bool = False,
+    enabled: bool = True, until: float | None = None,
+) -> AccountView:
     return {
         "alias": alias, "kind": "anthropic", "base_url": "https://api.anthropic.com", "created": NOW - 86400,
-        "enabled": enabled, "preferred": preferred, "status": status,  # type: ignore[typeddict-item]
+        "enabled": enabled, "preferred": preferred, "status": status,
         "reason": None if status == "ok" else status, "until": until, "headroom": headroom, "windows": {},
         "in_flight": 0, "requests": 0, "errors": 0, "latency_ms": None,
     }
@@ -70,8 +71,8 @@ def test_health_covers_every_state() -> None:
         is TrayHealth.DEGRADED
     assert health(make_status(account("work"), account("old", "needs_login", None))) is TrayHealth.DEGRADED
     assert health(make_status(account("work", headroom=0.19))) is TrayHealth.DEGRADED
-    assert health(make_status(account("a", "exhausted", until=NOW + 5), account("b", "cooling", until=NOW + 9))) \
-        is TrayHealth.UNAVAILABLE
+    down = make_status(account("a", "exhausted", until=NOW + 5), account("b", "cooling", until=NOW + 9))
+    assert health(down) is TrayHealth.UNAVAILABLE
     assert health(make_status(account("old", "needs_login", None))) is TrayHealth.UNAVAILABLE
 
 
@@ -256,10 +257,14 @@ class Recorder:
         self.events: list[tuple[str, object]] = []
         self.copy_ok = copy_ok
 
+    def copy(self, text: str) -> bool:
+        self.events.append(("copy", text))
+        return self.copy_ok
+
     def effects(self) -> app.Effects:
         return app.Effects(
             open_url=lambda url: self.events.append(("open", url)),
-            copy_text=lambda text: self.events.append(("copy", text)) or self.copy_ok,
+            copy_text=self.copy,
             start_daemon=lambda: self.events.append(("start", None)),
             notify=lambda msg: self.events.append(("notify", msg)),
             quit=lambda: self.events.append(("quit", None)),

@@ -128,3 +128,26 @@ def test_render_full_usage(tmp_path: Path) -> None:
     assert any(ch in text for ch in "▂▃▄▅▆▇█")
     assert "work: output tokens run out in" in text
     assert "$" in text
+
+
+def test_dashboard_is_self_contained_and_has_test_ids() -> None:
+    import re
+
+    import dario.daemon
+
+    static = Path(dario.daemon.__file__).parent / "static"
+    page = (static / "index.html").read_text()
+    script = (static / "dashboard.js").read_text()
+    style = (static / "dashboard.css").read_text()
+    for element_id in ("accounts", "chart", "totals", "recent", "forecast"):
+        assert f'id="{element_id}"' in page
+    # The daemon's CSP is script-src 'self': an inline script would never run.
+    assert '<script src="/static/dashboard.js"></script>' in page
+    assert re.findall(r"<script[^>]*>", page) == ['<script src="/static/dashboard.js">']
+    assert "/analytics?window=" in script and "x-api-key" in script and "dario-api-key" in script
+    assert "prefers-color-scheme: dark" in style
+    # Nothing from another origin: no CDN scripts, stylesheets or fonts.
+    for text in (page, script, style):
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
+        assert "@import" not in text and "url(" not in text and "https://" not in text
+    assert "innerHTML" not in script  # daemon strings go in as text

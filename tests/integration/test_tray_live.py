@@ -1,0 +1,215 @@
+"""The real dario-tray process in a real X server with a real system tray.
+
+Xvfb + trayer (an XEMBED tray host) + pystray's xorg backend, against a fake control socket that
+answers /v1/status. Checks that the icon docks with the colour of the daemon's health, follows a
+change of health, and that a click runs the default action (xorg has no menu: open the dashboard).
+Leaves screenshots in tests/artifacts/. Skipped where Xvfb or trayer are missing
+(Debian: apt-get install xvfb trayer).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dario.tray import icon as tray_icon
+
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="X11 only"),
+    pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb not installed (apt-get install xvfb)"),
+    pytest.mark.skipif(shutil.which("trayer") is None, reason="no tray host: trayer not installed"),
+    pytest.mark.timeout(60),
+]
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll a condition until it holds (there is no event to wait on across processes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def account(alias: str, status: str, headroom: float | None, until: float | None = None) -> dict[str, Any]:
+    return {"alias": alias, "kind": "anthropic", "base_url": "https://api.anthropic.com", "created": 0.0,
+            "enabled": True, "preferred": False, "status": status, "reason": None, "until": until,
+            "headroom": headroom, "windows": {}, "in_flight": 0, "requests": 0, "errors": 0,
+            "latency_ms": None}
+
+
+def status_doc(*accounts: dict[str, Any]) -> dict[str, Any]:
+    return {"version": "test", "pid": os.getpid(), "started_at": 0.0, "uptime_s": 1.0,
+            "listen": "http://127.0.0.1:3456", "socket": "", "auth_required": False, "requests_served": 0,
+            "pool": {"health": "ok", "available": 1, "total": len(accounts), "earliest_reset": None,
+                     "queue_depth": 0},
+            "accounts": list(accounts)}
+
+
+class FakeControl(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """Answers GET /v1/status with whatever `status` holds at the time."""
+
+    daemon_threads = True
+    status: dict[str, Any]
+
+    def get_request(self) -> Any:
+        conn, _ = super().get_request()
+        return conn, ("local", 0)  # BaseHTTPRequestHandler wants a (host, port) address
+
+
+class StatusHandler(http.server.BaseHTTPRequestHandler):
+    server: FakeControl
+
+    def do_GET(self) -> None:
+        body = json.dumps(self.server.status).encode()
+        self.send_response(200 if self.path == "/v1/status" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def x_display(tmp_path: Path) -> Iterator[str]:
+    read_fd, write_fd = os.pipe()
+    # -displayfd: Xvfb picks a free display number and writes it once it accepts connections.
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "320x120x24", "-nolisten", "tcp"],
+                            pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        number = pipe.readline().strip()
+    if not number:
+        stop(xvfb)
+        pytest.skip("Xvfb did not start")
+    display = f":{number}"
+    trayer = subprocess.Popen(
+        ["trayer", "--edge", "top", "--align", "right", "--widthtype", "request", "--height", "32",
+         "--SetDockType", "true", "--transparent", "false"],
+        env={**os.environ, "DISPLAY": display}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        import Xlib.display
+
+        conn = Xlib.display.Display(display)
+        selection = conn.intern_atom("_NET_SYSTEM_TRAY_S0")
+        wait_until(lambda: conn.get_selection_owner(selection) != 0, 10, "trayer to own the tray selection")
+        conn.close()
+        yield display
+    finally:
+        stop(trayer)
+        stop(xvfb)
+
+
+@pytest.fixture
+def fake_control(tmp_path: Path) -> Iterator[tuple[FakeControl, Path]]:
+    path = tmp_path / "ctl.sock"
+    server = FakeControl(str(path), StatusHandler)
+    server.status = status_doc(account("work", "ok", 0.83),
+                               account("spare", "exhausted", None, time.time() + 600))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server, path
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def count(image: Any, colour: tuple[int, ...], tolerance: int = 3) -> int:
+    rgb = colour[:3]
+    return sum(1 for px in image.get_flattened_data() if all(abs(a - b) <= tolerance for a, b in zip(px, rgb)))
+
+
+def test_tray_docks_shows_health_and_runs_the_default_action(
+    x_display: str, fake_control: tuple[FakeControl, Path], tmp_path: Path
+) -> None:
+    from PIL import ImageGrab, features
+
+    if not features.check("xcb"):
+        pytest.skip("this Pillow has no XCB support for screenshots")
+    server, socket_path = fake_control
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.py"
+    browser.write_text(f"import sys, pathlib\npathlib.Path({str(opened)!r}).write_text(sys.argv[1])\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("WAYLAND_DISPLAY", "PYSTRAY_BACKEND")}
+    env.update(DISPLAY=x_display, DARIO_SOCKET=str(socket_path), PYSTRAY_BACKEND="xorg",
+               BROWSER=f"{sys.executable} {browser} %s")
+    log = (tmp_path / "tray.log").open("w")
+    tray = subprocess.Popen([sys.executable, "-m", "dario.tray.app"], env=env, stdout=log, stderr=log)
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        def shot_with(colour: tuple[int, ...]) -> Any:
+            assert tray.poll() is None, (tmp_path / "tray.log").read_text()
+            image = ImageGrab.grab(xdisplay=x_display)
+            image.save(ARTIFACTS / "tray-live-last.png")
+            return image if count(image, colour) > 20 else None
+
+        # Degraded (one account exhausted): the icon docks in the tray, amber.
+        try:
+            shot = wait_until(lambda: shot_with(tray_icon.AMBER), 20, "an amber icon in the tray")
+        except AssertionError:
+            from collections import Counter
+            img = ImageGrab.grab(xdisplay=x_display)
+            print("COLOURS", Counter(img.get_flattened_data()).most_common(5))
+            print("LOG", (tmp_path / "tray.log").read_text())
+            subprocess.run(["xwininfo", "-root", "-tree", "-display", x_display])
+            raise
+        shot.save(ARTIFACTS / "tray-live-degraded.png")
+        assert count(shot, tray_icon.GREEN) == 0
+
+        # The daemon's health changes: the poller picks it up and the icon turns green.
+        server.status = status_doc(account("work", "ok", 0.83), account("spare", "ok", 0.5))
+        shot = wait_until(lambda: shot_with(tray_icon.GREEN), 10, "the icon to turn green")
+        shot.save(ARTIFACTS / "tray-live-healthy.png")
+
+        # xorg has no menu: a click runs the default item, "Open dashboard".
+        pixels = shot.load()
+        spots = [(x, y) for x in range(shot.width) for y in range(shot.height)
+                 if all(abs(a - b) <= 3 for a, b in zip(pixels[x, y], tray_icon.GREEN[:3]))]
+        x, y = spots[len(spots) // 2]
+        import Xlib.display
+        from Xlib import X
+        from Xlib.ext import xtest
+
+        conn = Xlib.display.Display(x_display)
+        xtest.fake_input(conn, X.MotionNotify, x=x, y=y)
+        xtest.fake_input(conn, X.ButtonPress, 1)
+        xtest.fake_input(conn, X.ButtonRelease, 1)
+        conn.sync()
+        conn.close()
+        url = wait_until(lambda: opened.exists() and opened.read_text(), 10, "the dashboard to be opened")
+        assert url == "http://127.0.0.1:3456/"
+    finally:
+        stop(tray)
+        log.close()
+    assert "Traceback" not in (tmp_path / "tray.log").read_text()
