@@ -21,8 +21,9 @@ from dario.daemon import __version__
 from dario.daemon.controlapi import ACCOUNT_KINDS
 
 if TYPE_CHECKING:
-    from dario.ctl.client import ControlClient
     from rich.console import Console
+
+    from dario.ctl.client import ControlClient
 
 PROG = "dario-ctl"
 EXIT_OK = 0
@@ -334,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from http.client import HTTPException
 
     import orjson
+
     from dario.ctl.client import ControlAPIError, DaemonNotRunning
 
     try:

@@ -14,8 +14,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from dario.daemon.controlapi import AccountView, ClientKeyView, RefreshResult, Status, WindowView
     from rich.console import Console
+
+    from dario.daemon.controlapi import AccountView, ClientKeyView, RefreshResult, Status, WindowView
 
 LOGIN_HINT = "No accounts yet. Add one with: dario-ctl login"
 KEYS_HINT = "No client keys. Create one with: dario-ctl keys create NAME"

@@ -44,7 +44,8 @@ class Account:
 def check_alias(alias: str) -> str:
     if not ALIAS_RE.match(alias or ""):
         raise AccountError(
-            f"invalid account name {alias!r}: use 1–64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"invalid account name {alias!r}: use 1–64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
         )
     return alias
 

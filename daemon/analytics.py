@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+
 from dario.daemon.prices import PriceTable
 
 WINDOWS: dict[str, tuple[float, int]] = {  # window -> (span seconds, series bucket seconds)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 import orjson
+
 from dario.daemon.atomicfile import write_json_atomic
 
 KEY_PREFIX = "dario-"

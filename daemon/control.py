@@ -14,7 +14,17 @@ from urllib.parse import parse_qsl, unquote
 
 import orjson
 
-from dario.daemon.asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, header, lifespan, read_body, send_json
+from dario.daemon.asgi import (
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    header,
+    lifespan,
+    read_body,
+    send_json,
+)
 from dario.daemon.controlapi import CONTROL_HOST
 from dario.daemon.state import ControlFailure, DaemonState
 

@@ -93,7 +93,9 @@ class OpenAISink:
             message = orjson.loads(ans.body)
             chat = message_to_chat(message, self.ctx, created=self.created, thinking_cache=self.thinking)
         except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError):
-            status, body = openai_error_status_and_body(502, "api_error", "the upstream answered with a body dario could not read")
+            status, body = openai_error_status_and_body(
+                502, "api_error", "the upstream answered with a body dario could not read"
+            )
             await send_response(self.send, status, body, self._headers(ans.headers))
             return
         await send_response(self.send, 200, orjson.dumps(chat), self._headers(ans.headers))

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
@@ -75,6 +76,13 @@ def _hypercorn_config(bind: str, settings: Settings) -> Config:
 
 
 async def run(settings: Settings) -> None:
+    # Take SIGINT/SIGTERM over before anything else, so a signal during start-up still
+    # leads to an orderly shutdown (socket removed, state saved).
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        await _run(settings, signals)
+
+
+async def _run(settings: Settings, signals: AsyncIterator[int]) -> None:
     claim_socket(settings.socket)
     http = HttpClient(
         timeouts=Timeouts(connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout)
@@ -107,7 +115,7 @@ async def run(settings: Settings) -> None:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     try:
         async with trio.open_nursery() as background:
-            background.start_soon(_watch_signals, stop)
+            background.start_soon(_watch_signals, signals, stop)
             if state.analytics is not None:
                 await background.start(state.analytics.run)
             background.start_soon(state.persist_forever)
@@ -118,7 +126,8 @@ async def run(settings: Settings) -> None:
                 )
                 bound_port[0] = int(binds[0].rsplit(":", 1)[1])
                 state.listen = f"http://{host}:{bound_port[0]}"
-                await servers.start(_serve, control, _hypercorn_config(f"unix:{settings.socket}", settings), stop)
+                control_config = _hypercorn_config(f"unix:{settings.socket}", settings)
+                await servers.start(_serve, control, control_config, stop)
                 os.chmod(settings.socket, 0o600)
                 # One line a supervisor or a test can wait for.
                 print(f"dariod {__version__} listening on {state.listen} (control socket {settings.socket})",
@@ -136,12 +145,11 @@ async def _serve(app: object, config: Config, stop: trio.Event,
     await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status, mode="asgi")  # type: ignore[arg-type]
 
 
-async def _watch_signals(stop: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("received %s", signal.Signals(signum).name)
-            stop.set()
-            return
+async def _watch_signals(signals: AsyncIterator[int], stop: trio.Event) -> None:
+    async for signum in signals:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+        return
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -163,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"dariod: {exc}", file=sys.stderr)
         sys.exit(1)
     except BaseExceptionGroup as group:
-        in_use, rest = group.split(lambda e: isinstance(e, OSError) and e.errno == errno.EADDRINUSE)
+        in_use, _ = group.split(lambda e: isinstance(e, OSError) and e.errno == errno.EADDRINUSE)
         if in_use is None:
             raise
         print(f"dariod: {settings.host}:{settings.port} is already in use; stop what holds it or pass "

@@ -10,9 +10,10 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from dario.daemon.analytics import UsageRecord
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+
+from dario.daemon.analytics import UsageRecord
 
 STATUSES = ("ok", "cooling", "exhausted", "needs_login", "disabled")
 NONE_LABEL = "none"

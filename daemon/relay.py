@@ -496,7 +496,7 @@ def _parse_error(body: bytes) -> dict[str, object]:
     except orjson.JSONDecodeError:
         return {}
     if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-        return parsed["error"]  # type: ignore[no-any-return]
+        return parsed["error"]
     return {}
 
 

@@ -59,7 +59,7 @@ class DaemonState:
             AnalyticsStore(paths.analytics_db(), prices=prices, retention_days=settings.analytics_retention_days)
             if settings.analytics else None
         )
-        self.metrics = Metrics(lambda: list(self.pool.views()), lambda: self.pool.queue_depth)
+        self.metrics = Metrics(lambda: [dict(v) for v in self.pool.views()], lambda: self.pool.queue_depth)
         self.client_keys = ClientKeyStore(paths.keys_file())
 
     # -- start-up ------------------------------------------------------------------------
@@ -99,6 +99,8 @@ class DaemonState:
                 await self._dirty.wait()
                 self._dirty = trio.Event()
                 await trio.to_thread.run_sync(self.save_pool_state)
+                if self.client_keys.dirty:
+                    await trio.to_thread.run_sync(self.client_keys.flush)
                 await trio.sleep(0.5)
         finally:
             with trio.CancelScope(shield=True):
@@ -151,9 +153,13 @@ class DaemonState:
     async def usage(self, window: str) -> dict[str, Any]:
         if self.analytics is None:
             raise ValueError("analytics are off (dariod --no-analytics)")
-        pool_windows = {v["alias"]: dict(v["windows"]) for v in self.pool.views()}
+        pool_windows: dict[str, dict[str, dict[str, Any]]] = {
+            v["alias"]: {name: dict(w) for name, w in v["windows"].items()} for v in self.pool.views()
+        }
+        await self.analytics.flush()  # so a caller sees the requests it just made
+        analytics = self.analytics
         result: dict[str, Any] = await trio.to_thread.run_sync(
-            lambda: self.analytics.query(window, pool_windows=pool_windows)  # type: ignore[union-attr]
+            lambda: analytics.query(window, pool_windows=pool_windows)
         )
         return result
 

@@ -55,7 +55,7 @@ class Dariod:
 
     def start(self, timeout: float = 20.0) -> Dariod:
         self.runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
-        stderr = open(self.stderr_path, "ab")  # noqa: SIM115 - lives as long as the process
+        stderr = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dario.daemon.main", "--port", "0", "--socket", str(self.socket), *self.args],
             cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,

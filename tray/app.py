@@ -357,8 +357,8 @@ class TrayApp:
 
     def _setup(self, icon: Any) -> None:
         # pystray runs this in a thread once the icon exists, and joins it on stop(): return quickly.
+        _xorg_fixes(icon)
         icon.visible = True
-        _xorg_accept_clicks(icon)
         threading.Thread(target=self._poll_loop, name="dario-tray-poller", daemon=True).start()
         threading.Thread(target=self._work_loop, name="dario-tray-worker", daemon=True).start()
 
@@ -372,12 +372,20 @@ class TrayApp:
         self.icon.stop()
 
 
-def _xorg_accept_clicks(icon: Any) -> None:
-    """pystray 0.19.5's xorg icon window never selects ButtonPress, so its only interaction, the
-    default action on click, never fires (pystray#151). Add the event to the window's mask."""
+def _xorg_fixes(icon: Any) -> None:
+    """Two fixes for pystray 0.19.5's xorg backend (used where PyGObject is missing).
+
+    - Its icon window never selects ButtonPress, so its only interaction, the default action on
+      click, never fires (pystray#151): add the event to the window's mask.
+    - It asks the tray host to dock the icon on every icon change, and twice when it is shown;
+      a host may embed the window again and drop the old embedding, leaving the icon undocked
+      at the root (seen with trayer). Ask only while not docked: pystray forgets the host when
+      the host's window is destroyed, so a restarted panel still gets a request.
+    """
     window = getattr(icon, "_window", None)
     display = getattr(icon, "_display", None)
-    if type(icon).__module__ != "pystray._xorg" or window is None or display is None:
+    dock = getattr(icon, "_dock_window", None)
+    if type(icon).__module__ != "pystray._xorg" or window is None or display is None or dock is None:
         return
     try:
         from Xlib import X
@@ -386,6 +394,12 @@ def _xorg_accept_clicks(icon: Any) -> None:
         display.flush()
     except Exception as exc:  # a future pystray may differ: clicks stay broken, the icon still works
         log.debug("could not enable clicks on the xorg icon: %r", exc)
+
+    def dock_once() -> None:
+        if getattr(icon, "_systray_manager", None) is None:
+            dock()
+
+    icon._dock_window = dock_once
 
 
 def main() -> int:
@@ -401,6 +415,7 @@ def main() -> int:
         # Lazily: on a headless Linux box `import pystray` raises Xlib.error.DisplayNameError
         # (not ImportError), and the daemon and CLI must never pay for GUI imports.
         import pystray
+
         from dario.tray.icon import draw_icon
     except ImportError as exc:
         if exc.name in ("pystray", "PIL"):

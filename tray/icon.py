@@ -8,8 +8,9 @@ on colour alone.
 
 from __future__ import annotations
 
-from dario.tray.model import TrayHealth
 from PIL import Image, ImageDraw
+
+from dario.tray.model import TrayHealth
 
 RGBA = tuple[int, int, int, int]
 

@@ -8,9 +8,11 @@ from typing import Any
 
 import orjson
 
-OPUS = "claude-opus-4-5-20251101"
-SONNET = "claude-sonnet-4-5-20250929"
-HAIKU = "claude-haiku-4-5-20251001"
+# The newest model of each tier as of this release (the anthropic SDK's own model list, newest
+# first). Users re-point them in models.json; dario serves the upstream's live list when it can.
+OPUS = "claude-opus-5-5"
+SONNET = "claude-sonnet-5-5"
+HAIKU = "claude-haiku-5-5"
 
 # OpenAI model names map to the Claude tier with the same cost/latency role, so a tool configured with
 # a hard-coded OpenAI name gets what its author chose it for: flagship reasoning models (o1, o3, gpt-5)
@@ -37,34 +39,27 @@ DEFAULT_ALIASES: dict[str, str] = {
     "gpt-5-nano": HAIKU,
 }
 
+# dario's fallback list when no account can fetch the upstream's own. Release dates are given
+# only where they are published in the SDK; the others list with created 0.
 KNOWN_MODELS: list[dict[str, Any]] = [
-    {"id": OPUS, "display_name": "Claude Opus 4.5", "created_at": "2025-11-01T00:00:00Z"},
-    {"id": SONNET, "display_name": "Claude Sonnet 4.5", "created_at": "2025-09-29T00:00:00Z"},
-    {"id": HAIKU, "display_name": "Claude Haiku 4.5", "created_at": "2025-10-01T00:00:00Z"},
-    {
-        "id": "claude-opus-4-1-20250805",
-        "display_name": "Claude Opus 4.1",
-        "created_at": "2025-08-05T00:00:00Z",
-    },
-    {
-        "id": "claude-sonnet-4-20250514",
-        "display_name": "Claude Sonnet 4",
-        "created_at": "2025-05-14T00:00:00Z",
-    },
-    {
-        "id": "claude-3-7-sonnet-20250219",
-        "display_name": "Claude Sonnet 3.7",
-        "created_at": "2025-02-19T00:00:00Z",
-    },
-    {
-        "id": "claude-3-5-haiku-20241022",
-        "display_name": "Claude Haiku 3.5",
-        "created_at": "2024-10-22T00:00:00Z",
-    },
+    {"id": OPUS, "display_name": "Claude Opus 5.5", "created_at": ""},
+    {"id": SONNET, "display_name": "Claude Sonnet 5.5", "created_at": ""},
+    {"id": HAIKU, "display_name": "Claude Haiku 5.5", "created_at": ""},
+    {"id": "claude-opus-5", "display_name": "Claude Opus 5", "created_at": ""},
+    {"id": "claude-sonnet-5", "display_name": "Claude Sonnet 5", "created_at": ""},
+    {"id": "claude-opus-4-8", "display_name": "Claude Opus 4.8", "created_at": ""},
+    {"id": "claude-opus-4-7", "display_name": "Claude Opus 4.7", "created_at": ""},
+    {"id": "claude-sonnet-4-6", "display_name": "Claude Sonnet 4.6", "created_at": ""},
+    {"id": "claude-opus-4-6", "display_name": "Claude Opus 4.6", "created_at": ""},
+    {"id": "claude-opus-4-5-20251101", "display_name": "Claude Opus 4.5", "created_at": "2025-11-01T00:00:00Z"},
+    {"id": "claude-haiku-4-5-20251001", "display_name": "Claude Haiku 4.5", "created_at": "2025-10-01T00:00:00Z"},
+    {"id": "claude-sonnet-4-5-20250929", "display_name": "Claude Sonnet 4.5", "created_at": "2025-09-29T00:00:00Z"},
 ]
 
 
 def _epoch(rfc3339: str) -> int:
+    if not rfc3339:
+        return 0
     return int(datetime.datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp())
 
 

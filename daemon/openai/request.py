@@ -679,7 +679,7 @@ def chat_to_messages(
         for s in stop:
             if not isinstance(s, str):
                 raise _bad("`stop` must be a string or an array of strings.", "stop")
-            if True:  # Anthropic rejects whitespace-only stop sequences
+            if s.strip():  # Anthropic rejects whitespace-only stop sequences
                 stop_sequences.append(s)
     elif stop is not None:
         raise _bad("`stop` must be a string or an array of strings.", "stop")

@@ -308,7 +308,7 @@ async def job_closed(job: dict[str, Any]) -> dict[str, Any]:
                 if c is None or c.closed:
                     try:
                         c = conns[i] = await asyncio.wait_for(connect(host, port), 5.0)
-                    except (OSError, asyncio.TimeoutError):
+                    except (TimeoutError, OSError):
                         connect_errors += 1
                         errors += 1
                         await asyncio.sleep(0.01)
@@ -316,7 +316,7 @@ async def job_closed(job: dict[str, Any]) -> dict[str, Any]:
                 issued += 1
                 try:
                     r = await asyncio.wait_for(c.request(req), timeout)
-                except (OSError, ConnectionError, asyncio.TimeoutError):
+                except (TimeoutError, OSError, ConnectionError):
                     errors += 1
                     c.close()
                     conns[i] = None
@@ -370,7 +370,7 @@ async def job_events(job: dict[str, Any]) -> dict[str, Any]:
             if c is None or c.closed:
                 c = await asyncio.wait_for(connect(host, port, record_reads=True), 5.0)
             r = await asyncio.wait_for(c.request(req), float(job.get("timeout", 30.0)))
-        except (OSError, ConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, ConnectionError):
             errors += 1
             if c is not None:
                 c.close()
@@ -415,7 +415,7 @@ async def job_hold(job: dict[str, Any]) -> dict[str, Any]:
         nonlocal connect_errors, errors, completed, incomplete
         try:
             c = await asyncio.wait_for(connect(host, port, on_head=on_head), 30.0)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             connect_errors += 1
             errors += 1
             return
@@ -423,7 +423,7 @@ async def job_hold(job: dict[str, Any]) -> dict[str, Any]:
         fut = c.request(req)
         try:
             r = await asyncio.wait_for(fut, float(job.get("timeout", 120.0)))
-        except (OSError, ConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, ConnectionError):
             errors += 1
             incomplete += 1
             if c.res is not None and c.res.status == 200:

@@ -114,7 +114,7 @@ def test_connection_cut_mid_stream_gives_an_error_event_and_no_resend(dariod: Da
     dariod.ctl("accounts", "prefer", "a")
     upstream.script({"cut_after_events": 5}, key=KEYS["a"])
     marker = uuid.uuid4().hex
-    status, headers, body = post(dariod.url, ask(marker + " [[long:8]]", stream=True))
+    status, _, body = post(dariod.url, ask(marker + " [[long:8]]", stream=True))
     assert status == 200
     events = [line for line in body.decode().split("\n") if line.startswith("event: ")]
     assert events[-1] == "event: error"
@@ -140,7 +140,7 @@ def test_queue_waits_for_the_earliest_reset(dariod_factory: Any, upstream: Any) 
     pool_of(dariod, upstream, "a")
     upstream.script({"status": 429, "retry_after": 2}, key=KEYS["a"])
     started = time.monotonic()
-    status, headers, body = post(dariod.url, ask("wait for me"))
+    status, _, body = post(dariod.url, ask("wait for me"))
     waited = time.monotonic() - started
     assert status == 200, body
     assert 1.0 < waited < 10.0

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 import trio
+
 from dario.daemon import analytics
 from dario.daemon.analytics import AnalyticsStore, UsageRecord
 from dario.daemon.prices import PriceTable

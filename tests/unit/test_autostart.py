@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from dario.ctl import autostart
 
 REPO = Path(__file__).resolve().parents[2]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from dario.ctl import cli
 from dario.ctl.client import START_HINT
 

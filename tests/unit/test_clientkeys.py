@@ -4,6 +4,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from dario.daemon.clientkeys import ClientKeyStore
 from dario.daemon.clients import client_family
 

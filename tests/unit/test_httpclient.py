@@ -24,6 +24,7 @@ import pytest
 import trio
 import trio.testing
 import trustme
+
 from dario.daemon import httpclient
 from dario.daemon.httpclient import (
     ConnectError,

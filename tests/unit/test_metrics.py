@@ -3,10 +3,11 @@ from __future__ import annotations
 import re
 from typing import Any, cast
 
+from prometheus_client import REGISTRY
+
 from dario.daemon import metrics as metrics_mod
 from dario.daemon.analytics import UsageRecord
 from dario.daemon.metrics import Metrics
-from prometheus_client import REGISTRY
 
 
 def rec(**kw: Any) -> UsageRecord:

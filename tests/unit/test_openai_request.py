@@ -9,6 +9,9 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from dario.daemon.errors import DarioError, openai_error_status_and_body
 from dario.daemon.openai.models import HAIKU, OPUS, SONNET, ModelTable
 from dario.daemon.openai.request import (
@@ -19,8 +22,6 @@ from dario.daemon.openai.request import (
     chat_to_messages,
 )
 from dario.daemon.openai.thinking import ThinkingCache
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 MODELS = ModelTable()
 

@@ -6,13 +6,14 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from openai.types.chat import ChatCompletion
+
 from dario.daemon.openai.errors import openai_error_from_anthropic
 from dario.daemon.openai.request import ChatContext
 from dario.daemon.openai.response import message_to_chat
 from dario.daemon.openai.thinking import ThinkingCache
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from openai.types.chat import ChatCompletion
 
 CTX = ChatContext(requested_model="gpt-4o", model="claude-sonnet-4-5-20250929")
 USAGE = {

@@ -8,13 +8,14 @@ import httpx2
 import openai
 import orjson
 import pytest
-from dario.daemon.openai.request import ChatContext
-from dario.daemon.openai.stream import ChatStreamTranslator
-from dario.daemon.openai.thinking import ThinkingCache
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
+
+from dario.daemon.openai.request import ChatContext
+from dario.daemon.openai.stream import ChatStreamTranslator
+from dario.daemon.openai.thinking import ThinkingCache
 
 Event = tuple[str, dict[str, Any]]
 

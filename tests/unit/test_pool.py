@@ -174,7 +174,7 @@ def test_queue_waits_for_earliest_reset_in_fifo_order() -> None:
 
 def test_queue_deadline_gives_retry_after_and_a_hangup_leaves_the_queue() -> None:
     async def main() -> None:
-        pool, clock = make_pool("a")
+        pool, _ = make_pool("a")
         pool.observe_rate_limited(pool.accounts["a"], Snapshot({}, 300.0), spend_limit=False, message="x")
         try:
             await pool.acquire(Estimate(), [], trio.current_time() + 5)

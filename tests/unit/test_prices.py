@@ -4,6 +4,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from dario.daemon.prices import DEFAULT_PRICES, PriceTable
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from dario.tray import icon
 from dario.tray.model import TrayHealth
 

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from dario.ctl.client import ControlAPIError, DaemonNotRunning
 from dario.daemon.controlapi import AccountStatus, AccountView, RefreshResult, Status
 from dario.tray import app

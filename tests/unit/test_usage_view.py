@@ -4,10 +4,11 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from rich.console import Console
+
 from dario.ctl.usage_view import duration, forecast_sentences, render_usage, sparkline
 from dario.daemon.analytics import AnalyticsStore, UsageRecord
 from dario.daemon.prices import PriceTable
-from rich.console import Console
 
 NOW = 1_700_000_000.0
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any, cast
 
 import pytest
+from rich.console import Console
+
 from dario.ctl import views
 from dario.ctl.views import compact_count, headroom_bar, human_duration, relative_time
 from dario.daemon.controlapi import AccountView, ClientKeyView, RefreshResult, Status
-from rich.console import Console
 
 NOW = 1_700_010_000.0
 

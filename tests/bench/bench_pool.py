@@ -1,0 +1,66 @@
+"""In-process micro-benchmark: one `Pool.choose` + `Pool.release` with N accounts.
+
+Run alone: ``python -m tests.bench.bench_pool [N ...]`` prints JSON {N: median ns}.
+Every account is usable and has all four rate-limit windows known (the steady state once
+the upstream's headers have been seen), so `choose` does its full work: status, fit and
+headroom for each account, then the tie-break.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import orjson
+
+from dario.daemon.pool import Estimate, Pool
+from dario.daemon.ratelimits import WINDOWS, Window
+
+LIMITS = {"requests": 4000, "tokens": 2_000_000, "input-tokens": 1_600_000, "output-tokens": 400_000}
+
+
+def make_pool(n: int) -> Pool:
+    pool = Pool()
+    now = time.time()
+    for i in range(n):
+        acc = pool.upsert(f"acct{i:03d}", "anthropic", "https://api.anthropic.com", now, f"sk-bench-{i}")
+        for name in WINDOWS:
+            limit = LIMITS[name]
+            acc.windows[name] = Window(limit, limit - 10 * (i % 7), now + 3600.0)
+    return pool
+
+
+def per_op_ns(n: int, repeats: int = 7, target_s: float = 0.05, max_iters: int = 200_000) -> dict[str, float]:
+    """Median and spread over `repeats` timed loops, each sized to take about `target_s`."""
+    pool = make_pool(n)
+    est = Estimate(input_tokens=1200, output_tokens=1024)
+    choose, release = pool.choose, pool.release
+    # Size the loop from a short trial.
+    t0 = time.perf_counter_ns()
+    for _ in range(100):
+        release(choose(est))  # type: ignore[arg-type]
+    trial = max(1, time.perf_counter_ns() - t0) / 100
+    iters = max(100, min(max_iters, int(target_s * 1e9 / trial)))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        for _ in range(iters):
+            lease = choose(est)
+            release(lease)  # type: ignore[arg-type]
+        samples.append((time.perf_counter_ns() - t0) / iters)
+    samples.sort()
+    return {"median_ns": round(statistics.median(samples), 1), "min_ns": round(samples[0], 1),
+            "max_ns": round(samples[-1], 1), "iterations": iters, "repeats": repeats}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = argv if argv is not None else sys.argv[1:]
+    sizes = [int(a) for a in args if not a.startswith("-")] or [1, 10, 100]
+    quick = "--quick" in args
+    out = {str(n): per_op_ns(n, repeats=5 if quick else 9, target_s=0.03 if quick else 0.08) for n in sizes}
+    print(orjson.dumps(out).decode(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
