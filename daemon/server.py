@@ -38,7 +38,7 @@ from dario.daemon.modelcatalog import ModelCatalog
 from dario.daemon.openai.request import chat_to_messages
 from dario.daemon.openai.thinking import ThinkingCache
 from dario.daemon.pool import Estimate
-from dario.daemon.relay import Incoming, Relay
+from dario.daemon.relay import Incoming, Outcome, Relay
 from dario.daemon.state import DaemonState
 from dario.daemon.upstreams import anthropic as upstream
 
@@ -178,15 +178,19 @@ class PublicApp:
     async def _forward(self, inc: Incoming, sink: Any, receive: Receive) -> None:
         """Relay, and stop everything at once if the client hangs up."""
         self.state.requests_served += 1
+        outcome: Outcome | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
             outcome = await self.relay.forward(inc, sink)
             nursery.cancel_scope.cancel()
         if self.settings.verbose:
-            log.info(
-                "%s %s → %s via %s (%d failovers, %.0f ms queued)", inc.dialect, inc.endpoint,
-                outcome.status, outcome.account, outcome.failovers, outcome.queue_wait_ms,
-            )
+            if outcome is None:
+                log.info("%s %s: the client hung up", inc.dialect, inc.endpoint)
+            else:
+                log.info(
+                    "%s %s → %s via %s (%d failovers, %.0f ms queued)", inc.dialect, inc.endpoint,
+                    outcome.status, outcome.account, outcome.failovers, outcome.queue_wait_ms,
+                )
 
     # -- OpenAI Chat Completions -------------------------------------------------------
     async def chat_completions(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:

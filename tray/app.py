@@ -427,12 +427,16 @@ def main() -> int:
     except Exception as exc:
         print(f"dario-tray: cannot open the display or tray ({type(exc).__name__}: {exc})", file=sys.stderr)
         return 1
-    app = TrayApp(
-        pystray,
-        draw_icon,
-        action_client=ControlClient(),
-        poll_client=ControlClient(timeout=POLL_TIMEOUT),
-    )
+    try:
+        app = TrayApp(
+            pystray,
+            draw_icon,
+            action_client=ControlClient(),
+            poll_client=ControlClient(timeout=POLL_TIMEOUT),
+        )
+    except Exception as exc:  # the backend loaded but could not create its icon (no host, no display)
+        print(f"dario-tray: cannot create the tray icon ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 1
     try:
         app.run()
     except KeyboardInterrupt:

@@ -93,6 +93,15 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds used so far by every thread of `pid`."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int, tree: bool = False) -> float | None:
     total = 0.0
     found = False
@@ -375,6 +384,20 @@ class Bench:
         self.results["skipped"].append(what)
         return False
 
+    def server_pid(self, path: str) -> int:
+        """The process that answers the load generator on `path` (the fake itself for direct)."""
+        if path.startswith("dario"):
+            assert self.dario is not None and self.dario.proc is not None
+            return self.dario.proc.pid
+        if path == "litellm":
+            assert self.litellm is not None and self.litellm.proc is not None
+            return self.litellm.proc.pid
+        return self.fake_pid()
+
+    def fake_pid(self) -> int:
+        assert self.fake is not None
+        return self.fake.proc.pid
+
     def gateway_paths(self) -> list[str]:
         return [p for p in ("direct", "dario", "dario_chat", "litellm") if p in self.paths]
 
@@ -402,7 +425,17 @@ class Bench:
                     job = {"kind": "closed", **self.paths[path], "concurrency": c,
                            "body": self.body(path, stream, STREAM_TEXT if stream else "bench"),
                            "duration": p["duration"], "runs": p["runs"], "warmup": p["warmup"], "timeout": 15.0}
+                    server, fake = self.server_pid(path), self.fake_pid()
+                    cpu0 = (cpu_s(server), cpu_s(fake))
                     res = self.loadgen.run(job, timeout=p["warmup"] + p["runs"] * (p["duration"] + 20) + 30)
+                    cpu1 = (cpu_s(server), cpu_s(fake))
+                    phases = [res.get("warmup") or {}, *(res.get("runs") or [])]
+                    served = sum(r.get("n", 0) + r.get("errors", 0) for r in phases)
+                    if served and None not in cpu0 and None not in cpu1:
+                        res["cpu_us_per_request"] = {
+                            "server": round(1e6 * (cpu1[0] - cpu0[0]) / served, 1),  # type: ignore[operator]
+                            "fake_upstream": round(1e6 * (cpu1[1] - cpu0[1]) / served, 1),  # type: ignore[operator]
+                        }
                     self.results["cells"][name] = res
                     runs = res.get("runs") or []
                     log(f"{name}: " + ", ".join(
@@ -586,6 +619,15 @@ class Bench:
                     t_p99 = self.check("c=16 p99", "p99 ≤ 40 ms", p99["dario"],
                                        None if p99["dario"] is None else p99["dario"] <= 40)
                 self.row(f"{label} throughput", "req/s", rps, better="higher", added=False, target=t_rps)
+                if c == 16:
+                    cpu = {p: ((self.results["cells"].get(f"{kind}_c{c}_{p}") or {}).get("cpu_us_per_request")
+                               or {}).get("server") for p in {"direct", "dario", "litellm", cmp_path}}
+                    cpu["dario_cmp"] = cpu.get(cmp_path)
+                    self.row(f"{label} CPU per request of the answering process", "µs", cpu, added=False,
+                             target="direct = the fake upstream itself")
+                    proj = {p: (round(1e6 / x, 0) if x else None) for p, x in cpu.items()}
+                    self.row(f"{label} projected req/s on one free core (1e6 / CPU µs)", "req/s", proj,
+                             better="higher", added=False, target="noise-resistant estimate, not a measurement")
                 self.row(f"{label} latency p50", "ms", p50, target=t_p50)
                 self.row(f"{label} latency p99", "ms", p99, target=t_p99)
                 if stream:
@@ -624,6 +666,10 @@ class Bench:
                      better="higher", added=False,
                      target=f"wall {hold['elapsed_s']:.1f} s for streams of "
                             f"{(HOLD_DELTAS + 5) * HOLD_DELAY:.1f} s")
+            self.row(f"{HOLD_STREAMS} open streams: first event p50 / max", "s",
+                     {"dario": hold.get("first_event_p50_s")}, added=False,
+                     target=f"max {fmt(hold.get('first_event_max_s'))} s (upstream sends it after "
+                            f"{HOLD_DELAY:g} s)")
         pool = self.results.get("pool_choose_release")
         if pool:
             n1, n100 = pool["1"]["median_ns"], pool["100"]["median_ns"]

@@ -337,7 +337,7 @@ class FakeIcon:
 def pystray_dummy(monkeypatch: pytest.MonkeyPatch) -> Any:
     # The dummy backend imports without a display; never call its run() (it hangs, §3).
     monkeypatch.setenv("PYSTRAY_BACKEND", "dummy")
-    import pystray
+    pystray = pytest.importorskip("pystray")
 
     return SimpleNamespace(Icon=FakeIcon, Menu=pystray.Menu, MenuItem=pystray.MenuItem)
 
