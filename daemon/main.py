@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -38,9 +39,12 @@ def claim_socket(path: Path) -> None:
 
     hypercorn would silently unlink a live socket and take its path over.
     """
-    paths.ensure_private_dir(path.parent)
+    _prepare_socket_dir(path.parent)
     if not path.exists() and not path.is_symlink():
         return
+    if not stat.S_ISSOCK(path.lstat().st_mode):
+        # Never delete what is not a socket: --socket may point at a file by mistake.
+        raise StartupError(f"{path} exists and is not a socket; move it aside or choose another --socket")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(2.0)
     try:
@@ -59,6 +63,17 @@ def claim_socket(path: Path) -> None:
         f"another dariod is already running on {path}. Stop it first, or give this one its own "
         "--socket (and --port)."
     )
+
+
+def _prepare_socket_dir(folder: Path) -> None:
+    """Make the socket's folder 0700 when it is dario's own: the default one, or one created now.
+
+    An existing folder named with --socket (say /tmp, or the home folder) keeps its mode: changing
+    it would break everyone else who uses it, and the socket itself (0600) keeps other users out.
+    """
+    if folder.exists() and folder != paths.runtime_dir():
+        return
+    paths.ensure_private_dir(folder)
 
 
 def _hypercorn_config(bind: str, settings: Settings) -> Config:

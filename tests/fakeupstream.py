@@ -241,8 +241,7 @@ def _rfc3339(ts: float) -> bytes:
 
 
 _RL_NAMES = {
-    w: tuple(f"anthropic-ratelimit-{w}-{part}".encode() for part in ("limit", "remaining", "reset"))
-    for w in WINDOWS
+    w: tuple(f"anthropic-ratelimit-{w}-{part}".encode() for part in ("limit", "remaining", "reset")) for w in WINDOWS
 }
 
 
@@ -320,10 +319,7 @@ class _Limits:
         ws = self.state.get(key)
         if ws is None:
             cfg = self.per_key.get(key, self.default)
-            ws = [
-                _Window(cfg.limits[w], cfg.remaining.get(w, cfg.limits[w]), cfg.reset_in, now)
-                for w in WINDOWS
-            ]
+            ws = [_Window(cfg.limits[w], cfg.remaining.get(w, cfg.limits[w]), cfg.reset_in, now) for w in WINDOWS]
             self.state[key] = ws
         else:
             for w in ws:
@@ -903,9 +899,7 @@ class App:
         await req.send({"type": "http.response.start", "status": status, "headers": h})
         if cut:
             # Half a body, then return: hypercorn closes the connection mid-message.
-            await req.send(
-                {"type": "http.response.body", "body": payload[: len(payload) // 2], "more_body": True}
-            )
+            await req.send({"type": "http.response.body", "body": payload[: len(payload) // 2], "more_body": True})
             return
         await req.send({"type": "http.response.body", "body": payload})
 
@@ -1093,9 +1087,7 @@ class App:
             return
         after, before = q.get("after_id", [None])[0], q.get("before_id", [None])[0]
         if after and before:
-            await self._error(
-                req, 400, "invalid_request_error", "Only one of after_id and before_id may be set"
-            )
+            await self._error(req, 400, "invalid_request_error", "Only one of after_id and before_id may be set")
             return
         for cursor in (after, before):
             if cursor and cursor not in MODEL_IDS:
@@ -1184,6 +1176,7 @@ async def _serve(app: App, host: str, port: int) -> None:
     config.accesslog = None
     config.graceful_timeout = 1.0  # stalled scenarios must not hold up shutdown for long
     config.keep_alive_timeout = 75.0  # pooled client connections outlive hypercorn's 5 s default
+    config.keep_alive_max_requests = 1_000_000  # hypercorn closes after 1000 by default; benches would churn
     config.include_server_header = False
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
 
@@ -1216,8 +1209,9 @@ def main(argv: list[str] | None = None) -> None:
 class FakeUpstream:
     """Runs the fake in a subprocess and drives its admin API (synchronously, via urllib)."""
 
-    def __init__(self, keys: list[str] | None = None) -> None:
+    def __init__(self, keys: list[str] | None = None, *, log_max: int | None = None) -> None:
         self.keys = list(keys or [])
+        self.log_max = log_max  # request-log entries the server keeps (its default: 10,000)
         self.url = ""
         self.returncode: int | None = None  # the server's exit status once stopped
         self._proc: subprocess.Popen[bytes] | None = None
@@ -1229,6 +1223,8 @@ class FakeUpstream:
         cmd = [sys.executable, "-m", "tests.fakeupstream", "--host", "127.0.0.1", "--port", "0"]
         for k in self.keys:
             cmd += ["--key", k]
+        if self.log_max is not None:
+            cmd += ["--log-max", str(self.log_max)]
         self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
             cmd, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr
@@ -1255,9 +1251,7 @@ class FakeUpstream:
             err = self._stderr.read()
             self._stderr.close()
             self._stderr = None
-        raise RuntimeError(
-            f"fake upstream failed to start: {why}\n--- stderr ---\n{err.decode(errors='replace')}"
-        )
+        raise RuntimeError(f"fake upstream failed to start: {why}\n--- stderr ---\n{err.decode(errors='replace')}")
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

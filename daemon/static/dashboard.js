@@ -9,7 +9,7 @@
   const STATUSES = new Set(["ok", "cooling", "exhausted", "needs_login", "disabled"]);
 
   const $ = (id) => document.getElementById(id);
-  const state = { window: "1h", group: "account", data: null, timer: null, inflight: false, chart: null };
+  const state = { window: "1h", group: "account", data: null, timer: null, inflight: false, chart: null, needKey: false };
 
   // ---- storage (private mode / disabled storage must not break the page) ----
   const store = {
@@ -84,6 +84,8 @@
       }
       if (res.status === 401) {
         $("auth").hidden = false;
+        state.needKey = true;
+        if (!state.data) render();  // so the accounts box does not claim there are none
         setStatus(key ? "that API key was refused" : "API key needed", true);
         return;
       }
@@ -91,6 +93,7 @@
       let data;
       try { data = await res.json(); } catch (_) { setStatus("unreadable answer from dariod", true); return; }
       $("auth").hidden = true;
+      state.needKey = false;
       state.data = data && typeof data === "object" ? data : {};
       render();
       setStatus("updated " + clock(Date.now() / 1000) + ":" + pad2(new Date().getSeconds()), false);
@@ -110,7 +113,9 @@
     const prob = $("problem");
     prob.hidden = !d.problem;
     prob.textContent = d.problem ? String(d.problem) : "";
-    renderAccounts(Array.isArray(d.accounts) ? d.accounts : []);
+    if (state.data) renderAccounts(Array.isArray(d.accounts) ? d.accounts : []);
+    else $("accounts").replaceChildren(el("p", { class: "empty" },
+      state.needKey ? "Enter the API key above to see the accounts." : "Waiting for dariod…"));
     renderTotals(d.totals || {});
     renderForecast(d.forecast || {}, Date.now() / 1000);
     drawChart();
@@ -313,7 +318,9 @@
     const legend = $("legend");
     if (max <= 0) {
       ctx.textAlign = "center"; ctx.textBaseline = "middle"; ctx.fillStyle = colText; ctx.font = "13px system-ui, sans-serif";
-      ctx.fillText("No tokens in this window", pad.l + pw / 2, pad.t + ph / 2);
+      const msg = "No tokens in this window", tw = ctx.measureText(msg).width;
+      ctx.clearRect(pad.l + pw / 2 - tw / 2 - 8, pad.t + ph / 2 - 10, tw + 16, 20);  // not struck through by the grid line
+      ctx.fillText(msg, pad.l + pw / 2, pad.t + ph / 2);
       legend.replaceChildren();
       return;
     }

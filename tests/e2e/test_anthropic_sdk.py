@@ -63,15 +63,17 @@ def gateway(fake: Any) -> Iterator[Dariod]:
 
 
 @pytest.fixture
-def client(gateway: Dariod, upstream: Any) -> anthropic.Anthropic:
+def client(gateway: Dariod, upstream: Any) -> Iterator[anthropic.Anthropic]:
     """The SDK pointed at dario, as a user would (any key; dario holds the real one)."""
-    return anthropic.Anthropic(base_url=gateway.url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+    with anthropic.Anthropic(base_url=gateway.url, api_key=CLIENT_KEY, max_retries=0, timeout=30) as c:
+        yield c
 
 
 @pytest.fixture
-def direct(upstream: Any) -> anthropic.Anthropic:
+def direct(upstream: Any) -> Iterator[anthropic.Anthropic]:
     """The SDK pointed at the fake itself, for answers to compare against."""
-    return anthropic.Anthropic(base_url=upstream.url, api_key=KEY, max_retries=0, timeout=30)
+    with anthropic.Anthropic(base_url=upstream.url, api_key=KEY, max_retries=0, timeout=30) as c:
+        yield c
 
 
 def only_upstream_request(upstream: Any, path: str = "/v1/messages") -> dict[str, Any]:
@@ -141,8 +143,8 @@ def test_messages_create(client: anthropic.Anthropic, upstream: Any) -> None:
     {"api_key": "unused", "default_headers": {"x-api-key": "sk-client-x-api-key"}},
 ])
 def test_client_credentials_are_not_forwarded(gateway: Dariod, upstream: Any, credential: dict[str, Any]) -> None:
-    c = anthropic.Anthropic(base_url=gateway.url, max_retries=0, timeout=30, **credential)
-    message = c.messages.create(model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "Hi"}])
+    with anthropic.Anthropic(base_url=gateway.url, max_retries=0, timeout=30, **credential) as c:
+        message = c.messages.create(model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "Hi"}])
     assert message.content[0].type == "text"
     assert_sent_as_dario(only_upstream_request(upstream))
 
@@ -209,16 +211,15 @@ def test_stream_thinking_signature_preserved(client: anthropic.Anthropic, upstre
     assert text == "Hello from the fake upstream."
 
 
-def test_stream_bytes_are_relayed_untouched(gateway: Dariod, upstream: Any) -> None:
+def test_stream_bytes_are_relayed_untouched(client: anthropic.Anthropic, direct: anthropic.Anthropic,
+                                            upstream: Any) -> None:
     """The SSE body through dario is byte-for-byte the upstream's (only per-request ids differ)."""
     body = {
-        "model": MODEL, "max_tokens": 2048, "stream": True, "thinking": {"type": "enabled", "budget_tokens": 1024},
-        "tools": [WEATHER_TOOL], "messages": [{"role": "user", "content": "All of it. [[thinking]] [[tool]] [[cache]]"}],
+        "model": MODEL, "max_tokens": 2048, "stream": True,
+        "thinking": {"type": "enabled", "budget_tokens": 1024}, "tools": [WEATHER_TOOL],
+        "messages": [{"role": "user", "content": "All of it. [[thinking]] [[tool]] [[cache]]"}],
     }
-    kw: dict[str, Any] = {"max_retries": 0, "timeout": 30}
-    via = anthropic.Anthropic(base_url=gateway.url, api_key=CLIENT_KEY, **kw)
-    direct = anthropic.Anthropic(base_url=upstream.url, api_key=KEY, **kw)
-    with via.messages.with_streaming_response.create(**body) as resp:
+    with client.messages.with_streaming_response.create(**body) as resp:
         got = resp.read()
     n_via = upstream.requests()[-1]["n"]
     with direct.messages.with_streaming_response.create(**body) as resp:
@@ -252,7 +253,7 @@ def test_models_list_and_retrieve(client: anthropic.Anthropic, upstream: Any) ->
     model = client.models.retrieve("claude-opus-4-7")
     assert model.id == "claude-opus-4-7" and model.type == "model"
     with pytest.raises(anthropic.NotFoundError):
-        client.models.retrieve("claude-does-not-exist-9")
+        client.models.retrieve("no-such-model")
     for entry in upstream.requests():
         assert (entry["method"], entry["path"]) == ("GET", "/v1/models")
         assert_sent_as_dario(entry)
@@ -262,6 +263,7 @@ def test_beta_messages_keep_query_and_beta_header(client: anthropic.Anthropic, u
     message = client.beta.messages.create(
         model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "Hello"}],
         betas=["interleaved-thinking-2025-05-14", "context-1m-2025-08-07"],
+        extra_query={"beta": "true"},  # Claude Code's path; this SDK version no longer adds it
     )
     assert message.content[0].type == "text"
     entry = only_upstream_request(upstream)
@@ -273,7 +275,7 @@ def test_beta_messages_keep_query_and_beta_header(client: anthropic.Anthropic, u
 def test_beta_stream(client: anthropic.Anthropic, upstream: Any) -> None:
     with client.beta.messages.stream(
         model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "Hello"}],
-        betas=["fine-grained-tool-streaming-2025-05-14"],
+        betas=["fine-grained-tool-streaming-2025-05-14"], extra_query={"beta": "true"},
     ) as stream:
         text = "".join(stream.text_stream)
     assert text == "Hello from the fake upstream."
@@ -298,7 +300,7 @@ def test_upstream_400_comes_back_as_is(client: anthropic.Anthropic, upstream: An
     assert err.request_id == err.response.headers["request-id"]
     # A real validation failure from the upstream, streamed this time.
     with pytest.raises(anthropic.BadRequestError) as info:
-        with client.messages.stream(model=MODEL, max_tokens=64, temperature=1.5,
+        with client.messages.stream(model=MODEL, max_tokens=64, extra_body={"temperature": 1.5},
                                     messages=[{"role": "user", "content": "Hello"}]) as stream:
             stream.get_final_message()
     assert "temperature" in str(info.value)
@@ -310,14 +312,14 @@ def test_forced_model(dariod_factory: Callable[..., Dariod], upstream: Any) -> N
     forced = "claude-haiku-4-5-20251001"
     d = dariod_factory(args=["--model", forced])
     d.login("work", KEY, upstream.url)
-    c = anthropic.Anthropic(base_url=d.url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
-    raw = c.messages.with_raw_response.create(
-        model="claude-opus-4-7", max_tokens=16, messages=[{"role": "user", "content": "Hi"}]
-    )
-    assert raw.headers["x-dario-model"] == forced
-    assert raw.parse().model == forced
-    with c.messages.stream(model="claude-opus-4-7", max_tokens=16,
-                           messages=[{"role": "user", "content": "Hi"}]) as stream:
-        assert stream.get_final_message().model == forced
+    with anthropic.Anthropic(base_url=d.url, api_key=CLIENT_KEY, max_retries=0, timeout=30) as c:
+        raw = c.messages.with_raw_response.create(
+            model="claude-opus-4-7", max_tokens=16, messages=[{"role": "user", "content": "Hi"}]
+        )
+        assert raw.headers["x-dario-model"] == forced
+        assert raw.parse().model == forced
+        with c.messages.stream(model="claude-opus-4-7", max_tokens=16,
+                               messages=[{"role": "user", "content": "Hi"}]) as stream:
+            assert stream.get_final_message().model == forced
     sent = [r["body"]["model"] for r in upstream.requests() if r["path"] == "/v1/messages"]
     assert sent == [forced, forced]

@@ -128,7 +128,11 @@ def test_tool_history_round_trip_is_valid_for_anthropic(live: Any) -> None:
     calls = first.choices[0].message.tool_calls or []
     messages: list[Any] = [
         {"role": "user", "content": "[[tools]]"},
-        {"role": "assistant", "content": first.choices[0].message.content, "tool_calls": [c.model_dump() for c in calls]},
+        {
+            "role": "assistant",
+            "content": first.choices[0].message.content,
+            "tool_calls": [c.model_dump() for c in calls],
+        },
         {"role": "tool", "tool_call_id": calls[0].id, "content": "sunny"},
         {"role": "tool", "tool_call_id": calls[1].id, "content": "noon"},
         {"role": "user", "content": "thanks"},

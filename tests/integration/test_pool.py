@@ -17,7 +17,7 @@ import pytest
 
 from tests.support import Dariod
 
-MODEL = "claude-sonnet-4-5-20250929"
+MODEL = "claude-sonnet-5-5"
 KEYS = {"a": "sk-pool-a", "b": "sk-pool-b", "c": "sk-pool-c"}
 
 

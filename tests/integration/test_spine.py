@@ -56,7 +56,7 @@ def anthropic_error(body: bytes) -> dict[str, Any]:
 
 def keyring_secret(d: Dariod, alias: str) -> str | None:
     """What the keyring (the same backend dariod uses) holds for `alias`, read in a fresh process."""
-    code = "import keyring, json; print(json.dumps(keyring.get_password('dario', %r)))" % alias
+    code = f"import keyring, json; print(json.dumps(keyring.get_password('dario', {alias!r})))"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=d.env, capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == 0, result.stderr
@@ -162,6 +162,23 @@ def test_login_status_and_logout(dariod: Dariod, upstream: Any) -> None:
     again = dariod.ctl("logout", "work")
     assert again.returncode == 1
     assert "work" in again.stderr
+
+
+def test_login_again_replaces_the_key_only_when_the_new_one_works(dariod: Dariod, upstream: Any) -> None:
+    dariod.login("work", "sk-ant-first-key", upstream.url)
+    rejected = dariod.ctl("login", "work", "--kind", "anthropic-compatible", "--base-url", upstream.url,
+                          input="sk-bad-replacement\n")
+    assert rejected.returncode == 1
+    assert keyring_secret(dariod, "work") == "sk-ant-first-key"
+    upstream.clear()
+    assert call(dariod, "POST", "/v1/messages", MESSAGE, API_HEADERS)[0] == 200
+    assert upstream.requests()[-1]["key"] == "sk-ant-first-key"
+
+    dariod.login("work", "sk-ant-second-key", upstream.url)
+    assert keyring_secret(dariod, "work") == "sk-ant-second-key"
+    assert [a["alias"] for a in accounts_json(dariod)] == ["work"]
+    assert call(dariod, "POST", "/v1/messages", MESSAGE, API_HEADERS)[0] == 200
+    assert upstream.requests()[-1]["key"] == "sk-ant-second-key"
 
 
 def _assert_nothing_stored(d: Dariod, alias: str) -> None:
@@ -281,6 +298,7 @@ def test_oversized_body_with_content_length_is_413(logged_in: Dariod, upstream: 
         )
         status, headers, body = _read_response(sock)
     assert status == 413
+    assert headers["content-type"].startswith("application/json")
     assert anthropic_error(body)["type"] == "request_too_large"
     assert _served(logged_in, upstream) == before
 
@@ -309,6 +327,7 @@ def test_oversized_chunked_body_is_413(logged_in: Dariod, upstream: Any) -> None
         status, headers, body = _read_response(sock)
         writer.join(30)
     assert status == 413
+    assert headers["content-type"].startswith("application/json")
     assert anthropic_error(body)["type"] == "request_too_large"
     assert _served(logged_in, upstream) == before
 

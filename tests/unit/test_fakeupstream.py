@@ -149,9 +149,7 @@ def test_stream_wire_format(fake: FakeUpstream) -> None:
     tool_fragments = [d["partial_json"] for d in blocks[2][1]]
     assert tool_fragments[0] == "" and len(tool_fragments) >= 3
     final = events[-2][1]
-    pieces = sum(
-        1 for _, ds in blocks for d in ds if d["type"] != "signature_delta" and d.get("partial_json") != ""
-    )
+    pieces = sum(1 for _, ds in blocks for d in ds if d["type"] != "signature_delta" and d.get("partial_json") != "")
     assert final["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
     assert final["usage"]["output_tokens"] == pieces
     assert final["usage"]["input_tokens"] == start["usage"]["input_tokens"]
@@ -185,9 +183,7 @@ def test_each_event_is_its_own_chunk(fake: FakeUpstream) -> None:
         chunks.append(rest[:size])
         rest = rest[size + 2 :]
     assert all(c.startswith(b"event: ") and c.endswith(b"\n\n") and c.count(b"event: ") == 1 for c in chunks)
-    assert (
-        len(chunks) == len(sse(b"".join(chunks))) == 9
-    )  # start, block start, ping, 3 deltas, stop, delta, stop
+    assert len(chunks) == len(sse(b"".join(chunks))) == 9  # start, block start, ping, 3 deltas, stop, delta, stop
 
 
 def test_stream_text_sdk(client: anthropic.Anthropic) -> None:
@@ -209,9 +205,7 @@ def test_stream_tool_sdk(client: anthropic.Anthropic) -> None:
         },
     }
     fragments: list[str] = []
-    with client.messages.stream(
-        model=MODEL, max_tokens=64, messages=user("weather? [[tool]]"), tools=[tool]
-    ) as stream:
+    with client.messages.stream(model=MODEL, max_tokens=64, messages=user("weather? [[tool]]"), tools=[tool]) as stream:
         for event in stream:
             if event.type == "content_block_delta" and event.delta.type == "input_json_delta":
                 fragments.append(event.delta.partial_json)
@@ -261,9 +255,7 @@ def test_thinking_sdk(client: anthropic.Anthropic) -> None:
 
 
 def test_directives(fake: FakeUpstream, client: anthropic.Anthropic) -> None:
-    echo = client.messages.create(
-        model=MODEL, max_tokens=32, messages=user("[[echo]]"), metadata={"user_id": "u1"}
-    )
+    echo = client.messages.create(model=MODEL, max_tokens=32, messages=user("[[echo]]"), metadata={"user_id": "u1"})
     sent = json.loads(echo.content[0].text)  # type: ignore[union-attr]
     assert sent == {
         "model": MODEL,
@@ -279,16 +271,11 @@ def test_directives(fake: FakeUpstream, client: anthropic.Anthropic) -> None:
 
     stop = client.messages.create(model=MODEL, max_tokens=32, messages=user("[[stop:XYZ]]"))
     assert (stop.stop_reason, stop.stop_sequence) == ("stop_sequence", "XYZ")
-    assert (
-        client.messages.create(model=MODEL, max_tokens=32, messages=user("[[max]]")).stop_reason
-        == "max_tokens"
-    )
+    assert client.messages.create(model=MODEL, max_tokens=32, messages=user("[[max]]")).stop_reason == "max_tokens"
 
     _, _, data = raw(fake, "POST", "/v1/messages", stream_body("[[long:50]]"))
     events = sse(data)
-    assert (
-        sum(1 for n, e in events if n == "content_block_delta" and e["delta"]["type"] == "text_delta") == 50
-    )
+    assert sum(1 for n, e in events if n == "content_block_delta" and e["delta"]["type"] == "text_delta") == 50
     assert events[-2][1]["usage"]["output_tokens"] == 50
 
     # The directive is read from the LAST user message only.
@@ -548,9 +535,7 @@ def test_query_string_accepted_and_logged(fake: FakeUpstream) -> None:
     assert (entry["method"], entry["path"], entry["query"]) == ("POST", "/v1/messages", "beta=true")
     assert entry["headers"]["anthropic-beta"] == "a-1,b-2" and entry["headers"]["x-api-key"] == KEY
     assert entry["body"] == GOOD and entry["key"] == KEY and isinstance(entry["time"], float)
-    status, _, data = raw(
-        fake, "POST", "/v1/messages/count_tokens?beta=true", {"model": MODEL, "messages": user("x")}
-    )
+    status, _, data = raw(fake, "POST", "/v1/messages/count_tokens?beta=true", {"model": MODEL, "messages": user("x")})
     assert status == 200 and json.loads(data)["input_tokens"] >= 1
     fake.clear()
     assert fake.requests() == []
@@ -570,9 +555,7 @@ def test_rate_limit_headers(client: anthropic.Anthropic) -> None:
 
     assert remaining(second, "requests") == remaining(first, "requests") - 1
     usage = second.parse().usage
-    assert (
-        remaining(second, "tokens") == remaining(first, "tokens") - usage.input_tokens - usage.output_tokens
-    )
+    assert remaining(second, "tokens") == remaining(first, "tokens") - usage.input_tokens - usage.output_tokens
     assert remaining(second, "output-tokens") == remaining(first, "output-tokens") - usage.output_tokens
 
 
@@ -585,9 +568,7 @@ def test_limits_enforced(fake: FakeUpstream) -> None:
         limited.messages.create(model=MODEL, max_tokens=8, messages=user("hi"))
     h = err.value.response.headers
     assert 1 <= int(h["retry-after"]) <= 30
-    assert (
-        h["anthropic-ratelimit-requests-limit"] == "2" and h["anthropic-ratelimit-requests-remaining"] == "0"
-    )
+    assert h["anthropic-ratelimit-requests-limit"] == "2" and h["anthropic-ratelimit-requests-remaining"] == "0"
     other = anthropic.Anthropic(base_url=fake.url, api_key="k-other", max_retries=0)
     assert other.messages.create(model=MODEL, max_tokens=8, messages=user("hi")).stop_reason == "end_turn"
 
@@ -627,3 +608,9 @@ def test_start_failure_reports_stderr() -> None:
     # "--key --bogus" is an argparse error: the child exits before printing READY.
     with pytest.raises(RuntimeError, match="expected one argument"):
         FakeUpstream(keys=["--bogus"]).start()
+
+
+def test_server_stderr_has_no_tracebacks(fake: FakeUpstream) -> None:
+    # Runs last in file order: cuts, resets, stalls and disconnects above must not crash handlers.
+    assert "Traceback" not in fake.stderr() and "Error in ASGI" not in fake.stderr()
+    assert "Running on http://127.0.0.1:" in fake.stderr()  # proves stderr is really captured
