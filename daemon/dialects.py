@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import orjson
 
-from dario.daemon.asgi import Send, send_response
+from dario.daemon.asgi import Message, Send, send_response
 from dario.daemon.errors import DarioError, anthropic_error_body, openai_error_status_and_body
 from dario.daemon.openai.errors import openai_error_from_anthropic
 from dario.daemon.openai.request import ChatContext
@@ -21,11 +21,31 @@ from dario.daemon.sse import EventSplitter, iter_events
 SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
+class ClientLink:
+    """The client side of one response: knows when the last byte is on its way.
+
+    Sinks send through it, so the hang-up watcher can tell a client that left early from the
+    end of a response that went out whole.
+    """
+
+    __slots__ = ("_send", "complete")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.complete = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.complete = True
+        await self._send(message)
+
+
 class AnthropicSink:
-    __slots__ = ("request_id", "send", "started")
+    __slots__ = ("link", "request_id", "send", "started")
 
     def __init__(self, send: Send, request_id: str) -> None:
-        self.send = send
+        self.link = ClientLink(send)
+        self.send: Send = self.link
         self.request_id = request_id
         self.started = False
 
@@ -60,7 +80,8 @@ class OpenAISink:
 
     def __init__(self, send: Send, request_id: str, ctx: ChatContext | None, created: int,
                  thinking: ThinkingCache | None) -> None:
-        self.send = send
+        self.link = ClientLink(send)
+        self.send: Send = self.link
         self.request_id = request_id
         self.ctx = ctx
         self.created = created

@@ -31,7 +31,7 @@ from dario.daemon.asgi import (
     send_json,
     send_response,
 )
-from dario.daemon.dialects import AnthropicSink, OpenAISink
+from dario.daemon.dialects import AnthropicSink, ClientLink, OpenAISink
 from dario.daemon.errors import DarioError, anthropic_error_body, openai_error_status_and_body
 from dario.daemon.guard import Guard
 from dario.daemon.modelcatalog import ModelCatalog
@@ -180,7 +180,7 @@ class PublicApp:
         self.state.requests_served += 1
         outcome: Outcome | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+            nursery.start_soon(_cancel_on_hangup, receive, sink.link, nursery.cancel_scope)
             outcome = await self.relay.forward(inc, sink)
             nursery.cancel_scope.cancel()
         if self.settings.verbose:
@@ -304,11 +304,15 @@ class PublicApp:
         ], content_type=types[ext])
 
 
-async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+async def _cancel_on_hangup(receive: Receive, link: ClientLink, scope: trio.CancelScope) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            scope.cancel()
+            # hypercorn also says "disconnect" when it recycles a keep-alive connection, from
+            # inside our final send(); cancelling then would leave that connection half
+            # recycled (never idle, holding up shutdown). Only a hang-up before the end counts.
+            if not link.complete:
+                scope.cancel()
             return
 
 

@@ -451,13 +451,6 @@ def test_kill_9_loses_at_most_the_last_moments(dariod_factory: Callable[..., Dar
     assert _usage_json(third)["totals"]["requests"] == rows + 6
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "daemon/server.py: PublicApp._forward runs _cancel_on_disconnect, whose receive() is cancelled "
-    "when the relay ends; under hypercorn 0.18 (trio) a connection whose app cancelled a receive() "
-    "never becomes idle again, so it neither hits keep_alive_timeout nor closes at shutdown: SIGTERM "
-    "waits the whole grace period (10 s by default) whenever a client keeps its connection after a "
-    "proxied request, and the final usage flush waits with it"
-))
 def test_stop_is_prompt_while_a_client_holds_an_idle_connection(
     dariod_factory: Callable[..., Dariod], upstream: Any
 ) -> None:

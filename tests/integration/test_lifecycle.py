@@ -133,11 +133,10 @@ def test_stream_longer_than_the_grace_period_is_cut(dariod_factory: Callable[...
     assert len(texts) < 12
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server.py PublicApp._forward: _cancel_on_disconnect cancels the request task on the "
-    "http.disconnect hypercorn delivers inside the final send(), which aborts hypercorn's keep-alive "
-    "bookkeeping; the idle connection is never closed and shutdown waits the whole grace period"))
 def test_sigterm_is_prompt_with_an_idle_keep_alive_client(dariod: Dariod, upstream: Any) -> None:
+    """Regression: the hang-up watcher once cancelled the request on the "disconnect" hypercorn sends
+    from inside the final send(), leaving the connection half recycled: never idle, never closed, and
+    shutdown waited the whole grace period for it."""
     dariod.login("work", "sk-ant-lifecycle", upstream.url)
     conn = http.client.HTTPConnection("127.0.0.1", dariod.port, timeout=30)
     try:
@@ -159,10 +158,8 @@ def test_sigterm_is_prompt_with_an_idle_keep_alive_client(dariod: Dariod, upstre
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server.py PublicApp._forward: the same early cancel leaves hypercorn's connection open after a "
-    "proxied response to a `Connection: close` request"))
 def test_connection_close_is_honoured_after_a_proxied_request(dariod: Dariod, upstream: Any) -> None:
+    """Regression: the same early cancel left the connection open after a `Connection: close` request."""
     dariod.login("work", "sk-ant-lifecycle", upstream.url)
     body = orjson.dumps({"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "Hi"}]})
     for method, path, payload in (("GET", "/health", b""), ("POST", "/v1/messages", body)):

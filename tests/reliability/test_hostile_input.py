@@ -9,9 +9,12 @@ few (the whole file stays under a minute) and hypothesis keeps no database in th
 
 from __future__ import annotations
 
+import collections
 import http.client
+import os
 import socket
 import string
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,7 +29,9 @@ from tests.support import Dariod
 
 ENDPOINTS = ["/v1/messages", "/v1/messages/count_tokens", "/v1/chat/completions", "/v1/models",
              "/v1/models/{id}", "/health", "/accounts", "/analytics", "/metrics", "/"]
-FUZZ = settings(max_examples=60, deadline=None, database=None, derandomize=True,
+EXAMPLES = int(os.environ.get("DARIO_FUZZ_EXAMPLES", "120"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
+                derandomize=os.environ.get("DARIO_FUZZ_RANDOM", "") == "",
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                        HealthCheck.data_too_large])
 MODEL = load.MODEL
@@ -42,7 +47,35 @@ def dariod(big_fake: load.BigLogFake) -> Iterator[Dariod]:
     assert d.proc is not None and d.proc.poll() is None, "dariod died under hostile input"
     stderr = d.stderr()
     d.cleanup()
-    assert "Traceback" not in stderr, stderr[-4000:]
+    unexpected = [tb for tb in _tracebacks(stderr) if not _known_hypercorn_race(tb)]
+    assert not unexpected, "dariod logged errors under hostile input:\n" + "\n\n".join(unexpected)[-6000:]
+
+
+def _tracebacks(stderr: str) -> list[str]:
+    """Each logged traceback, from its log line to the exception line."""
+    out: list[str] = []
+    current: list[str] | None = None
+    for line in stderr.splitlines():
+        if line[:4].isdigit() and " ERROR " in line:  # a log line starts a record
+            if current:
+                out.append("\n".join(current))
+            current = [line]
+        elif current is not None:
+            if line[:4].isdigit():  # the next (non-error) log record
+                out.append("\n".join(current))
+                current = None
+            else:
+                current.append(line)
+    if current:
+        out.append("\n".join(current))
+    return out
+
+
+def _known_hypercorn_race(tb: str) -> bool:
+    # hypercorn 0.18 (hypercorn/trio/tcp_server.py _close) sends EOF without its send lock; when dario
+    # answers 413 while the client is still sending the body, the answer's last write can collide with
+    # it. The client still gets the 413 head. Not dario's code; see the suite's report.
+    return tb.rstrip().endswith("trio.BusyResourceError: another task is currently sending data on this SocketStream")
 
 
 # -- strategies ----------------------------------------------------------------------------------
@@ -51,9 +84,10 @@ _TOKEN = string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~"
 _VISIBLE = "".join(chr(c) for c in range(0x20, 0x7F)) + "\t" + "".join(chr(c) for c in range(0xA0, 0x100))
 _URL_SAFE = string.ascii_letters + string.digits + "-._~%!$&'()*+,;=:@/?"
 
+ints = st.integers(-(2**63), 2**64 - 1)  # what JSON encoders (orjson) can write
 huge_ints = st.sampled_from([0, -1, 2**31, 2**53 + 1, 2**63 - 1, 2**64 - 1, -(2**63)])
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), huge_ints,
+    st.none(), st.booleans(), ints, huge_ints,
     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=40),
     st.sampled_from(["", " ", "\u0000", "\ud7ff", "😀" * 10, "A" * 3000, "[[long:3]]", "[[tool]]", "[[thinking]]"]),
 )
@@ -110,7 +144,7 @@ messages = st.lists(
 @st.composite
 def anthropic_bodies(draw: st.DrawFn) -> dict[str, Any]:
     body: dict[str, Any] = {"model": draw(models)}
-    for name, strat in (("max_tokens", st.one_of(st.integers(), huge_ints, json_values)),
+    for name, strat in (("max_tokens", st.one_of(ints, huge_ints, json_values)),
                         ("messages", st.one_of(messages, json_values)),
                         ("stream", st.one_of(st.booleans(), json_values)),
                         ("system", json_values), ("tools", json_values), ("thinking", json_values),
@@ -127,8 +161,8 @@ def openai_bodies(draw: st.DrawFn) -> dict[str, Any]:
     for name, strat in (
         ("stream", st.one_of(st.booleans(), json_values)),
         ("stream_options", st.one_of(st.fixed_dictionaries({"include_usage": json_values}), json_values)),
-        ("max_tokens", st.one_of(st.integers(), huge_ints, json_values)),
-        ("max_completion_tokens", st.one_of(st.integers(), huge_ints, json_values)),
+        ("max_tokens", st.one_of(ints, huge_ints, json_values)),
+        ("max_completion_tokens", st.one_of(ints, huge_ints, json_values)),
         ("n", json_values), ("temperature", json_values), ("top_p", json_values), ("stop", json_values),
         ("tools", st.one_of(json_values, st.lists(st.fixed_dictionaries(
             {"type": st.sampled_from(["function", "x"]), "function": json_values}), max_size=2))),
@@ -194,7 +228,13 @@ bodies = st.one_of(
     json_values.map(orjson.dumps),
     st.binary(max_size=200),
     st.sampled_from([b"{", b"[]", b"null", b'"x"', b"{}" * 3, b"\xff\xfe{}", b'{"model": NaN}', b"[" * 5000,
-                     b'{"model":"' + MODEL.encode() + b'","max_tokens":1e400}']),
+                     b'{"model":"' + MODEL.encode() + b'","max_tokens":1e400}',
+                     b'{"model":"' + MODEL.encode() + b'","max_tokens":123456789012345678901234567890,'
+                     b'"messages":[{"role":"user","content":"hi"}]}',
+                     b'{"model":"sonnet","max_tokens":5,"messages":[{"role":"user","content":"hi"}],'
+                     b'"metadata":{"user_id":99999999999999999999999}}',
+                     b'{"model":"gpt-4o","max_tokens":99999999999999999999999,'
+                     b'"messages":[{"role":"user","content":"hi"}]}']),
 )
 
 
@@ -212,7 +252,13 @@ def send(d: Dariod, method: str, path: str, headers: dict[str, str], body: bytes
         conn.close()
 
 
+SEEN: collections.Counter[str] = collections.Counter()
+
+
 def check(method: str, path: str, status: int, headers: Any, data: bytes) -> None:
+    route = path.split("?", 1)[0]
+    route = route if route in ENDPOINTS else "/v1/models/{id}" if route.startswith("/v1/models/") else "other"
+    SEEN[f"{route} {status}{' (upstream)' if headers.get('x-dario-account') else ''}"] += 1
     where = f"{method} {path[:120]} -> {status} {data[:300]!r}"
     if status >= 500:
         assert headers.get("x-dario-account"), f"a 5xx of dario's own making: {where}"
@@ -298,25 +344,45 @@ def _status_of(s: socket.socket, timeout: float = 20) -> int | None:
     return int(buf.split(b" ", 2)[1])
 
 
-@pytest.mark.parametrize("where", ["one huge header", "many headers", "huge request line"])
-def test_a_request_head_over_64_kb_is_refused(dariod: Dariod, where: str) -> None:
+HEAD_LIMIT_BUG = pytest.mark.xfail(strict=True, reason=(
+    "daemon bug: the 64 KB request-head limit (daemon/main.py _hypercorn_config: "
+    "config.h11_max_incomplete_size = 64 * 1024) is h11's max_incomplete_event_size, which is only checked "
+    "while the head is still incomplete; hypercorn reads 64 KiB at a time, so a head of up to ~128 KiB that "
+    "arrives in one burst is accepted (a dribbled one gets 431)"))
+
+
+@pytest.mark.parametrize("where,size,delivery", [
+    pytest.param("one header", 70_000, "in one write", marks=HEAD_LIMIT_BUG),
+    pytest.param("many headers", 80_000, "in one write", marks=HEAD_LIMIT_BUG),
+    pytest.param("request line", 70_000, "in one write", marks=HEAD_LIMIT_BUG),
+    ("one header", 70_000, "in two writes"),
+    ("one header", 200_000, "in one write"),
+    ("many headers", 1_000_000, "in one write"),
+])
+def test_a_request_head_over_64_kb_is_refused(dariod: Dariod, where: str, size: int, delivery: str) -> None:
     port = dariod.port
-    if where == "one huge header":
-        head = harness.request_head("GET", "/health", port, {"x-junk": "a" * 70_000})
+    if where == "one header":
+        head = harness.request_head("GET", "/health", port, {"x-junk": "a" * size})
     elif where == "many headers":
-        head = harness.request_head("GET", "/health", port, {f"x-h{i}": "v" * 60 for i in range(1200)})
+        head = harness.request_head("GET", "/health", port, {f"x-h{i}": "v" * 60 for i in range(size // 70)})
     else:
-        head = harness.request_head("GET", "/health?" + "q" * 70_000, port)
+        head = harness.request_head("GET", "/health?" + "q" * size, port)
     s = socket.create_connection(("127.0.0.1", port), timeout=20)
     try:
         try:
-            s.sendall(head)
+            if delivery == "in one write":
+                s.sendall(head)
+            else:
+                # All but the end of the head, a pause, then the end.
+                s.sendall(head[:-100])
+                time.sleep(0.3)
+                s.sendall(head[-100:])
         except (BrokenPipeError, ConnectionResetError):
             pass  # refused while we were still sending: fine
         status = _status_of(s)
     finally:
         s.close()
-    assert status is None or 400 <= status < 500, f"a {len(head)}-byte head got {status}"
+    assert status is None or 400 <= status < 500, f"a {len(head)}-byte head ({where}, {delivery}) got {status}"
     # and dariod is fine afterwards
     assert harness.post(dariod.url, "/v1/messages/count_tokens", {"model": MODEL, "messages": [
         {"role": "user", "content": "hi"}]})[0] == 200
@@ -353,6 +419,8 @@ def test_a_body_over_32_mb_is_refused_with_413(dariod: Dariod, big_fake: load.Bi
 
 
 def test_dariod_is_healthy_after_the_abuse(dariod: Dariod) -> None:
+    harness.report("hostile input: answers by route and status (fuzzed requests):\n" + "".join(
+        f"  {k:<48} {v}\n" for k, v in sorted(SEEN.items())))
     status, _, body = harness.post(dariod.url, "/v1/messages", harness.ask("still there?"))
     assert status == 200, body
     conn = http.client.HTTPConnection("127.0.0.1", dariod.port, timeout=10)
