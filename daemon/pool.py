@@ -11,6 +11,7 @@ for several daemons later without touching the relay.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import time
 from collections import deque
@@ -57,6 +58,10 @@ class AccountState:
     requests: int = 0
     errors: int = 0
     latency_ms: float | None = None
+    uid: int = 0  # stable tie-breaker in the heaps
+    version: int = 0  # bumped on every change; heap entries of older versions are stale
+    last_chosen: int = 0  # sequence of the last choice: least recently chosen wins ties (round robin)
+    timer_due: float | None = None  # when this account's pending timer fires
 
     def _clear_block_if_over(self, now: float) -> None:
         if self.block_until is not None and now >= self.block_until:
@@ -170,7 +175,10 @@ class Pool:
         self.accounts: dict[str, AccountState] = {}
         self.preferred: str | None = None
         self.clock = clock
-        self._rr = itertools.count()
+        self._seq = itertools.count(1)
+        self._uids = itertools.count(1)
+        self._ready: list[tuple[float, int, int, int, int, AccountState]] = []
+        self._timers: list[tuple[float, int, AccountState]] = []
         self._queue: deque[_Waiter] = deque()
         self.on_change: Callable[[], None] | None = None  # persistence hook
 
@@ -179,12 +187,12 @@ class Pool:
                enabled: bool = True) -> AccountState:
         acc = self.accounts.get(alias)
         if acc is None:
-            acc = self.accounts[alias] = AccountState(alias, kind, base_url, created)
+            acc = self.accounts[alias] = AccountState(alias, kind, base_url, created, uid=next(self._uids))
         acc.kind, acc.base_url, acc.created, acc.enabled = kind, base_url, created, enabled
         if secret is not None:
             acc.secret = secret
             acc.needs_login = None
-        self._changed()
+        self._changed(acc)
         return acc
 
     def remove(self, alias: str) -> None:
@@ -195,7 +203,7 @@ class Pool:
 
     def set_enabled(self, alias: str, enabled: bool) -> None:
         self.accounts[alias].enabled = enabled
-        self._changed()
+        self._changed(self.accounts[alias])
 
     def prefer(self, alias: str | None) -> None:
         if alias is not None and alias not in self.accounts:
@@ -205,55 +213,100 @@ class Pool:
 
     def mark_needs_login(self, alias: str, reason: str) -> None:
         self.accounts[alias].needs_login = reason
-        self._changed()
+        self._changed(self.accounts[alias])
 
     def clear_block(self, alias: str) -> None:
         acc = self.accounts[alias]
         acc.block_kind = acc.block_reason = acc.block_until = None
         acc.failures = 0
-        self._changed()
+        self._changed(acc)
+
+    # -- the index -----------------------------------------------------------------------
+    # Accounts that can serve sit in a max-heap by (headroom, fewer in flight, least recently
+    # chosen). Every change to an account bumps its version and pushes a fresh entry; entries of
+    # older versions are dropped when they surface. Accounts blocked by time (cooldown, a window
+    # at zero, a window about to reset) wait in a timer heap and are re-judged when it fires.
+    # So one choice costs O(log n), not a scan of every account.
+
+    def _touch(self, acc: AccountState) -> None:
+        acc.version += 1
+        now = self.clock()
+        status = acc.status(now)
+        if status == "ok":
+            h = acc.headroom(now)
+            key = -round(1.0 if h is None else h, 2)
+            heapq.heappush(self._ready, (key, acc.in_flight, acc.last_chosen, acc.uid, acc.version, acc))
+            if len(self._ready) > 4 * len(self.accounts) + 64:
+                self._compact()
+        # One timer per account, for the next moment its standing changes by itself: a cooldown
+        # ends, or a window resets (headroom jumps back up).
+        due = acc.next_free(now) if status in ("cooling", "exhausted") else None
+        for w in acc.windows.values():
+            if w.reset is not None and w.reset > now and (due is None or w.reset < due):
+                due = w.reset
+        if due is not None and due != acc.timer_due:
+            acc.timer_due = due
+            heapq.heappush(self._timers, (due, acc.uid, acc))
+
+    def _compact(self) -> None:
+        """Drop stale entries (kept only the current one per account)."""
+        self._ready = [e for e in self._ready if e[4] == e[5].version and self.accounts.get(e[5].alias) is e[5]]
+        heapq.heapify(self._ready)
+
+    def _run_timers(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            due, _, acc = heapq.heappop(timers)
+            if acc.timer_due == due and self.accounts.get(acc.alias) is acc:
+                acc.timer_due = None
+                self._touch(acc)
 
     # -- choice ------------------------------------------------------------------------
     def choose(self, est: Estimate, exclude: Iterable[str] = ()) -> Lease | None:
         """Pick an account now, or None if none can serve this request right now."""
         now = self.clock()
-        excluded = set(exclude)
-        candidates: list[AccountState] = []
-        fitting: list[AccountState] = []
-        for acc in self.accounts.values():
-            if acc.alias in excluded or acc.status(now) != "ok":
-                continue
-            candidates.append(acc)
-            if acc.fits(est, now):
-                fitting.append(acc)
-        # Nothing fits the estimate but some can serve: better to try than to queue on a guess.
-        pool = fitting or candidates
-        if not pool:
-            return None
+        self._run_timers(now)
+        excluded = exclude if isinstance(exclude, (set, frozenset)) else set(exclude)
         chosen: AccountState | None = None
-        if self.preferred is not None:
-            for acc in pool:
-                if acc.alias == self.preferred:
-                    chosen = acc
-                    break
-        if chosen is None:
-            if len(pool) == 1:
-                chosen = pool[0]
-            else:
-                best_key: tuple[float, int] | None = None
-                ties: list[AccountState] = []
-                for acc in pool:
-                    h = acc.headroom(now)
-                    # Unknown headroom (no headers yet) counts as full; round so near-equal ties rotate.
-                    key = (round(1.0 if h is None else h, 2), -acc.in_flight)
-                    if best_key is None or key > best_key:
-                        best_key, ties = key, [acc]
-                    elif key == best_key:
-                        ties.append(acc)
-                chosen = ties[next(self._rr) % len(ties)] if len(ties) > 1 else ties[0]
+        pref = self.accounts.get(self.preferred) if self.preferred is not None else None
+        if pref is not None and pref.alias not in excluded and pref.status(now) == "ok" and pref.fits(est, now):
+            chosen = pref
+        else:
+            ready = self._ready
+            set_aside: list[tuple[float, int, int, int, int, AccountState]] = []
+            fallback: AccountState | None = None
+            while ready:
+                entry = ready[0]
+                acc = entry[5]
+                if entry[4] != acc.version or self.accounts.get(acc.alias) is not acc:
+                    heapq.heappop(ready)  # stale
+                    continue
+                if acc.status(now) != "ok":
+                    heapq.heappop(ready)
+                    self._touch(acc)  # re-judged: goes to the timers
+                    continue
+                if acc.alias in excluded or not acc.fits(est, now):
+                    if fallback is None and acc.alias not in excluded:
+                        fallback = acc
+                    set_aside.append(heapq.heappop(ready))
+                    continue
+                chosen = acc
+                break
+            for entry in set_aside:
+                heapq.heappush(ready, entry)
+            if chosen is None:
+                # Nothing fits the estimate but some can serve: better to try than to queue on a guess.
+                if pref is not None and pref.alias not in excluded and pref.status(now) == "ok":
+                    chosen = pref
+                else:
+                    chosen = fallback
+            if chosen is None:
+                return None
         chosen.in_flight += 1
         chosen.reserved_input += est.input_tokens
         chosen.reserved_output += est.output_tokens
+        chosen.last_chosen = next(self._seq)
+        self._touch(chosen)
         return Lease(chosen, est, now)
 
     def release(self, lease: Lease) -> None:
@@ -264,6 +317,8 @@ class Pool:
         acc.in_flight -= 1
         acc.reserved_input -= lease.estimate.input_tokens
         acc.reserved_output -= lease.estimate.output_tokens
+        if self.accounts.get(acc.alias) is acc:
+            self._touch(acc)
         self._wake_head()
 
     def servable(self, exclude: Iterable[str] = ()) -> bool:
@@ -363,18 +418,20 @@ class Pool:
         if acc.block_kind == "exhausted" and snap.windows and acc.zero_window_reset(self.clock()) is None \
                 and all((w.remaining or 0) > 0 for w in snap.windows.values()):
             acc.block_kind = acc.block_reason = acc.block_until = None
+        self._touch(acc)
         self._wake_head()
 
     def observe_success(self, acc: AccountState, latency_ms: float | None) -> None:
         acc.requests += 1
         acc.failures = 0
         acc.needs_login = None
-        if acc.block_kind is not None:
-            acc.block_kind = acc.block_reason = acc.block_until = None
-            self._changed()
         if latency_ms is not None:
             acc.latency_ms = latency_ms if acc.latency_ms is None else acc.latency_ms * 0.8 + latency_ms * 0.2
-        self._wake_head()
+        if acc.block_kind is not None:
+            acc.block_kind = acc.block_reason = acc.block_until = None
+            self._changed(acc)
+        else:
+            self._wake_head()
 
     def observe_rate_limited(self, acc: AccountState, snap: Snapshot, *, spend_limit: bool, message: str) -> None:
         now = self.clock()
@@ -394,7 +451,7 @@ class Pool:
         if acc.block_kind == "exhausted" and acc.block_until and acc.block_until > until:
             until = acc.block_until
         acc.block_kind, acc.block_reason, acc.block_until = "exhausted", reason, until
-        self._changed()
+        self._changed(acc)
 
     def observe_transient(self, acc: AccountState, reason: str) -> None:
         """529, 5xx, connect and read errors: a short cooldown that grows with repeats."""
@@ -404,14 +461,16 @@ class Pool:
         seconds = min(COOLDOWN_MAX, COOLDOWN_BASE * 2 ** (acc.failures - 1))
         if acc.block_kind != "exhausted":
             acc.block_kind, acc.block_reason, acc.block_until = "cooling", reason, now + seconds
-        self._changed()
+        self._changed(acc)
 
     def observe_auth_failure(self, acc: AccountState, status: int, message: str) -> None:
         acc.errors += 1
         acc.needs_login = f"upstream answered {status}: {message}"[:200]
-        self._changed()
+        self._changed(acc)
 
-    def _changed(self) -> None:
+    def _changed(self, acc: AccountState | None = None) -> None:
+        if acc is not None and self.accounts.get(acc.alias) is acc:
+            self._touch(acc)
         if self.on_change is not None:
             self.on_change()
         self._wake_head()
@@ -541,6 +600,7 @@ class Pool:
             for name, w in (item.get("windows") or {}).items():
                 if name in WINDOWS and isinstance(w, dict):
                     acc.windows[name] = Window(w.get("limit"), w.get("remaining"), w.get("reset"))
+            self._touch(acc)
 
 
 @dataclass(eq=False, slots=True)

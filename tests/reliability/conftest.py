@@ -43,7 +43,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if _HERE not in Path(str(item.fspath)).resolve().parents:
             continue
         item.add_marker(pytest.mark.reliability)
-        if getattr(item.module, "RELIABILITY_LOAD", False):
+        if getattr(getattr(item, "module", None), "RELIABILITY_LOAD", False):
             # The run under load happens in the first test's setup and takes minutes in the long
             # profile; the project default (120 s per test) would cut it short.
             item.add_marker(pytest.mark.timeout(1800 if is_long(config) else 600))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import os
 import queue
 import random
@@ -42,7 +43,7 @@ import orjson
 
 from tests.fakeupstream import LONG_WORDS, FakeUpstream
 
-MODEL = "claude-sonnet-4-5-20250929"
+MODEL = "claude-sonnet-4-6"
 DEFAULT_TEXT = "Hello from the fake upstream."
 KEYS = {"a": "sk-rl-a", "b": "sk-rl-b", "c": "sk-rl-c"}
 ALIAS_OF = {v: k for k, v in KEYS.items()}
@@ -442,7 +443,7 @@ class RunData:
 
 async def _refill(fake_url: str, rngs: dict[str, random.Random],
                   actions: dict[str, list[tuple[str, dict[str, Any]]]], stop: asyncio.Event,
-                  low: int = 20, high: int = 40) -> None:
+                  ready: asyncio.Event, low: int = 20, high: int = 40) -> None:
     async with httpx.AsyncClient(base_url=fake_url, timeout=30, trust_env=False) as c:
         while not stop.is_set():
             pending = orjson.loads((await c.get("/_fake/script")).content)
@@ -454,6 +455,7 @@ async def _refill(fake_url: str, rngs: dict[str, random.Random],
                     r = await c.post("/_fake/script", content=orjson.dumps(
                         {"key": key, "actions": [a for _, a in new]}))
                     r.raise_for_status()
+            ready.set()
             try:
                 await asyncio.wait_for(stop.wait(), 0.2)
             except TimeoutError:
@@ -517,10 +519,15 @@ async def drive(url: str, fake_url: str, profile: Profile, run: str,
     results: list[Result] = []
     limits = httpx.Limits(max_connections=profile.concurrency + 8, max_keepalive_connections=profile.concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(None), limits=limits, trust_env=False) as c:
-        refill = asyncio.create_task(_refill(fake_url, rngs, actions, stop))
-        # Let the first scripts land before the first request.
-        while sum(len(v) for v in actions.values()) < len(KEYS):
-            await asyncio.sleep(0.01)
+        ready = asyncio.Event()
+        refill = asyncio.create_task(_refill(fake_url, rngs, actions, stop, ready))
+        # The first scripts land before the first request (and a broken refill fails the run at once).
+        waiter = asyncio.create_task(ready.wait())
+        await asyncio.wait([waiter, refill], return_when=asyncio.FIRST_COMPLETED)
+        if not ready.is_set():
+            waiter.cancel()
+            await refill  # raises what went wrong
+            raise RuntimeError("the fault scripts never landed")
         monitor = asyncio.create_task(_monitor(url, snapshots, stop))
         it = iter(specs)
 
@@ -615,8 +622,8 @@ def audit(data: RunData) -> Audit:
         # Which attempt's answer reached the client, and was anything sent after it?
         n = res.upstream_n
         if n is not None:
-            entry = by_n.get(n)
-            if entry is None:
+            answered = by_n.get(n)
+            if answered is None:
                 problems["answer from an attempt that does not carry this request's marker"].append(
                     f"#{spec.i}: request-id req_fake_{n}")
             elif tries and tries[-1]["n"] != n:
@@ -625,9 +632,9 @@ def audit(data: RunData) -> Audit:
                 problems["re-sent upstream after bytes reached the client"].append(
                     f"#{spec.i}: client got req_fake_{n} ({'stream' if spec.stream else 'plain'}), "
                     f"later attempts {later}")
-            if entry is not None and ALIAS_OF.get(entry["key"]) != res.headers.get("x-dario-account"):
+            if answered is not None and ALIAS_OF.get(answered["key"]) != res.headers.get("x-dario-account"):
                 problems["x-dario-account names another account than the one that answered"].append(
-                    f"#{spec.i}: answered by {ALIAS_OF.get(entry['key'])}, header says "
+                    f"#{spec.i}: answered by {ALIAS_OF.get(answered['key'])}, header says "
                     f"{res.headers.get('x-dario-account')}")
 
         # Same key twice only after a plain 429, and only after that account's reset.
@@ -636,7 +643,7 @@ def audit(data: RunData) -> Audit:
             per_key[t["key"]].append(t)
         for key, seq in per_key.items():
             alias = ALIAS_OF.get(key, key)
-            for prev, nxt in zip(seq, seq[1:], strict=False):
+            for prev, nxt in itertools.pairwise(seq):
                 if prev["status"] != 429:
                     counts["same_key_not_after_429"] += 1
                     problems["sent twice to one account without a plain 429 first"].append(
@@ -681,8 +688,8 @@ def audit(data: RunData) -> Audit:
                     f"arrival {window[0].statuses}")
 
     faults: collections.Counter[str] = collections.Counter()
-    for alias, seq in data.actions.items():
-        for kind, _ in seq[: data.consumed[alias]]:
+    for alias, scripted in data.actions.items():
+        for kind, _ in scripted[: data.consumed[alias]]:
             faults[kind] += 1
     a = Audit(data, by_outcome, errors_by_status, dict(problems), dict(counts), attempts, faults)
     a.table = render(a)

@@ -141,9 +141,50 @@ messages = st.lists(
 )
 
 
+plain_text = st.one_of(st.text(min_size=1, max_size=30), st.sampled_from(["hi", "[[tool]]", "[[long:3]]",
+                                                                           "[[thinking]]", "[[tools]]"]))
+plausible_messages = st.lists(st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "developer"]), "content": plain_text}),
+    st.fixed_dictionaries({"role": st.just("user"), "content": st.lists(content_parts(), min_size=1, max_size=2)}),
+    st.fixed_dictionaries({"role": st.just("assistant"), "content": st.one_of(st.none(), plain_text)},
+                          optional={"tool_calls": st.lists(st.fixed_dictionaries({
+                              "id": st.text(min_size=1, max_size=12), "type": st.just("function"),
+                              "function": st.fixed_dictionaries({
+                                  "name": st.text(min_size=1, max_size=12),
+                                  "arguments": st.one_of(st.just("{}"), st.just('{"a": 1}'), st.text(max_size=12))})}),
+                              max_size=2)}),
+    st.fixed_dictionaries({"role": st.just("tool"), "tool_call_id": st.text(min_size=1, max_size=12),
+                           "content": st.one_of(plain_text, st.lists(content_parts(), max_size=2))}),
+), min_size=1, max_size=5)
+plausible_schema = st.sampled_from([
+    {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+    {"type": "object"}, {"type": "array", "items": {"type": "integer"}}, {"type": "string"}, {}, {"$ref": "#/x"},
+])
+
+
 @st.composite
 def anthropic_bodies(draw: st.DrawFn) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": draw(models)}
+    if draw(st.booleans()):
+        body: dict[str, Any] = {
+            "model": draw(st.sampled_from([MODEL, "sonnet", "haiku", "claude-opus-4-5-20251101"])),
+            "max_tokens": draw(st.one_of(st.integers(1, 4096), huge_ints)),
+            "messages": [{"role": "user", "content": draw(st.one_of(
+                st.text(min_size=1, max_size=30), st.sampled_from(["[[tool]]", "[[long:3]]", "[[thinking]]"]),
+                st.lists(content_parts(), min_size=1, max_size=2)))}],
+        }
+        for name, strat in (("stream", st.booleans()), ("system", st.one_of(st.text(max_size=20), json_values)),
+                            ("temperature", st.floats(-1, 2)), ("top_k", ints),
+                            ("thinking", st.fixed_dictionaries({"type": st.sampled_from(["enabled", "disabled",
+                                                                                         "adaptive"]),
+                                                                "budget_tokens": st.one_of(ints, huge_ints)})),
+                            ("tools", st.lists(st.fixed_dictionaries({"name": st.text(max_size=10),
+                                                                      "input_schema": plausible_schema}),
+                                               max_size=2)),
+                            ("metadata", st.fixed_dictionaries({"user_id": st.one_of(st.text(max_size=10), ints)}))):
+            if draw(st.integers(0, 3)) == 0:
+                body[name] = draw(strat)
+        return body
+    body = {"model": draw(models)}
     for name, strat in (("max_tokens", st.one_of(ints, huge_ints, json_values)),
                         ("messages", st.one_of(messages, json_values)),
                         ("stream", st.one_of(st.booleans(), json_values)),
@@ -157,7 +198,35 @@ def anthropic_bodies(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def openai_bodies(draw: st.DrawFn) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": draw(models), "messages": draw(st.one_of(messages, json_values))}
+    if draw(st.booleans()):
+        # Plausible: most of it is what real clients send, with odd values here and there.
+        body: dict[str, Any] = {"model": draw(st.sampled_from([MODEL, "sonnet", "gpt-4o", "o3", "gpt-5-mini"])),
+                                "messages": draw(plausible_messages)}
+        choices = (
+            ("stream", st.booleans()), ("stream_options", st.fixed_dictionaries({"include_usage": st.booleans()})),
+            ("max_tokens", st.one_of(st.integers(1, 5000), huge_ints)),
+            ("max_completion_tokens", st.one_of(st.integers(0, 5000), huge_ints)),
+            ("temperature", st.floats(-1, 3)), ("top_p", st.floats(0, 1)), ("n", st.integers(0, 3)),
+            ("stop", st.one_of(st.text(max_size=5), st.lists(st.text(max_size=5), max_size=5))),
+            ("tools", st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
+                {"name": st.text(min_size=1, max_size=20)},
+                optional={"description": st.text(max_size=20), "parameters": plausible_schema,
+                          "strict": st.booleans()})}), max_size=3)),
+            ("tool_choice", st.one_of(st.sampled_from(["auto", "none", "required"]), st.fixed_dictionaries(
+                {"type": st.just("function"), "function": st.fixed_dictionaries({"name": st.text(max_size=8)})}))),
+            ("response_format", st.one_of(
+                st.fixed_dictionaries({"type": st.sampled_from(["json_object", "text"])}),
+                st.fixed_dictionaries({"type": st.just("json_schema"), "json_schema": st.fixed_dictionaries(
+                    {"name": st.text(max_size=8), "schema": plausible_schema}, optional={"strict": st.booleans()})}))),
+            ("reasoning_effort", st.sampled_from(["minimal", "low", "medium", "high", "xhigh", "none"])),
+            ("parallel_tool_calls", st.booleans()), ("user", st.text(max_size=20)), ("seed", ints),
+            ("logprobs", st.booleans()), ("presence_penalty", st.floats(-2, 2)),
+        )
+        for name, strat in choices:
+            if draw(st.integers(0, 3)) == 0:
+                body[name] = draw(strat)
+        return body
+    body = {"model": draw(models), "messages": draw(st.one_of(messages, json_values))}
     for name, strat in (
         ("stream", st.one_of(st.booleans(), json_values)),
         ("stream_options", st.one_of(st.fixed_dictionaries({"include_usage": json_values}), json_values)),

@@ -90,7 +90,7 @@ def test_an_upstream_that_stalls_mid_stream_ends_the_stream_with_an_error_within
     path, body = ("/v1/messages", ask(marker, stream=True)) if dialect == "anthropic" else \
         ("/v1/chat/completions", chat(marker, stream=True))
     started = time.monotonic()
-    status, headers, answer = post(one.url, path, body, timeout=60)
+    status, _, answer = post(one.url, path, body, timeout=60)
     took = time.monotonic() - started
     assert took <= BOUND + 0.3 + SLACK, f"the stream ended {took:.2f} s after the request"
     # Either the hold-back ended first (the client sees a 200 stream ending in an error event) or the
@@ -119,7 +119,8 @@ def _read_chunked_to_end(s: socket.socket, already: bytes, timeout: float) -> by
         chunk = s.recv(1 << 20)
         assert chunk, f"connection closed before the end of the body: {raw[-200:]!r}"
         raw += chunk
-    out, pos = [], 0
+    out: list[bytes] = []
+    pos = 0
     while True:
         eol = raw.index(b"\r\n", pos)
         size = int(raw[pos:eol].split(b";")[0], 16)

@@ -201,3 +201,32 @@ def test_no_accounts_raises_at_once() -> None:
         raise AssertionError("expected NoAccounts")
 
     trio.run(main)
+
+
+def test_a_window_at_zero_blocks_until_its_reset_then_the_account_returns_by_itself() -> None:
+    pool, clock = make_pool("a", "b")
+    pool.observe_headers(pool.accounts["a"], Snapshot({"requests": Window(1000, 0, clock.now + 30)}, None))
+    pool.observe_headers(pool.accounts["b"], windows(clock, requests=10))
+    for _ in range(3):
+        lease = pool.choose(Estimate())
+        assert lease and lease.account.alias == "b"
+        pool.release(lease)
+    clock.now += 31  # no event at all: the reset alone brings a back, now with the most headroom
+    lease = pool.choose(Estimate())
+    assert lease and lease.account.alias == "a"
+
+
+def test_round_robin_over_many_equal_accounts_and_best_of_a_hundred() -> None:
+    pool, clock = make_pool(*[f"n{i}" for i in range(100)])
+    seen = []
+    for _ in range(100):
+        lease = pool.choose(Estimate())
+        assert lease is not None
+        seen.append(lease.account.alias)
+        pool.release(lease)
+    assert len(set(seen)) == 100  # every equal account got its turn
+    for i in range(100):
+        pool.observe_headers(pool.accounts[f"n{i}"], windows(clock, requests=10 * (i + 1)))
+    lease = pool.choose(Estimate())
+    assert lease and lease.account.alias == "n99"
+    assert len(pool._ready) <= 4 * 100 + 64  # the index does not grow without bound
