@@ -100,7 +100,9 @@ async def run(settings: Settings) -> None:
 async def _run(settings: Settings, signals: AsyncIterator[int]) -> None:
     claim_socket(settings.socket)
     http = HttpClient(
-        timeouts=Timeouts(connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout)
+        timeouts=Timeouts(connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout),
+        # Every open stream holds one upstream connection; thousands of concurrent streams are normal.
+        max_connections_per_origin=settings.max_upstream_connections,
     )
     state = DaemonState(settings, http)
     await state.load()

@@ -95,6 +95,7 @@ class Metrics:
         self, pool_snapshot: Callable[[], list[dict[str, Any]]], queue_depth: Callable[[], int]
     ) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._models: set[str] = set()
         self.requests = Counter(
             "dario_requests_total", "Proxied requests", ["account", "model", "dialect", "status"],
@@ -127,12 +128,20 @@ class Metrics:
         self._models.add(label)
         return label
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        # prometheus_client's labels() validates and locks on every call; the label sets are few.
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def observe(self, rec: UsageRecord) -> None:
         # On the request path: metrics are never worth failing a request over.
         try:
             account = rec.account or NONE_LABEL
             model = self._model_label(rec.model)
-            self.requests.labels(account, model, rec.dialect, str(rec.status)).inc()
+            self._child(self.requests, account, model, rec.dialect, str(rec.status)).inc()
             counts = (
                 rec.input_tokens,
                 rec.output_tokens,
@@ -143,11 +152,11 @@ class Metrics:
             if rec.endpoint != "count_tokens":  # counting tokens consumes none
                 for kind, n in zip(TOKEN_KINDS, counts, strict=True):
                     if n > 0:
-                        self.tokens.labels(account, model, kind).inc(n)
+                        self._child(self.tokens, account, model, kind).inc(n)
             if rec.latency_ms > 0:
-                self.latency.labels(account).observe(rec.latency_ms / 1000.0)
+                self._child(self.latency, account).observe(rec.latency_ms / 1000.0)
             if rec.ttft_ms is not None:
-                self.ttft.labels(account).observe(rec.ttft_ms / 1000.0)
+                self._child(self.ttft, account).observe(rec.ttft_ms / 1000.0)
             if rec.failovers > 0:
                 self.failovers.inc(rec.failovers)
         except Exception:

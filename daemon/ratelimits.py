@@ -32,16 +32,31 @@ class Snapshot:
         return max(resets) if resets else None
 
 
+_RESET_CACHE: dict[str, float] = {}
+
+
 def parse_reset(value: str) -> float | None:
-    """RFC 3339 (`2025-02-24T22:25:32Z`); tolerate epoch seconds too."""
+    """RFC 3339 (`2025-02-24T22:25:32Z`); tolerate epoch seconds too.
+
+    The same reset instants repeat across many responses, so parsed timestamps are remembered.
+    """
+    cached = _RESET_CACHE.get(value)
+    if cached is not None:
+        return cached
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:
         pass
+    else:
+        if len(_RESET_CACHE) > 4096:
+            _RESET_CACHE.clear()
+        _RESET_CACHE[value] = stamp
+        return stamp
     try:
         number = float(value)
     except ValueError:
         return None
+    # Large numbers are epoch seconds; small ones, seconds from now (never cached).
     return number if number > 1e9 else time.time() + number
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -98,6 +98,9 @@ class Incoming:
     estimate: Estimate
     client: str
     t_start: float  # perf_counter when the request arrived
+    # Watches for the client hanging up and cancels the given scope. Used around a wait in the
+    # queue; None when the caller already watches the whole request (streams).
+    watch_hangup: Callable[[trio.CancelScope], Awaitable[None]] | None = None
 
 
 @dataclass(slots=True)
@@ -132,6 +135,10 @@ class Sink(Protocol):
     async def stream_data(self, block: bytes) -> None: ...  # complete SSE events
     async def stream_abort(self, type: str, message: str) -> None: ...
     async def stream_end(self) -> None: ...
+
+
+class _HungUp(Exception):
+    """The client went away while waiting for an account."""
 
 
 class _Retry(Exception):
@@ -188,7 +195,10 @@ class Relay:
         queue_deadline = now + self.queue_timeout
         while True:
             try:
-                lease, waited = await self.pool.acquire(inc.estimate, excluded, queue_deadline)
+                lease, waited = await self._acquire(inc, excluded, queue_deadline)
+            except _HungUp:
+                out.status, out.error_type = 499, "client_closed_request"
+                return
             except NoAccounts:
                 await self._give_up(sink, out, last, self._no_accounts_error())
                 return
@@ -219,6 +229,29 @@ class Relay:
             if trio.current_time() >= failover_deadline:
                 await self._give_up(sink, out, last, None)
                 return
+
+    async def _acquire(self, inc: Incoming, excluded: list[str], deadline: float) -> tuple[Lease, float]:
+        if not self.pool.queue_depth:
+            lease = self.pool.choose(inc.estimate, excluded)
+            if lease is not None:
+                return lease, 0.0
+        if inc.watch_hangup is None:
+            return await self.pool.acquire(inc.estimate, excluded, deadline)
+        # Waiting in the queue: a client that hangs up must leave it at once.
+        result: tuple[Lease, float] | None = None
+        error: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(inc.watch_hangup, nursery.cancel_scope)
+            try:
+                result = await self.pool.acquire(inc.estimate, excluded, deadline)
+            except (NoAccounts, PoolExhausted) as exc:
+                error = exc
+            nursery.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        if result is None:
+            raise _HungUp()
+        return result
 
     def _no_accounts_error(self) -> DarioError:
         if not self.pool.accounts:

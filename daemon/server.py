@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from importlib import resources
 from typing import Any
 
@@ -176,13 +177,19 @@ class PublicApp:
         await self._forward(inc, sink, receive)
 
     async def _forward(self, inc: Incoming, sink: Any, receive: Receive) -> None:
-        """Relay, and stop everything at once if the client hangs up."""
+        """Relay; a client that hangs up stops its stream (and its upstream request) at once."""
         self.state.requests_served += 1
         outcome: Outcome | None = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_on_hangup, receive, sink.link, nursery.cancel_scope)
+        if inc.stream:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_on_hangup, receive, sink.link, nursery.cancel_scope)
+                outcome = await self.relay.forward(inc, sink)
+                nursery.cancel_scope.cancel()
+        else:
+            # A whole answer needs no watcher while it is being fetched (that would cost a task
+            # per request); only a wait in the queue watches for the client leaving.
+            inc.watch_hangup = partial(_cancel_on_hangup, receive, sink.link)
             outcome = await self.relay.forward(inc, sink)
-            nursery.cancel_scope.cancel()
         if self.settings.verbose:
             if outcome is None:
                 log.info("%s %s: the client hung up", inc.dialect, inc.endpoint)

@@ -37,6 +37,7 @@ class Settings:
     upstream_read_timeout: float = 300.0
     upstream_connect_timeout: float = 10.0
     analytics_retention_days: float = 30.0
+    max_upstream_connections: int = 10_000
     analytics: bool = True
 
     @property
