@@ -34,6 +34,28 @@ class StartupError(Exception):
     """dariod cannot start; the message says why and what to do."""
 
 
+def take_lock(socket_path: Path) -> int:
+    """Hold an exclusive lock beside the socket for the daemon's lifetime.
+
+    The connect-probe alone leaves a gap: two daemons starting at the same moment would both
+    find nothing answering. The lock closes it; the kernel drops it when the process dies.
+    """
+    import fcntl
+
+    _prepare_socket_dir(socket_path.parent)
+    lock_path = socket_path.with_name(socket_path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StartupError(
+            f"another dariod is already running (or starting) on {socket_path}. Stop it first, or give "
+            "this one its own --socket (and --port)."
+        ) from None
+    return fd
+
+
 def claim_socket(path: Path) -> None:
     """Refuse to start if another dariod answers on `path`; clear a stale socket file.
 
@@ -98,6 +120,14 @@ async def run(settings: Settings) -> None:
 
 
 async def _run(settings: Settings, signals: AsyncIterator[int]) -> None:
+    lock_fd = take_lock(settings.socket)
+    try:
+        await _serve_all(settings, signals)
+    finally:
+        os.close(lock_fd)
+
+
+async def _serve_all(settings: Settings, signals: AsyncIterator[int]) -> None:
     claim_socket(settings.socket)
     http = HttpClient(
         timeouts=Timeouts(connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout),

@@ -98,7 +98,14 @@ class ModelCatalog:
         resolved = self.table.resolve(model_id)
         if resolved is None:
             return None
-        return self._by_id.get(resolved) or _entry(resolved, resolved, "")
+        known = self._by_id.get(resolved)
+        if known is not None:
+            return known
+        # With the upstream's own list at hand, an id it does not have does not exist (Claude Code
+        # relies on a 404 here). Without it, dario cannot tell, so a Claude id is given the benefit.
+        if self._upstream is not None:
+            return None
+        return _entry(resolved, resolved, "")
 
     def page(self, *, limit: int | None, after_id: str | None, before_id: str | None) -> dict[str, Any]:
         items = self._items

@@ -374,6 +374,7 @@ class Relay:
 
         held: list[bytes] = []
         committed = False
+        started = False  # the client has the response head
         ended = False
         retry: _Retry | None = None
         # trio wraps exceptions raised in a nursery body in an ExceptionGroup, so a retry is
@@ -416,6 +417,7 @@ class Relay:
                 out.status = response.status
                 headers = self._client_headers(response, acc.alias, inc, out)
                 await sink.stream_start(response.status, headers)
+                started = True
                 prefix = b"".join(held)
                 if prefix:
                     await sink.stream_data(prefix)
@@ -447,8 +449,20 @@ class Relay:
                     out.bytes_to_client += len(block)
                 self.pool.observe_success(acc, out.upstream_ms)
                 await sink.stream_end()
+                started = False
             except _Retry as exc:
                 retry = exc
+            except trio.Cancelled:
+                if started:
+                    # Shutdown's grace period ran out (or the client left): end the stream
+                    # well-formed rather than cut mid-event. Shielded, briefly.
+                    with trio.CancelScope(shield=True) as shield:
+                        shield.deadline = trio.current_time() + 0.5
+                        out.error_type = "api_error"
+                        await sink.stream_abort(
+                            "api_error", "dariod stopped this response before it ended; it is incomplete"
+                        )
+                raise
             finally:
                 nursery.cancel_scope.cancel()
         if retry is not None:

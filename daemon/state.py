@@ -187,7 +187,8 @@ class DaemonState:
                 f"{url} rejected this key ({status}: {_upstream_message(body)}); nothing was stored. "
                 "Check that it is an API key from the provider's console.",
             )
-        if status >= 400:
+        # A 429 still proves the key is valid (the account is merely at its limit right now).
+        if status >= 400 and status != 429:
             raise ControlFailure(
                 502, "upstream_error",
                 f"{url} answered {status} ({_upstream_message(body)}) while checking the key; nothing was stored",
@@ -200,7 +201,11 @@ class DaemonState:
         await trio.to_thread.run_sync(self.registry.save)
         state = self.pool.upsert(alias, kind, url, acc.created, secret, acc.enabled)
         self.pool.clear_block(alias)
-        self.pool.observe_headers(state, parse_ratelimits(headers))
+        snap = parse_ratelimits(headers)
+        if status == 429:
+            self.pool.observe_rate_limited(state, snap, spend_limit=b"spend" in body, message=_upstream_message(body))
+        else:
+            self.pool.observe_headers(state, snap)
         self.pool.notify()
         log.info("account %s logged in (%s, %s)", alias, kind, url)
         return self.pool.view(state)

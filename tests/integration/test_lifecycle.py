@@ -131,6 +131,9 @@ def test_stream_longer_than_the_grace_period_is_cut(dariod_factory: Callable[...
     worker.join(15)
     assert outcome and outcome[0] is not None, "the client saw a complete stream from a daemon that stopped"
     assert len(texts) < 12
+    # Cut well-formed: an `error` event the SDK raises as an API error, not a broken connection.
+    assert isinstance(outcome[0], anthropic.APIStatusError), repr(outcome[0])
+    assert "incomplete" in str(outcome[0])
 
 
 def test_sigterm_is_prompt_with_an_idle_keep_alive_client(dariod: Dariod, upstream: Any) -> None:
