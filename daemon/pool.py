@@ -180,6 +180,8 @@ class Pool:
         self._ready: list[tuple[float, int, int, int, int, AccountState]] = []
         self._timers: list[tuple[float, int, AccountState]] = []
         self._queue: deque[_Waiter] = deque()
+        self._pool_headers: list[tuple[bytes, bytes]] = []
+        self._pool_headers_at: float | None = None
         self.on_change: Callable[[], None] | None = None  # persistence hook
 
     # -- membership --------------------------------------------------------------------
@@ -541,8 +543,18 @@ class Pool:
         }
 
     def pool_headers(self) -> list[tuple[bytes, bytes]]:
-        """Pool-level `anthropic-ratelimit-*` headers: the sum over accounts that can serve."""
+        """Pool-level `anthropic-ratelimit-*` headers: the sum over accounts that can serve.
+
+        Recomputed at most every 0.2 s, so the cost per response stays flat with many accounts.
+        """
         now = self.clock()
+        if self._pool_headers_at is not None and 0 <= now - self._pool_headers_at < 0.2:
+            return self._pool_headers
+        self._pool_headers_at = now
+        self._pool_headers = self._compute_pool_headers(now)
+        return self._pool_headers
+
+    def _compute_pool_headers(self, now: float) -> list[tuple[bytes, bytes]]:
         totals: dict[str, list[int]] = {}
         resets: dict[str, float] = {}
         for acc in self.accounts.values():

@@ -496,10 +496,18 @@ class Relay:
     # -- headers -----------------------------------------------------------------------
     def _client_headers(self, response: Response, alias: str, inc: Incoming,
                         out: Outcome | None) -> list[tuple[bytes, bytes]]:
+        # A client of a pool talks to the pool: with several accounts, the rate-limit headers it
+        # gets describe the pool's combined windows, not the one key that happened to serve.
+        pooled = len(self.pool.accounts) > 1
         headers: list[tuple[bytes, bytes]] = []
         for name, value in response.headers:
-            if name.startswith(_RL_PREFIX) or name in FORWARD_RESPONSE_HEADERS or name == b"content-type":
+            if name.startswith(_RL_PREFIX):
+                if not pooled:
+                    headers.append((name, value))
+            elif name in FORWARD_RESPONSE_HEADERS or name == b"content-type":
                 headers.append((name, value))
+        if pooled:
+            headers.extend(self.pool.pool_headers())
         headers.append((b"x-dario-account", alias.encode()))
         if inc.model:
             headers.append((b"x-dario-model", inc.model.encode()))

@@ -296,3 +296,15 @@ def test_200_concurrent_requests_survive_429_and_529_midway(dariod: Dariod, upst
     pending = upstream.pending()
     upstream.clear()
     assert any(p["key"] == KEYS["b"] for p in pending) or account(dariod, "b")["errors"] > 0
+
+
+def test_a_pool_reports_its_combined_windows_to_clients(dariod: Dariod, upstream: Any) -> None:
+    upstream.set_limits(KEYS["a"], requests=1000, remaining={"requests": 300})
+    upstream.set_limits(KEYS["b"], requests=1000, remaining={"requests": 900})
+    pool_of(dariod, upstream, "a")
+    _, headers, _ = post(dariod.url, ask("one account"))
+    assert headers["anthropic-ratelimit-requests-limit"] == "1000"  # the upstream's own, as it sent it
+    pool_of(dariod, upstream, "b")
+    _, headers, _ = post(dariod.url, ask("two accounts"))
+    assert headers["anthropic-ratelimit-requests-limit"] == "2000"
+    assert 1000 < int(headers["anthropic-ratelimit-requests-remaining"]) <= 1200
