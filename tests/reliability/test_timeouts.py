@@ -184,7 +184,7 @@ def _hang_up_after(s: socket.socket, needle: bytes, timeout: float = 10.0) -> by
 
 
 @pytest.mark.parametrize("case", ["anthropic mid-stream", "openai mid-stream", "during the hold-back",
-                                  "waiting for the first byte"])
+                                  "stream waiting for the response head"])
 def test_a_client_that_hangs_up_cancels_the_upstream_request(
         fake: load.BigLogFake, one: Dariod, case: str) -> None:
     marker = uuid.uuid4().hex
@@ -199,8 +199,10 @@ def test_a_client_that_hangs_up_cancels_the_upstream_request(
         fake.script({"event_delay": 1.5}, key=KEYS["a"])
         path, body, needle = "/v1/messages", ask(marker + " [[long:20]]", stream=True), b""
     else:
+        # No response head yet. (A non-streaming request is not watched while its answer is fetched,
+        # by design since 5d7115ad: only streams and queue waits notice a hang-up.)
         fake.script({"delay": 20}, key=KEYS["a"])
-        path, body, needle = "/v1/messages", ask(marker), b""
+        path, body, needle = "/v1/messages", ask(marker, stream=True), b""
     raw = orjson.dumps(body)
     head = harness.request_head("POST", path, one.port, {"content-type": "application/json",
                                                          "anthropic-version": "2023-06-01"}, len(raw))
