@@ -88,6 +88,9 @@ class _NoResponse(Exception):
     """EOF/reset before a single response byte (internal)."""
 
 
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+
+
 class _StaleConnection(Exception):
     """A reused idle connection turned out closed before any response byte (internal)."""
 
@@ -617,7 +620,7 @@ class HttpClient:
                 try:
                     return await self._exchange(pool, conn, req, body, rtimeout, reused=True)
                 except _StaleConnection:
-                    pass  # the server closed it while idle and never saw this request: go again once
+                    pass  # closed while idle before it could act on this request: go again once
             conn = await self._connect(pool)
             return await self._exchange(pool, conn, req, body, rtimeout, reused=False)
         except BaseException:
@@ -704,7 +707,11 @@ class HttpClient:
                 # Even after a failed write: a server may answer early (e.g. 413) and close.
                 event = await self._read_head(conn, rtimeout, pool.label)
             except _NoResponse as exc:
-                if reused:
+                # A reused connection that died before any response byte was usually closed by the
+                # server while idle. Going again is safe only if the server cannot have acted on
+                # the request: it could not take all of it (the write failed), or the method is
+                # idempotent. A POST that went out whole may have been received: never re-sent.
+                if reused and (write_error is not None or req.method in _IDEMPOTENT):
                     raise _StaleConnection from None
                 if write_error is not None:
                     raise WriteError(

@@ -51,6 +51,9 @@ class AccountState:
     block_reason: str | None = None
     block_until: float | None = None
     failures: int = 0  # consecutive transient failures, for the growing cooldown
+    # When the latest block (cooldown, exhaustion, rejected key) was set: only evidence from a
+    # request sent after it may lift it. A success that was already in flight proves nothing.
+    block_since: float | None = None
     windows: dict[str, Window] = field(default_factory=dict)
     in_flight: int = 0
     reserved_input: int = 0
@@ -154,6 +157,7 @@ class Lease:
     account: AccountState
     estimate: Estimate
     started: float
+    seq: int = 0  # order in which leases were granted
     released: bool = False
 
 
@@ -180,6 +184,7 @@ class Pool:
         self._ready: list[tuple[float, int, int, int, int, AccountState]] = []
         self._timers: list[tuple[float, int, AccountState]] = []
         self._queue: deque[_Waiter] = deque()
+        self._dispatching = False
         self._pool_headers: list[tuple[bytes, bytes]] = []
         self._pool_headers_at: float | None = None
         self.on_change: Callable[[], None] | None = None  # persistence hook
@@ -309,7 +314,7 @@ class Pool:
         chosen.reserved_output += est.output_tokens
         chosen.last_chosen = next(self._seq)
         self._touch(chosen)
-        return Lease(chosen, est, now)
+        return Lease(chosen, est, now, chosen.last_chosen)
 
     def release(self, lease: Lease) -> None:
         if lease.released:
@@ -321,7 +326,7 @@ class Pool:
         acc.reserved_output -= lease.estimate.output_tokens
         if self.accounts.get(acc.alias) is acc:
             self._touch(acc)
-        self._wake_head()
+        self._dispatch()
 
     def servable(self, exclude: Iterable[str] = ()) -> bool:
         """Whether any not-excluded account could serve, now or after a wait."""
@@ -342,60 +347,72 @@ class Pool:
         return min(times) if times else None
 
     async def acquire(self, est: Estimate, exclude: Iterable[str], deadline: float) -> tuple[Lease, float]:
-        """Choose an account, waiting FIFO for the earliest reset when none can serve.
+        """Choose an account, waiting for the earliest reset when none can serve.
 
+        Waiters are served first-in first-out, each by the accounts it may use: one waiting
+        for an account it has not tried yet never holds back one that a free account can serve.
         `deadline` is on trio's clock. Returns the lease and the seconds spent queued.
         Raises NoAccounts when nothing could ever serve, PoolExhausted at the deadline.
         """
         excluded = frozenset(exclude)
-        if not self._queue:
-            lease = self.choose(est, excluded)
-            if lease is not None:
-                return lease, 0.0
+        self._dispatch()  # earlier arrivals first
+        lease = self.choose(est, excluded)
+        if lease is not None:
+            return lease, 0.0
         if not self.servable(excluded):
             raise NoAccounts()
-        waiter = _Waiter()
+        waiter = _Waiter(est, excluded)
         self._queue.append(waiter)
         started = trio.current_time()
         try:
-            while True:
-                if self._queue[0] is waiter:
-                    lease = self.choose(est, excluded)
-                    if lease is not None:
-                        return lease, trio.current_time() - started
-                    if not self.servable(excluded):
-                        raise NoAccounts()
-                if trio.current_time() >= deadline:
-                    break
-                # The head sleeps until the earliest reset; the others until the head moves.
+            while waiter.lease is None and trio.current_time() < deadline:
+                if not self.servable(excluded):
+                    raise NoAccounts()
+                # Sleep until something changes (dispatch sets the event) or the earliest reset.
                 wake_at = deadline
-                if self._queue[0] is waiter:
-                    free = self.earliest_free(excluded)
-                    if free is not None:
-                        wake_at = min(deadline, trio.current_time() + max(0.0, free - self.clock()) + 0.01)
-                waiter.event = trio.Event()
+                free = self.earliest_free(excluded)
+                if free is not None:
+                    wake_at = min(deadline, trio.current_time() + max(0.0, free - self.clock()) + 0.01)
                 with trio.move_on_at(wake_at):
                     await waiter.event.wait()
+                if waiter.lease is None:
+                    self._dispatch()  # a reset may have passed with no other event
+        except BaseException:
+            if waiter.lease is not None:  # granted, but the request is gone (hang-up, cancel)
+                self.release(waiter.lease)
+                waiter.lease = None
+            raise
         finally:
-            was_head = bool(self._queue) and self._queue[0] is waiter
-            try:
+            if waiter in self._queue:
                 self._queue.remove(waiter)
-            except ValueError:
-                pass
-            if was_head:
-                self._wake_head()
+        if waiter.lease is not None:
+            return waiter.lease, trio.current_time() - started
         free = self.earliest_free(excluded)
         now = self.clock()
         retry_after = max(1.0, free - now) if free is not None else None
         raise PoolExhausted(retry_after, self.describe_resets(now))
 
-    def _wake_head(self) -> None:
-        if self._queue:
-            self._queue[0].event.set()
+    def _dispatch(self) -> None:
+        """Hand accounts that can serve to waiting requests, in arrival order."""
+        if not self._queue or self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            for waiter in list(self._queue):
+                lease = self.choose(waiter.est, waiter.excluded)
+                if lease is None:
+                    if not self._ready:
+                        break  # no account can serve anyone right now
+                    continue
+                waiter.lease = lease
+                self._queue.remove(waiter)
+                waiter.event.set()
+        finally:
+            self._dispatching = False
 
     def notify(self) -> None:
         """Something changed outside observe/release (login, enable, refresh): let the queue retry."""
-        self._wake_head()
+        self._dispatch()
 
     @property
     def queue_depth(self) -> int:
@@ -413,7 +430,13 @@ class Pool:
         return "; ".join(parts)
 
     # -- outcomes ----------------------------------------------------------------------
-    def observe_headers(self, acc: AccountState, snap: Snapshot) -> None:
+    def _is_stale(self, acc: AccountState, sent_at: float | None) -> bool:
+        return sent_at is not None and acc.block_since is not None and sent_at < acc.block_since
+
+    def observe_headers(self, acc: AccountState, snap: Snapshot, sent_at: float | None = None) -> None:
+        """Fresh rate-limit windows. `sent_at`: when the request they answer was sent (None: now)."""
+        if self._is_stale(acc, sent_at):
+            return  # older than what blocked the account: it would overwrite newer news
         for name, w in snap.windows.items():
             acc.windows[name] = w
         # Fresh headers showing room again are evidence of recovery.
@@ -421,19 +444,22 @@ class Pool:
                 and all((w.remaining or 0) > 0 for w in snap.windows.values()):
             acc.block_kind = acc.block_reason = acc.block_until = None
         self._touch(acc)
-        self._wake_head()
+        self._dispatch()
 
-    def observe_success(self, acc: AccountState, latency_ms: float | None) -> None:
+    def observe_success(self, acc: AccountState, latency_ms: float | None, sent_at: float | None = None) -> None:
         acc.requests += 1
-        acc.failures = 0
-        acc.needs_login = None
         if latency_ms is not None:
             acc.latency_ms = latency_ms if acc.latency_ms is None else acc.latency_ms * 0.8 + latency_ms * 0.2
+        if self._is_stale(acc, sent_at):
+            self._dispatch()
+            return
+        acc.failures = 0
+        acc.needs_login = None
         if acc.block_kind is not None:
             acc.block_kind = acc.block_reason = acc.block_until = None
             self._changed(acc)
         else:
-            self._wake_head()
+            self._dispatch()
 
     def observe_rate_limited(self, acc: AccountState, snap: Snapshot, *, spend_limit: bool, message: str) -> None:
         now = self.clock()
@@ -453,6 +479,7 @@ class Pool:
         if acc.block_kind == "exhausted" and acc.block_until and acc.block_until > until:
             until = acc.block_until
         acc.block_kind, acc.block_reason, acc.block_until = "exhausted", reason, until
+        acc.block_since = now
         self._changed(acc)
 
     def observe_transient(self, acc: AccountState, reason: str) -> None:
@@ -463,11 +490,13 @@ class Pool:
         seconds = min(COOLDOWN_MAX, COOLDOWN_BASE * 2 ** (acc.failures - 1))
         if acc.block_kind != "exhausted":
             acc.block_kind, acc.block_reason, acc.block_until = "cooling", reason, now + seconds
+            acc.block_since = now
         self._changed(acc)
 
     def observe_auth_failure(self, acc: AccountState, status: int, message: str) -> None:
         acc.errors += 1
         acc.needs_login = f"upstream answered {status}: {message}"[:200]
+        acc.block_since = self.clock()
         self._changed(acc)
 
     def _changed(self, acc: AccountState | None = None) -> None:
@@ -475,7 +504,7 @@ class Pool:
             self._touch(acc)
         if self.on_change is not None:
             self.on_change()
-        self._wake_head()
+        self._dispatch()
 
     # -- views -------------------------------------------------------------------------
     def view(self, acc: AccountState, now: float | None = None) -> AccountView:
@@ -617,7 +646,10 @@ class Pool:
 
 @dataclass(eq=False, slots=True)
 class _Waiter:
+    est: Estimate
+    excluded: frozenset[str]
     event: trio.Event = field(default_factory=trio.Event)
+    lease: Lease | None = None
 
 
 def _rfc3339(epoch: float) -> str:

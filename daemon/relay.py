@@ -292,14 +292,14 @@ class Relay:
             raise _Retry(None, _transport_error(exc, acc.alias)) from None
         try:
             snap = ratelimits.parse(response.headers)
-            self.pool.observe_headers(acc, snap)
+            self.pool.observe_headers(acc, snap, lease.started)
             status = response.status
             if status >= 400:
                 body = await self._read_error_body(response)
                 out.upstream_ms += (time.perf_counter() - t0) * 1000.0
                 answer = Answer(status, self._client_headers(response, acc.alias, inc, None), body, acc.alias)
                 self._classify_error(acc, status, snap, body, answer)  # raises _Retry when retryable
-                self.pool.observe_success(acc, None)  # a 4xx is the request's fault, not the account's
+                self.pool.observe_success(acc, None, lease.started)  # a 4xx is the request's fault
                 out.status, out.error_type = status, _error_type_of(body)
                 self._set_overhead(answer.headers, inc, out)
                 await sink.answer(answer)
@@ -314,7 +314,7 @@ class Relay:
                 self.pool.observe_transient(acc, _transport_reason(exc))
                 raise _Retry(None, _transport_error(exc, acc.alias)) from None
             out.upstream_ms += (time.perf_counter() - t0) * 1000.0
-            self.pool.observe_success(acc, out.upstream_ms)
+            self.pool.observe_success(acc, out.upstream_ms, lease.started)
             out.status = status
             if inc.endpoint != "count_tokens":
                 _tap_json_usage(body, out.usage)
@@ -447,7 +447,7 @@ class Relay:
                                 out.error_type = _error_type_of(data)
                     await sink.stream_data(block)
                     out.bytes_to_client += len(block)
-                self.pool.observe_success(acc, out.upstream_ms)
+                self.pool.observe_success(acc, out.upstream_ms, lease.started)
                 await sink.stream_end()
                 started = False
             except _Retry as exc:

@@ -38,6 +38,7 @@ from dario.daemon.guard import Guard
 from dario.daemon.modelcatalog import ModelCatalog
 from dario.daemon.openai.request import chat_to_messages
 from dario.daemon.openai.thinking import ThinkingCache
+from dario.daemon.openapi import openapi_json
 from dario.daemon.pool import Estimate
 from dario.daemon.relay import Incoming, Outcome, Relay
 from dario.daemon.state import DaemonState
@@ -47,6 +48,7 @@ log = logging.getLogger("dario.server")
 
 Handler = Callable[[Scope, Receive, Send, "RequestInfo"], Awaitable[None]]
 DEFAULT_MAX_TOKENS = 4096
+MAX_HEAD_BYTES = 64 * 1024
 
 
 class RequestInfo:
@@ -77,6 +79,7 @@ class PublicApp:
             ("GET", "/accounts"): self.accounts,
             ("GET", "/analytics"): self.analytics,
             ("GET", "/metrics"): self.metrics,
+            ("GET", "/openapi.json"): self.openapi,
             ("GET", "/"): self.dashboard,
         }
         self._dashboard_cache: dict[str, bytes] = {}
@@ -92,6 +95,17 @@ class PublicApp:
         openai_side = path.startswith("/v1/chat")
         request_id = f"{self._id_prefix}{next(self._ids)}"
 
+        # hypercorn bounds a head only while it is incomplete (up to ~128 KB arrives in one read);
+        # the limit users are told about is checked here, exactly.
+        head_size = len(scope["raw_path"]) + len(scope["query_string"])
+        for name, value in scope["headers"]:
+            head_size += len(name) + len(value) + 4
+        if head_size > MAX_HEAD_BYTES:
+            await _error(send, openai_side, DarioError(
+                431, "invalid_request_error",
+                f"request headers are larger than {MAX_HEAD_BYTES // 1024} KB",
+            ), request_id)
+            return
         problem = self.guard.host_problem(scope) or self.guard.origin_problem(scope)
         if problem:
             await _error(send, openai_side, DarioError(403, "permission_error", problem), request_id)
@@ -279,6 +293,9 @@ class PublicApp:
     async def metrics(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
         body, content_type = self.state.render_metrics()
         await send_response(send, 200, body, content_type=content_type.encode())
+
+    async def openapi(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+        await send_response(send, 200, openapi_json(__version__))
 
     async def dashboard(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
         await self._static_file(send, "index.html")

@@ -481,13 +481,17 @@ async def test_early_response_during_upload_is_returned() -> None:
 # ----------------------------------------------------------------------------- retry rules
 
 
-@pytest.mark.parametrize("liveness_check", [True, False], ids=["detected-idle-close", "retry-after-send"])
+@pytest.mark.parametrize(
+    ("liveness_check", "method"),
+    [(True, "POST"), (False, "GET")],
+    ids=["detected-idle-close", "retry-after-send"],
+)
 def test_server_closed_idle_connection_next_request_succeeds(
-    monkeypatch: pytest.MonkeyPatch, liveness_check: bool
+    monkeypatch: pytest.MonkeyPatch, liveness_check: bool, method: str
 ) -> None:
     if not liveness_check:
         # Simulate the race where the FIN lands after checkout: the request is sent on the
-        # dead socket and the one-shot retry must carry it.
+        # dead socket and the one-shot retry must carry it (idempotent methods only).
         monkeypatch.setattr(httpclient._Connection, "looks_dead", lambda self: False)
 
     async def handler(server: Server, stream: trio.abc.Stream) -> None:
@@ -504,14 +508,44 @@ def test_server_closed_idle_connection_next_request_succeeds(
         async with trio.open_nursery() as n:
             srv = await Server(handler).start(n)
             async with HttpClient(trust_env=False) as client:
-                resp = await client.request("POST", srv.url(), [], b"one")
+                resp = await client.request(method, srv.url(), [], b"one")
                 assert await resp.read() == b"hello 1"
                 assert len(next(iter(client._pools.values())).idle) == 1  # pooled
                 await srv.gate.wait()
-                resp = await client.request("POST", srv.url(), [], b"two")
+                resp = await client.request(method, srv.url(), [], b"two")
                 assert await resp.read() == b"hello 2"
             assert [body for _, body in srv.requests] == [b"one", b"two"]  # each seen once
             assert srv.accepts == 2
+            n.cancel_scope.cancel()
+
+    run()
+
+
+def test_a_post_that_went_out_on_a_dying_connection_is_not_sent_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server may have acted on a POST it received whole: the caller decides, not the client."""
+    monkeypatch.setattr(httpclient._Connection, "looks_dead", lambda self: False)
+
+    async def handler(server: Server, stream: trio.abc.Stream) -> None:
+        h = h11.Connection(h11.SERVER)
+        got = await read_request(h, stream)
+        assert got is not None
+        server.requests.append(got)
+        await send_response(h, stream, body=b"hello")
+        await stream.aclose()
+        server.gate.set()
+
+    @trio_test
+    async def run() -> None:
+        async with trio.open_nursery() as n:
+            srv = await Server(handler).start(n)
+            async with HttpClient(trust_env=False) as client:
+                resp = await client.request("POST", srv.url(), [], b"one")
+                assert await resp.read() == b"hello"
+                await srv.gate.wait()
+                with pytest.raises(RemoteProtocolError):
+                    await client.request("POST", srv.url(), [], b"two")
+            assert [body for _, body in srv.requests] == [b"one"]
+            assert srv.accepts == 1  # no second connection: nothing was sent again
             n.cancel_scope.cancel()
 
     run()

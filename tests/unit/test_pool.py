@@ -153,11 +153,11 @@ def test_queue_waits_for_earliest_reset_in_fifo_order() -> None:
     async def main() -> None:
         pool, clock = make_pool("a")
         pool.observe_rate_limited(pool.accounts["a"], Snapshot({}, 10.0), spend_limit=False, message="x")
-        order: list[int] = []
+        granted: dict[int, int] = {}
 
         async def client(n: int) -> None:
             lease, waited = await pool.acquire(Estimate(), [], trio.current_time() + 60)
-            order.append(n)
+            granted[n] = lease.seq
             assert waited > 0
             pool.release(lease)
 
@@ -167,7 +167,7 @@ def test_queue_waits_for_earliest_reset_in_fifo_order() -> None:
                 await trio.testing.wait_all_tasks_blocked()
             assert pool.queue_depth == 3
             clock.now += 11  # the reset passes; the head wakes on its own timer
-        assert order == [0, 1, 2]
+        assert sorted(granted, key=granted.__getitem__) == [0, 1, 2]  # granted in arrival order
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
@@ -230,3 +230,29 @@ def test_round_robin_over_many_equal_accounts_and_best_of_a_hundred() -> None:
     lease = pool.choose(Estimate())
     assert lease and lease.account.alias == "n99"
     assert len(pool._ready) <= 4 * 100 + 64  # the index does not grow without bound
+
+
+def test_a_waiter_for_another_account_does_not_hold_back_one_a_free_account_can_serve() -> None:
+    async def main() -> None:
+        pool, _ = make_pool("a", "b")
+        pool.observe_rate_limited(pool.accounts["a"], Snapshot({}, 60.0), spend_limit=False, message="x")
+        served: list[str] = []
+
+        async def head() -> None:  # has tried b already, so only a (exhausted) can serve it
+            await pool.acquire(Estimate(), ["b"], trio.current_time() + 30)
+
+        async def newcomer() -> None:
+            lease, waited = await pool.acquire(Estimate(), [], trio.current_time() + 30)
+            served.append(lease.account.alias)
+            assert waited == 0
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(head)
+            await trio.testing.wait_all_tasks_blocked()
+            assert pool.queue_depth == 1
+            await newcomer()
+            nursery.cancel_scope.cancel()
+        assert served == ["b"]
+        assert pool.accounts["a"].in_flight == 0  # the cancelled waiter left nothing reserved
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
