@@ -9,7 +9,12 @@ from __future__ import annotations
 import orjson
 
 from dario.daemon.asgi import Message, Send, send_response
-from dario.daemon.errors import DarioError, anthropic_error_body, openai_error_status_and_body
+from dario.daemon.errors import (
+    DarioError,
+    anthropic_error_body,
+    anthropic_type_for_status,
+    openai_error_status_and_body,
+)
 from dario.daemon.openai.errors import openai_error_from_anthropic
 from dario.daemon.openai.request import ChatContext
 from dario.daemon.openai.response import message_to_chat
@@ -54,11 +59,20 @@ class AnthropicSink:
         await send_response(self.send, err.status, body, err.headers + [(b"request-id", self.request_id.encode())])
 
     async def answer(self, ans: Answer) -> None:
-        ctype = b"application/json"
+        ctype: bytes | None = None
         for name, value in ans.headers:
             if name == b"content-type":
                 ctype = value
-        await send_response(self.send, ans.status, ans.body, ans.headers, ctype)
+        body = ans.body
+        if ans.status >= 400 and (ctype is None or not ctype.startswith(b"application/json")):
+            # An upstream error that is not JSON (a proxy's HTML page, an empty body) still
+            # reaches the client in the Anthropic error shape it can parse.
+            text = body[:500].decode("utf-8", "replace").strip() or "no body"
+            body = anthropic_error_body(
+                anthropic_type_for_status(ans.status), f"upstream answered {ans.status}: {text}", self.request_id
+            )
+            ctype = b"application/json"
+        await send_response(self.send, ans.status, body, ans.headers, ctype or b"application/json")
 
     async def stream_start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.started = True

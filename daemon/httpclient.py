@@ -374,6 +374,14 @@ class Response:
         hands over (`bytearray`, bytes-like) to avoid a copy per chunk."""
         return _BodyIterator(self)
 
+    async def next_chunk(self, hold_until: float | None = None) -> bytes | None:
+        """The next body chunk as it arrives; None at the end of the body.
+
+        With `hold_until` (on trio's clock), b"" if nothing arrived by then: the connection stays
+        intact and the caller may read on (used to hold a stream back for a short while).
+        """
+        return await _BodyIterator(self).next(hold_until)
+
     async def read(self) -> bytes:
         """The rest of the body."""
         return b"".join([chunk async for chunk in _BodyIterator(self)])
@@ -449,11 +457,18 @@ class _BodyIterator:
         return self
 
     async def __anext__(self) -> bytes:
+        chunk = await self.next(None)
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
+
+    async def next(self, hold_until: float | None) -> bytes | None:
+        """The next chunk; None at the end of the body; b"" if `hold_until` (trio time) passed first."""
         resp = self._resp
         conn = resp._conn
         if conn is None:
             if resp._state == _DONE:
-                raise StopAsyncIteration
+                return None
             # Never let a truncated body look complete.
             raise RemoteProtocolError(f"response from {resp._pool.label} was closed before its body ended")
         h = conn.h11
@@ -465,14 +480,13 @@ class _BodyIterator:
                         return event.data
                 elif isinstance(event, h11.EndOfMessage):
                     resp._finish()
-                    raise StopAsyncIteration
+                    return None
                 elif event is h11.NEED_DATA:
-                    await self._receive(conn)
+                    if not await self._receive(conn, hold_until):
+                        return b""
                 else:
                     what = getattr(event, "__name__", type(event).__name__)
                     raise RemoteProtocolError(f"unexpected {what} in response from {resp._pool.label}")
-        except StopAsyncIteration:
-            raise
         except h11.RemoteProtocolError:
             resp._abort()
             closed = h.trailing_data[1]
@@ -484,9 +498,12 @@ class _BodyIterator:
             resp._abort()
             raise
 
-    async def _receive(self, conn: _Connection) -> None:
+    async def _receive(self, conn: _Connection, hold_until: float | None = None) -> bool:
+        """Feed h11 one read; False if `hold_until` came first (nothing was consumed)."""
         resp = self._resp
-        with trio.move_on_after(resp._read_timeout) as scope:
+        deadline = trio.current_time() + resp._read_timeout
+        held = hold_until is not None and hold_until < deadline
+        with trio.move_on_at(hold_until if held else deadline) as scope:  # type: ignore[arg-type]
             try:
                 data = await conn.stream.receive_some(_RECV_SIZE)
             except _IO_ERRORS as exc:
@@ -494,8 +511,13 @@ class _BodyIterator:
                     f"connection to {resp._pool.label} broke mid-response: {_why(exc)}"
                 ) from exc
         if scope.cancelled_caught:
+            if held:
+                # A cancelled receive_some consumes nothing (outside a TLS handshake), so the
+                # connection stays usable: the caller just gets control back.
+                return False
             raise ReadTimeout(f"no data from {resp._pool.label} for {resp._read_timeout:g} s")
         conn.h11.receive_data(cast(bytes, data))  # b"" is EOF: ends a read-until-close body, else h11 errors
+        return True
 
 
 # ----------------------------------------------------------------------------- client

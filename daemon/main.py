@@ -105,6 +105,7 @@ def _hypercorn_config(bind: str, settings: Settings) -> Config:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.grace_period
     config.keep_alive_timeout = 75
+    config.keep_alive_max_requests = 10_000_000  # hypercorn would close a busy connection every 1,000
     config.backlog = 4096
     config.umask = 0o177  # socket file 0600
     config.include_server_header = False

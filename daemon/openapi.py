@@ -9,7 +9,9 @@ paths and dario's own views, the OpenAI shape on `/v1/chat/completions`, either 
 
 A dario-generated error carries `request-id` (Anthropic) or `x-request-id` (OpenAI); an answer that
 came from an upstream account carries `x-dario-account`. The key is optional: only a dario started
-with `DARIO_API_KEY` (or with client keys) asks for one, as `x-api-key` or `Authorization: Bearer`.
+with `DARIO_API_KEY` asks for one (it or a client key), as `x-api-key` or `Authorization: Bearer`.
+An empty query value counts as an absent one (`allowEmptyValue`). The `text/event-stream` schemas
+describe one event ({event, data}), as OpenAPI 3.2's `itemSchema` does and schemathesis reads them.
 
 The document is built once per version and kept; `openapi_json` is its serialised form.
 """
@@ -29,6 +31,8 @@ _SSE = "text/event-stream"
 # -- shared schemas ----------------------------------------------------------------------------
 
 _NONEMPTY = {"type": "string", "minLength": 1}
+# A model id travels back in the x-dario-model header, so dario refuses control characters in it.
+_MODEL_ID = {**_NONEMPTY, "pattern": "^[^\\u0000-\\u001f\\u007f]+$"}
 # A stop sequence must contain something other than whitespace (the API rejects blank ones).
 _STOP_SEQUENCE = {"type": "string", "pattern": r"\S"}
 _CACHE_CONTROL = {
@@ -139,7 +143,7 @@ def _anthropic_schemas() -> dict[str, Schema]:
     ]}
     system = {"anyOf": [{"type": "string"}, {"type": "array", "items": _ref("AnthropicTextBlock")}]}
     common = {
-        "model": {**_NONEMPTY, "description": "a Claude model id or a dario alias (sonnet, opus, haiku, …)",
+        "model": {**_MODEL_ID, "description": "a Claude model id or a dario alias (sonnet, opus, haiku, …)",
                   "examples": ["claude-sonnet-4-5", "sonnet"]},
         "messages": {"type": "array", "minItems": 1, "items": _ref("AnthropicMessage")},
         "system": system,
@@ -271,7 +275,7 @@ def _openai_schemas() -> dict[str, Schema]:
         "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
         "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
         "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-        "n": {"type": ["integer", "null"], "const": 1, "description": "Claude returns one choice"},
+        "n": {"anyOf": [{"const": 1}, {"type": "null"}], "description": "Claude returns one choice"},
         "stream": {"type": ["boolean", "null"]},
         "stream_options": {"anyOf": [
             _object([], {"include_usage": {"type": "boolean"}}, closed=False), {"type": "null"}]},
@@ -410,6 +414,7 @@ _ANTHROPIC_TYPES: dict[str, list[str]] = {
     "404": ["not_found_error"],
     "413": ["request_too_large"],
     "429": ["rate_limit_error"],
+    "431": ["invalid_request_error"],
 }
 _OPENAI_TYPES: dict[str, list[str]] = {
     "400": ["invalid_request_error"],
@@ -418,6 +423,7 @@ _OPENAI_TYPES: dict[str, list[str]] = {
     "404": ["invalid_request_error"],
     "413": ["invalid_request_error"],
     "429": ["rate_limit_error", "insufficient_quota"],
+    "431": ["invalid_request_error"],
 }
 _WHY: dict[str, str] = {
     "400": "invalid request (dario's own check, or the upstream's, passed through)",
@@ -427,6 +433,7 @@ _WHY: dict[str, str] = {
     "403": "Host or Origin not allowed (DNS rebinding and cross-site protection); or the upstream refused",
     "404": "not found",
     "413": "request body over 32 MB",
+    "431": "request head (request line and headers) over 64 KB",
     "429": "every account is rate limited (dario waited its queue timeout), or the upstream's 429",
     "503": "no account can serve (none logged in, all disabled or cooling down); or the upstream is overloaded",
     "5XX": "an upstream failure passed through (carries x-dario-account), or the upstream could not be reached "
@@ -435,14 +442,9 @@ _WHY: dict[str, str] = {
 
 
 def _error_content(dialect: str, status: str) -> Schema:
-    if dialect == "anthropic":
-        types = _ANTHROPIC_TYPES.get(status)
-        base = _ref("AnthropicError")
-        if types is None:
-            return base
-        return {"allOf": [base, {"properties": {"error": {"properties": {"type": {"enum": types}}}}}]}
-    types = _OPENAI_TYPES.get(status)
-    base = _ref("OpenAIError")
+    anthropic = dialect == "anthropic"
+    base = _ref("AnthropicError" if anthropic else "OpenAIError")
+    types = (_ANTHROPIC_TYPES if anthropic else _OPENAI_TYPES).get(status)
     if types is None:
         return base
     return {"allOf": [base, {"properties": {"error": {"properties": {"type": {"enum": types}}}}}]}
@@ -474,6 +476,8 @@ def _error_response(dialect: str, status: str) -> Schema:
 
 
 def _errors(dialect: str, *statuses: str) -> dict[str, Schema]:
+    if dialect != "either":
+        statuses += ("431",)  # any request may have a head over the limit
     return {s: _error_response(dialect, s) for s in statuses}
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -360,113 +361,82 @@ class Relay:
 
         assert isinstance(acc, AccountState)
         splitter = EventSplitter()
-        send_chan, recv_chan = trio.open_memory_channel[bytes | UpstreamError | None](16)
-
-        async def pump() -> None:
-            async with send_chan:
-                try:
-                    async for chunk in response.aiter_bytes():
-                        await send_chan.send(chunk)
-                except UpstreamError as exc:
-                    await send_chan.send(exc)
-                    return
-                await send_chan.send(None)
-
         held: list[bytes] = []
         committed = False
-        started = False  # the client has the response head
         ended = False
-        retry: _Retry | None = None
-        # trio wraps exceptions raised in a nursery body in an ExceptionGroup, so a retry is
-        # carried out of the nursery by hand.
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump)
-            hold_until = trio.current_time() + self.hold_message_start
+        # Phase 1: hold everything back until content shows up (or the timer passes), so an
+        # in-band error before any content can still go to another account.
+        hold_until = trio.current_time() + self.hold_message_start
+        while not committed:
             try:
-                # Phase 1: hold everything back until content shows up or the timer fires.
-                while not committed:
-                    item: bytes | UpstreamError | None = None
-                    timed_out = True
-                    with trio.move_on_at(hold_until):
-                        item = await recv_chan.receive()
-                        timed_out = False
-                    if timed_out:
-                        break  # commit with what we have
-                    if isinstance(item, UpstreamError):
-                        self.pool.observe_transient(acc, _transport_reason(item))
-                        raise _Retry(None, _transport_error(item, acc.alias))
-                    if item is None:
-                        ended = True
-                        if not any(b"message_stop" in b for b in held):
-                            # Ended before a whole message: nothing reached the client, so retry.
-                            self.pool.observe_transient(acc, "upstream stream ended early")
-                            raise _Retry(None, DarioError(502, "api_error", "upstream stream ended early"))
-                        break
-                    block = splitter.feed(item)
-                    if not block:
-                        continue
+                item = await response.next_chunk(hold_until)
+            except UpstreamError as exc:
+                self.pool.observe_transient(acc, _transport_reason(exc))
+                raise _Retry(None, _transport_error(exc, acc.alias)) from None
+            if item == b"":
+                break  # the timer: commit with what we have
+            if item is None:
+                ended = True
+                if not any(b"message_stop" in b for b in held):
+                    # Ended before a whole message: nothing reached the client, so retry.
+                    self.pool.observe_transient(acc, "upstream stream ended early")
+                    raise _Retry(None, DarioError(502, "api_error", "upstream stream ended early"))
+                break
+            block = splitter.feed(item)
+            if not block:
+                continue
+            for name, data in iter_events(block):
+                if name == b"error":
+                    self._stream_error_before_content(acc, data, response, inc)
+                elif name in CONTENT_EVENTS:
+                    committed = True
+                _tap_event_usage(name, data, out.usage)
+            held.append(block)
+        # Commit: from here on, the client owns this stream.
+        out.upstream_ms += (time.perf_counter() - t0) * 1000.0
+        out.status = response.status
+        await sink.stream_start(response.status, self._client_headers(response, acc.alias, inc, out))
+        try:
+            prefix = b"".join(held)
+            if prefix:
+                await sink.stream_data(prefix)
+                out.bytes_to_client += len(prefix)
+            out.ttft_ms = (time.perf_counter() - inc.t_start) * 1000.0
+            # Phase 2: relay each complete event as it arrives.
+            while not ended:
+                try:
+                    item = await response.next_chunk()
+                except UpstreamError as exc:
+                    self.pool.observe_transient(acc, _transport_reason(exc))
+                    out.error_type = "api_error"
+                    await sink.stream_abort(
+                        "api_error",
+                        f"the upstream connection of account {acc.alias} failed mid-stream "
+                        f"({type(exc).__name__}); the response is incomplete",
+                    )
+                    return
+                if item is None:
+                    break
+                block = splitter.feed(item)
+                if not block:
+                    continue
+                if block.find(b"event: message_") >= 0 or block.find(b"event: error") >= 0:
                     for name, data in iter_events(block):
-                        if name == b"error":
-                            self._stream_error_before_content(acc, data, response, inc)
-                        elif name in CONTENT_EVENTS:
-                            committed = True
                         _tap_event_usage(name, data, out.usage)
-                    held.append(block)
-                # Commit: from here on, the client owns this stream.
-                out.upstream_ms += (time.perf_counter() - t0) * 1000.0
-                out.status = response.status
-                headers = self._client_headers(response, acc.alias, inc, out)
-                await sink.stream_start(response.status, headers)
-                started = True
-                prefix = b"".join(held)
-                if prefix:
-                    await sink.stream_data(prefix)
-                    out.bytes_to_client += len(prefix)
-                out.ttft_ms = (time.perf_counter() - inc.t_start) * 1000.0
-                # Phase 2: relay each complete event as it arrives.
-                while not ended:
-                    item = await recv_chan.receive()
-                    if item is None:
-                        break
-                    if isinstance(item, UpstreamError):
-                        self.pool.observe_transient(acc, _transport_reason(item))
-                        out.error_type = "api_error"
-                        await sink.stream_abort(
-                            "api_error",
-                            f"the upstream connection of account {acc.alias} failed mid-stream "
-                            f"({type(item).__name__}); the response is incomplete",
-                        )
-                        return
-                    block = splitter.feed(item)
-                    if not block:
-                        continue
-                    if block.find(b"event: message_") >= 0 or block.find(b"event: error") >= 0:
-                        for name, data in iter_events(block):
-                            _tap_event_usage(name, data, out.usage)
-                            if name == b"error":
-                                out.error_type = _error_type_of(data)
-                    await sink.stream_data(block)
-                    out.bytes_to_client += len(block)
-                self.pool.observe_success(acc, out.upstream_ms, lease.started)
-                await sink.stream_end()
-                started = False
-            except _Retry as exc:
-                retry = exc
-            except trio.Cancelled:
-                if started:
-                    # Shutdown's grace period ran out (or the client left): end the stream
-                    # well-formed rather than cut mid-event. Shielded, briefly.
-                    with trio.CancelScope(shield=True) as shield:
-                        shield.deadline = trio.current_time() + 0.5
-                        out.error_type = "api_error"
-                        await sink.stream_abort(
-                            "api_error", "dariod stopped this response before it ended; it is incomplete"
-                        )
-                raise
-            finally:
-                nursery.cancel_scope.cancel()
-        if retry is not None:
-            raise retry
+                        if name == b"error":
+                            out.error_type = _error_type_of(data)
+                await sink.stream_data(block)
+                out.bytes_to_client += len(block)
+        except trio.Cancelled:
+            # Shutdown's grace period ran out (or the client left): end the stream well-formed
+            # rather than cut mid-event. Shielded, briefly.
+            with trio.CancelScope(shield=True) as shield:
+                shield.deadline = trio.current_time() + 0.5
+                out.error_type = "api_error"
+                await sink.stream_abort("api_error", "dariod stopped this response before it ended; it is incomplete")
+            raise
+        self.pool.observe_success(acc, out.upstream_ms, lease.started)
+        await sink.stream_end()
 
     def _stream_error_before_content(self, acc: object, data: bytes, response: Response, inc: Incoming) -> None:
         """An in-band error before any content: fail over if another account might do better."""
@@ -509,7 +479,7 @@ class Relay:
         if pooled:
             headers.extend(self.pool.pool_headers())
         headers.append((b"x-dario-account", alias.encode()))
-        if inc.model:
+        if inc.model and model_id_ok(inc.model):  # a header value may not carry control characters
             headers.append((b"x-dario-model", inc.model.encode()))
         if out is not None:
             self._set_overhead(headers, inc, out)
@@ -522,6 +492,14 @@ class Relay:
 
 
 # -- small helpers ----------------------------------------------------------------------
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def model_id_ok(model: str) -> bool:
+    """A model id dario can echo in a response header: no ASCII control characters."""
+    return _CONTROL.search(model) is None
+
 
 def _tap_event_usage(name: bytes, data: bytes, usage: Usage) -> None:
     if name == b"message_start":

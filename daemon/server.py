@@ -40,7 +40,7 @@ from dario.daemon.openai.request import chat_to_messages
 from dario.daemon.openai.thinking import ThinkingCache
 from dario.daemon.openapi import openapi_json
 from dario.daemon.pool import Estimate
-from dario.daemon.relay import Incoming, Outcome, Relay
+from dario.daemon.relay import Incoming, Outcome, Relay, model_id_ok
 from dario.daemon.state import DaemonState
 from dario.daemon.upstreams import anthropic as upstream
 
@@ -117,10 +117,15 @@ class PublicApp:
             elif method == "GET" and path.startswith("/static/"):
                 handler = self.static
             else:
-                known = any(p == path for _, p in self.routes) or path.startswith("/v1/models/")
-                status, kind = (405, "invalid_request_error") if known else (404, "not_found_error")
-                msg = f"{method} {path} is not allowed" if known else f"dario has no endpoint {method} {path}"
-                await _error(send, openai_side, DarioError(status, kind, msg), request_id)
+                methods = sorted({m for m, p in self.routes if p == path})
+                if not methods and path.startswith(("/v1/models/", "/static/")):
+                    methods = ["GET"]
+                if methods:
+                    err = DarioError(405, "invalid_request_error", f"{method} {path} is not allowed",
+                                     headers=[(b"allow", ", ".join(methods).encode())])
+                else:
+                    err = DarioError(404, "not_found_error", f"dario has no endpoint {method} {path}")
+                await _error(send, openai_side, err, request_id)
                 return
         client = ""
         if path != "/health" and not path.startswith("/static/") and path != "/":
@@ -168,6 +173,8 @@ class PublicApp:
             model = parsed.get("model")
             if not isinstance(model, str) or not model:
                 raise DarioError(400, "invalid_request_error", "model: field required (a Claude model id)")
+            if not model_id_ok(model):
+                raise DarioError(400, "invalid_request_error", "model: must not contain control characters")
             resolved = self.settings.force_model or self.models.resolve_anthropic(model)
             if resolved != model:
                 parsed["model"] = resolved
@@ -241,13 +248,16 @@ class PublicApp:
     async def list_models(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
         await self.models.refresh_if_stale()
         query = _query(scope)
+        raw_limit = query.get("limit") or ""
         try:
+            if raw_limit and not (raw_limit.isascii() and raw_limit.isdigit()):
+                raise ValueError
             page = self.models.page(
-                limit=int(query.get("limit", "0") or 0) or None,
+                limit=int(raw_limit) if raw_limit else None,
                 after_id=query.get("after_id"), before_id=query.get("before_id"),
             )
         except ValueError:
-            await _error(send, False, DarioError(400, "invalid_request_error", "limit must be a number"),
+            await _error(send, False, DarioError(400, "invalid_request_error", "limit must be a whole number 1–1000"),
                          info.request_id)
             return
         await send_json(send, 200, page)

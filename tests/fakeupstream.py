@@ -463,7 +463,9 @@ def _validate_messages(messages: Any) -> str | None:
     for k, (role, i, blocks) in enumerate(merged):
         if role == "user":
             for b in blocks:
-                if b.get("type") == "tool_result" and b.get("tool_use_id") not in prev_ids:
+                if b.get("type") == "tool_result" and (
+                    not isinstance(b.get("tool_use_id"), str) or b.get("tool_use_id") not in prev_ids
+                ):
                     return (
                         f"messages.{i}: unexpected `tool_use_id` found in `tool_result` blocks: "
                         f"{b.get('tool_use_id')}. Each `tool_result` block must have a corresponding "
