@@ -24,7 +24,7 @@ import trio
 from dario.daemon.controlapi import AccountStatus, AccountView, PoolView
 from dario.daemon.ratelimits import WINDOWS, Snapshot, Window
 
-COOLDOWN_BASE = 1.0  # first 529/5xx cooldown, doubled on each repeat
+COOLDOWN_BASE = 0.5  # first 529/5xx cooldown, doubled on each repeat (failover already spares the request)
 COOLDOWN_MAX = 60.0
 DEFAULT_429_COOLDOWN = 30.0  # a 429 that names no reset at all
 SPEND_LIMIT_RECHECK = 3600.0  # a spend-limited account is tried again after this long
@@ -482,10 +482,16 @@ class Pool:
         acc.block_since = now
         self._changed(acc)
 
-    def observe_transient(self, acc: AccountState, reason: str) -> None:
-        """529, 5xx, connect and read errors: a short cooldown that grows with repeats."""
+    def observe_transient(self, acc: AccountState, reason: str, sent_at: float | None = None) -> None:
+        """529, 5xx, connect and read errors: a short cooldown that grows with repeats.
+
+        A failure of a request sent before the current cooldown began is part of the same incident
+        (many requests in flight fail together): it neither grows nor extends the cooldown.
+        """
         now = self.clock()
         acc.errors += 1
+        if self._is_stale(acc, sent_at) and acc.block_kind is not None:
+            return
         acc.failures += 1
         seconds = min(COOLDOWN_MAX, COOLDOWN_BASE * 2 ** (acc.failures - 1))
         if acc.block_kind != "exhausted":

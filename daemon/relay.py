@@ -289,7 +289,7 @@ class Relay:
                 read_timeout=self.read_timeout,
             )
         except UpstreamError as exc:
-            self.pool.observe_transient(acc, _transport_reason(exc))
+            self.pool.observe_transient(acc, _transport_reason(exc), lease.started)
             raise _Retry(None, _transport_error(exc, acc.alias)) from None
         try:
             snap = ratelimits.parse(response.headers)
@@ -299,7 +299,7 @@ class Relay:
                 body = await self._read_error_body(response)
                 out.upstream_ms += (time.perf_counter() - t0) * 1000.0
                 answer = Answer(status, self._client_headers(response, acc.alias, inc, None), body, acc.alias)
-                self._classify_error(acc, status, snap, body, answer)  # raises _Retry when retryable
+                self._classify_error(acc, status, snap, body, answer, lease)  # raises _Retry when retryable
                 self.pool.observe_success(acc, None, lease.started)  # a 4xx is the request's fault
                 out.status, out.error_type = status, _error_type_of(body)
                 self._set_overhead(answer.headers, inc, out)
@@ -312,7 +312,7 @@ class Relay:
             try:
                 body = await response.read()
             except UpstreamError as exc:
-                self.pool.observe_transient(acc, _transport_reason(exc))
+                self.pool.observe_transient(acc, _transport_reason(exc), lease.started)
                 raise _Retry(None, _transport_error(exc, acc.alias)) from None
             out.upstream_ms += (time.perf_counter() - t0) * 1000.0
             self.pool.observe_success(acc, out.upstream_ms, lease.started)
@@ -338,7 +338,7 @@ class Relay:
         return b"".join(chunks)
 
     def _classify_error(self, acc: object, status: int, snap: ratelimits.Snapshot, body: bytes,
-                        answer: Answer) -> None:
+                        answer: Answer, lease: Lease) -> None:
         from dario.daemon.pool import AccountState
 
         assert isinstance(acc, AccountState)
@@ -351,7 +351,7 @@ class Relay:
             self.pool.observe_auth_failure(acc, status, message)
             raise _Retry(answer, None)
         if status in RETRYABLE_STATUS:
-            self.pool.observe_transient(acc, f"upstream {status}: {message}"[:200])
+            self.pool.observe_transient(acc, f"upstream {status}: {message}"[:200], lease.started)
             raise _Retry(answer, None)
 
     # -- streaming ---------------------------------------------------------------------
@@ -371,7 +371,7 @@ class Relay:
             try:
                 item = await response.next_chunk(hold_until)
             except UpstreamError as exc:
-                self.pool.observe_transient(acc, _transport_reason(exc))
+                self.pool.observe_transient(acc, _transport_reason(exc), lease.started)
                 raise _Retry(None, _transport_error(exc, acc.alias)) from None
             if item == b"":
                 break  # the timer: commit with what we have
@@ -379,7 +379,7 @@ class Relay:
                 ended = True
                 if not any(b"message_stop" in b for b in held):
                     # Ended before a whole message: nothing reached the client, so retry.
-                    self.pool.observe_transient(acc, "upstream stream ended early")
+                    self.pool.observe_transient(acc, "upstream stream ended early", lease.started)
                     raise _Retry(None, DarioError(502, "api_error", "upstream stream ended early"))
                 break
             block = splitter.feed(item)
@@ -387,7 +387,7 @@ class Relay:
                 continue
             for name, data in iter_events(block):
                 if name == b"error":
-                    self._stream_error_before_content(acc, data, response, inc)
+                    self._stream_error_before_content(acc, data, response, inc, lease)
                 elif name in CONTENT_EVENTS:
                     committed = True
                 _tap_event_usage(name, data, out.usage)
@@ -407,7 +407,7 @@ class Relay:
                 try:
                     item = await response.next_chunk()
                 except UpstreamError as exc:
-                    self.pool.observe_transient(acc, _transport_reason(exc))
+                    self.pool.observe_transient(acc, _transport_reason(exc), lease.started)
                     out.error_type = "api_error"
                     await sink.stream_abort(
                         "api_error",
@@ -438,7 +438,8 @@ class Relay:
         self.pool.observe_success(acc, out.upstream_ms, lease.started)
         await sink.stream_end()
 
-    def _stream_error_before_content(self, acc: object, data: bytes, response: Response, inc: Incoming) -> None:
+    def _stream_error_before_content(self, acc: object, data: bytes, response: Response, inc: Incoming,
+                                     lease: Lease) -> None:
         """An in-band error before any content: fail over if another account might do better."""
         from dario.daemon.pool import AccountState
 
@@ -456,7 +457,7 @@ class Relay:
             headers.append((b"content-type", b"application/json"))
             raise _Retry(Answer(status, headers, body, acc.alias), None, rate_limited=True)
         else:
-            self.pool.observe_transient(acc, f"in-stream {etype}: {message}"[:200])
+            self.pool.observe_transient(acc, f"in-stream {etype}: {message}"[:200], lease.started)
         body = orjson.dumps({"type": "error", "error": {"type": etype, "message": message}})
         headers = self._client_headers(response, acc.alias, inc, None)
         headers = [(k, v) for k, v in headers if k != b"content-type"]

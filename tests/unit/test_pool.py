@@ -256,3 +256,24 @@ def test_a_waiter_for_another_account_does_not_hold_back_one_a_free_account_can_
         assert pool.accounts["a"].in_flight == 0  # the cancelled waiter left nothing reserved
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_failures_of_requests_already_in_flight_are_one_incident() -> None:
+    pool, clock = make_pool("a")
+    acc = pool.accounts["a"]
+    leases = [pool.choose(Estimate()) for _ in range(10)]  # ten requests in flight together
+    clock.now += 0.01
+    for lease in leases:
+        assert lease is not None
+        pool.observe_transient(acc, "529", lease.started)
+        pool.release(lease)
+    assert acc.failures == 1
+    assert acc.block_until is not None and acc.block_until - clock.now <= 1.0  # the first step, not 2**9 s
+    # A success sent before the cooldown does not lift it; one sent after it does.
+    pool.observe_success(acc, 5.0, leases[0].started)  # type: ignore[union-attr]
+    assert acc.status(clock.now) == "cooling"
+    clock.now += 1.1
+    fresh = pool.choose(Estimate())
+    assert fresh is not None
+    pool.observe_success(acc, 5.0, fresh.started)
+    assert acc.failures == 0 and acc.status(clock.now) == "ok"
