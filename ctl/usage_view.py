@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from dario.ctl.views import compact_count
+
 if TYPE_CHECKING:
     from rich.console import Console, JustifyMethod
 
@@ -48,17 +50,7 @@ def count(n: float | None) -> str:
     """`950`, `1.2k`, `190k`, `1.2M`."""
     if n is None or not math.isfinite(n):
         return UNKNOWN
-    value = abs(float(n))
-    sign = "-" if n < 0 else ""
-    units = ("", "k", "M", "G", "T")
-    i = 0
-    while value >= 999.5 and i < len(units) - 1:
-        value /= 1000
-        i += 1
-    if i == 0:
-        return f"{sign}{round(value)}"
-    text = f"{value:.1f}" if value < 9.95 else f"{value:.0f}"
-    return sign + text.removesuffix(".0") + units[i]
+    return compact_count(n)
 
 
 def money(usd: float | None) -> str:
