@@ -46,3 +46,17 @@ def read_json(path: Path, default: object) -> object:
     except FileNotFoundError:
         return default
     return orjson.loads(data)
+
+
+def read_config_json(path: Path, what: str) -> object | None:
+    """A file the user edits by hand: None when absent; ValueError naming the file and the problem."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{path}: {what} is not valid JSON: {exc}") from None

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import orjson
+from dario.daemon.atomicfile import read_config_json
 
 RATE_KEYS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
 # Anthropic's cache pricing, as multiples of the input rate.
@@ -55,16 +55,9 @@ class PriceTable:
 
     @classmethod
     def load(cls, path: Path) -> PriceTable:
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+        doc = read_config_json(path, "price file")
+        if doc is None:
             return cls()
-        except OSError as exc:
-            raise ValueError(f"cannot read price file {path}: {exc.strerror}") from None
-        try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise ValueError(f"price file {path} is not valid JSON: {exc}") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("models"), dict):
             raise ValueError(f'price file {path} must look like {{"models": {{"<model prefix>": {{...}}}}}}')
         prices = {k: dict(v) for k, v in DEFAULT_PRICES.items()}

@@ -6,7 +6,7 @@ import datetime
 import pathlib
 from typing import Any
 
-import orjson
+from dario.daemon.atomicfile import read_config_json
 
 # The newest model of each tier as of this release (the anthropic SDK's own model list, newest
 # first). Users re-point them in models.json; dario serves the upstream's live list when it can.
@@ -98,16 +98,9 @@ class ModelTable:
     @classmethod
     def load(cls, path: pathlib.Path) -> ModelTable:
         """User file {"aliases": {"name": "claude-id", ...}} merged over DEFAULT_ALIASES."""
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
+        data = read_config_json(path, "model alias file")
+        if data is None:
             return cls()
-        except OSError as e:
-            raise ValueError(f"{path}: cannot read model alias file: {e}") from e
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            raise ValueError(f"{path}: model alias file is not valid JSON: {e}") from e
         if not isinstance(data, dict):
             raise ValueError(f'{path}: model alias file must be a JSON object like {{"aliases": {{...}}}}')
         unknown = set(data) - {"aliases"}
