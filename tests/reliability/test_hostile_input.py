@@ -413,17 +413,12 @@ def _status_of(s: socket.socket, timeout: float = 20) -> int | None:
     return int(buf.split(b" ", 2)[1])
 
 
-HEAD_LIMIT_BUG = pytest.mark.xfail(strict=True, reason=(
-    "daemon bug: the 64 KB request-head limit (daemon/main.py _hypercorn_config: "
-    "config.h11_max_incomplete_size = 64 * 1024) is h11's max_incomplete_event_size, which is only checked "
-    "while the head is still incomplete; hypercorn reads 64 KiB at a time, so a head of up to ~128 KiB that "
-    "arrives in one burst is accepted (a dribbled one gets 431)"))
-
-
 @pytest.mark.parametrize("where,size,delivery", [
-    pytest.param("one header", 70_000, "in one write", marks=HEAD_LIMIT_BUG),
-    pytest.param("many headers", 80_000, "in one write", marks=HEAD_LIMIT_BUG),
-    pytest.param("request line", 70_000, "in one write", marks=HEAD_LIMIT_BUG),
+    # Fixed in ba1de20e: these were accepted when the limit was h11's max_incomplete_event_size,
+    # which hypercorn's 64 KiB reads let a one-burst head of up to ~128 KiB slip past.
+    ("one header", 70_000, "in one write"),
+    ("many headers", 80_000, "in one write"),
+    ("request line", 70_000, "in one write"),
     ("one header", 70_000, "in two writes"),
     ("one header", 200_000, "in one write"),
     ("many headers", 1_000_000, "in one write"),
