@@ -93,11 +93,9 @@ class AccountState:
     def zero_window_reset(self, now: float) -> float | None:
         """If a known window is at zero and not yet reset, when it resets."""
         latest = None
-        for name, w in self.windows.items():
+        for w in self.windows.values():
             if w.remaining == 0 and w.reset is not None and now < w.reset:
                 latest = w.reset if latest is None else max(latest, w.reset)
-            elif w.remaining == 0 and w.reset is None and name == "requests":
-                continue
         return latest
 
     def _reserved(self, name: str) -> int:
