@@ -26,13 +26,8 @@ import asyncio
 import collections
 import itertools
 import os
-import queue
 import random
 import re
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,27 +74,7 @@ class BigLogFake(FakeUpstream):
     """`FakeUpstream` with a larger request log (the default keeps the last 10,000 entries)."""
 
     def __init__(self, log_max: int = 200_000) -> None:
-        super().__init__()
-        self.log_max = log_max
-
-    def start(self, timeout: float = 20.0) -> BigLogFake:
-        cmd = [sys.executable, "-m", "tests.fakeupstream", "--host", "127.0.0.1", "--port", "0",
-               "--log-max", str(self.log_max)]
-        self._stderr = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=self._stderr)
-        lines: queue.Queue[bytes] = queue.Queue()
-        stdout = self._proc.stdout
-        assert stdout is not None
-        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
-        try:
-            line = lines.get(timeout=timeout).decode().strip()
-        except queue.Empty:
-            self._fail(f"no READY line within {timeout:g}s")
-        if not line.startswith("READY http://"):
-            self._fail(f"unexpected first line {line!r}")
-        self.url = line.split(" ", 1)[1]
-        return self
+        super().__init__(log_max=log_max)
 
     @property
     def pid(self) -> int:
