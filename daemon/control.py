@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 import orjson
+import trio
 
 from dario.daemon.asgi import (
     BodyTooLarge,
@@ -121,13 +122,14 @@ class ControlApp:
             case "POST", ["keys"]:
                 name = _str(body, "name")
                 try:
-                    key = s.client_keys.create(name)
+                    # The store writes its file (fsync) — keep that off the event loop.
+                    key = await trio.to_thread.run_sync(s.client_keys.create, name)
                 except ValueError as exc:
                     raise ControlFailure(400, "invalid_request", str(exc)) from None
                 return 201, {"name": name, "key": key}
             case "DELETE", ["keys", name]:
                 try:
-                    s.client_keys.revoke(name)
+                    await trio.to_thread.run_sync(s.client_keys.revoke, name)
                 except KeyError:
                     raise ControlFailure(404, "not_found", f"no client key named {name!r}") from None
                 return 200, {"revoked": name}
