@@ -18,6 +18,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.support import stop_process
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".bench-venv" / "litellm"
 MARKER = VENV / ".bench-installed"
@@ -173,11 +175,6 @@ class LiteLLM:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_process(proc, 15)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from tests.bench import bench_litellm
-from tests.support import Dariod
+from tests.support import Dariod, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "claude-sonnet-4-5-20250929"
@@ -184,13 +184,7 @@ class Fake:
         self.admin("POST", "/_fake/script", {"key": key, "actions": [action] * count})
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 class LoadGen:

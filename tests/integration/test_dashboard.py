@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support import ROOT, Dariod
+from tests.support import ROOT, Dariod, stop_process
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -132,13 +132,7 @@ class Browser:
             self.send("Browser.close", timeout=5)
         with contextlib.suppress(Exception):
             self.ws.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         shutil.rmtree(self.profile, ignore_errors=True)
 
 

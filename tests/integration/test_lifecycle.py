@@ -28,15 +28,6 @@ MODEL = "claude-sonnet-4-6"
 HEADERS = {"content-type": "application/json", "anthropic-version": "2023-06-01"}
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def post_message(d: Dariod, text: str = "Hello") -> tuple[int, dict[str, str], bytes]:

@@ -18,13 +18,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dario.tray import icon as tray_icon
+from tests.support import stop_process, wait_until
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="X11 only"),
@@ -36,26 +37,8 @@ pytestmark = [
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll a condition until it holds (there is no event to wait on across processes)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
-def stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def account(alias: str, status: str, headroom: float | None, until: float | None = None) -> dict[str, Any]:
@@ -111,7 +94,7 @@ def x_display(tmp_path: Path) -> Iterator[str]:
     with os.fdopen(read_fd) as pipe:
         number = pipe.readline().strip()
     if not number:
-        stop(xvfb)
+        stop_process(xvfb, 5)
         pytest.skip("Xvfb did not start")
     display = f":{number}"
     trayer = subprocess.Popen(
@@ -128,8 +111,8 @@ def x_display(tmp_path: Path) -> Iterator[str]:
         conn.close()
         yield display
     finally:
-        stop(trayer)
-        stop(xvfb)
+        stop_process(trayer, 5)
+        stop_process(xvfb, 5)
 
 
 @pytest.fixture
@@ -206,6 +189,6 @@ def test_tray_docks_shows_health_and_runs_the_default_action(
         url = wait_until(lambda: opened.exists() and opened.read_text(), 10, "the dashboard to be opened")
         assert url == "http://127.0.0.1:3456/"
     finally:
-        stop(tray)
+        stop_process(tray, 5)
         log.close()
     assert "Traceback" not in (tmp_path / "tray.log").read_text()
