@@ -125,7 +125,7 @@ class OpenAISink:
             return
         assert self.ctx is not None
         try:
-            message = orjson.loads(ans.body)
+            message = ans.parsed if ans.parsed is not None else orjson.loads(ans.body)
             chat = message_to_chat(message, self.ctx, created=self.created, thinking_cache=self.thinking)
         except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError):
             status, body = openai_error_status_and_body(

@@ -25,7 +25,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 import trio
@@ -127,6 +127,7 @@ class Answer:
     headers: list[tuple[bytes, bytes]]  # to send to the client (already filtered, x-dario-* added)
     body: bytes
     account: str
+    parsed: Any = None  # the body as JSON, when the relay already parsed it (a sink need not again)
 
 
 class Sink(Protocol):
@@ -317,9 +318,9 @@ class Relay:
             out.upstream_ms += (time.perf_counter() - t0) * 1000.0
             self.pool.observe_success(acc, out.upstream_ms, lease.started)
             out.status = status
-            if inc.endpoint != "count_tokens":
-                _tap_json_usage(body, out.usage)
-            answer = Answer(status, self._client_headers(response, acc.alias, inc, out), body, acc.alias)
+            # count_tokens answers carry no usage; everything else is parsed once, here.
+            parsed = _tap_json_usage(body, out.usage) if inc.endpoint != "count_tokens" else None
+            answer = Answer(status, self._client_headers(response, acc.alias, inc, out), body, acc.alias, parsed)
             await sink.answer(answer)
         finally:
             await response.aclose()
@@ -515,13 +516,15 @@ def _tap_event_usage(name: bytes, data: bytes, usage: Usage) -> None:
             pass
 
 
-def _tap_json_usage(body: bytes, usage: Usage) -> None:
+def _tap_json_usage(body: bytes, usage: Usage) -> Any:
+    """Read usage from a whole JSON answer; return the parsed answer (None if it is not JSON)."""
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return
+        return None
     if isinstance(parsed, dict):
         usage.update(parsed.get("usage"))
+    return parsed
 
 
 def _parse_error(body: bytes) -> dict[str, object]:
