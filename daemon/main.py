@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import secrets
 import signal
 import socket
 import stat
@@ -16,12 +17,14 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from dario.daemon import __version__, paths
+from dario.daemon import __version__, paths, peercred
+from dario.daemon.atomicfile import write_json_atomic
 from dario.daemon.control import ControlApp
 from dario.daemon.guard import Guard
 from dario.daemon.httpclient import HttpClient, Timeouts
 from dario.daemon.modelcatalog import ModelCatalog
 from dario.daemon.openai.models import ModelTable
+from dario.daemon.peergate import PeerGate
 from dario.daemon.relay import Relay
 from dario.daemon.server import PublicApp
 from dario.daemon.settings import Settings, SettingsError, from_args
@@ -40,20 +43,29 @@ def take_lock(socket_path: Path) -> int:
     The connect-probe alone leaves a gap: two daemons starting at the same moment would both
     find nothing answering. The lock closes it; the kernel drops it when the process dies.
     """
-    import fcntl
-
     _prepare_socket_dir(socket_path.parent)
     lock_path = socket_path.with_name(socket_path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        _lock_exclusive(fd)
+    except (BlockingIOError, PermissionError):
         os.close(fd)
         raise StartupError(
             f"another dariod is already running (or starting) on {socket_path}. Stop it first, or give "
             "this one its own --socket (and --port)."
         ) from None
     return fd
+
+
+def _lock_exclusive(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows: msvcrt's byte-range lock does the same job
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined,unused-ignore]
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def claim_socket(path: Path) -> None:
@@ -71,6 +83,7 @@ def claim_socket(path: Path) -> None:
     probe.settimeout(2.0)
     try:
         probe.connect(str(path))
+        _refuse_foreign_listener(probe, path)
     except (ConnectionRefusedError, FileNotFoundError):
         path.unlink(missing_ok=True)  # left behind by a dead daemon
         return
@@ -85,6 +98,18 @@ def claim_socket(path: Path) -> None:
         f"another dariod is already running on {path}. Stop it first, or give this one its own "
         "--socket (and --port)."
     )
+
+
+def _refuse_foreign_listener(probe: socket.socket, path: Path) -> None:
+    try:
+        uid = peercred.unix_peer_uid(probe)
+    except (peercred.PeerUnknown, OSError):
+        return
+    if hasattr(os, "getuid") and uid != os.getuid():
+        raise StartupError(
+            f"{path} is held by a process of uid {uid}, not yours; another local user may have planted it. "
+            "Choose another --socket, or point XDG_RUNTIME_DIR at a folder of your own."
+        )
 
 
 def _prepare_socket_dir(folder: Path) -> None:
@@ -129,7 +154,9 @@ async def _run(settings: Settings, signals: AsyncIterator[int]) -> None:
 
 
 async def _serve_all(settings: Settings, signals: AsyncIterator[int]) -> None:
-    claim_socket(settings.socket)
+    tcp_control = paths.control_mode() == "tcp"
+    if not tcp_control:
+        claim_socket(settings.socket)
     http = HttpClient(
         timeouts=Timeouts(connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout),
         # Every open stream holds one upstream connection; thousands of concurrent streams are normal.
@@ -156,9 +183,12 @@ async def _serve_all(settings: Settings, signals: AsyncIterator[int]) -> None:
         listen_host=settings.host, port_ref=lambda: bound_port[0],
         allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
         api_key=settings.api_key, client_key_check=state.client_keys.verify,
+        peer_gate=PeerGate.for_settings(settings.api_key),
     )
     public = PublicApp(state, relay, guard, catalog)
-    control = ControlApp(state)
+    control_token = secrets.token_urlsafe(32) if tcp_control else None
+    control = ControlApp(state, token=control_token)
+    endpoint_file = paths.control_endpoint_file(settings.socket)
     stop = trio.Event()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     try:
@@ -174,18 +204,33 @@ async def _serve_all(settings: Settings, signals: AsyncIterator[int]) -> None:
                 )
                 bound_port[0] = int(binds[0].rsplit(":", 1)[1])
                 state.listen = f"http://{host}:{bound_port[0]}"
-                control_config = _hypercorn_config(f"unix:{settings.socket}", settings)
-                await servers.start(_serve, control, control_config, stop)
-                os.chmod(settings.socket, 0o600)
+                if control_token is not None:
+                    control_binds = await servers.start(
+                        _serve, control, _hypercorn_config("127.0.0.1:0", settings), stop)
+                    control_port = int(control_binds[0].rsplit(":", 1)[1])
+                    await trio.to_thread.run_sync(_write_endpoint_file, endpoint_file, control_port, control_token)
+                    where = f"control on 127.0.0.1:{control_port}, token in {endpoint_file}"
+                else:
+                    control_config = _hypercorn_config(f"unix:{settings.socket}", settings)
+                    await servers.start(_serve, control, control_config, stop)
+                    os.chmod(settings.socket, 0o600)
+                    where = f"control socket {settings.socket}"
                 # One line a supervisor or a test can wait for.
-                print(f"dariod {__version__} listening on {state.listen} (control socket {settings.socket})",
-                      flush=True)
+                print(f"dariod {__version__} listening on {state.listen} ({where})", flush=True)
                 await stop.wait()
                 log.info("shutting down; in-flight requests get up to %g s", settings.grace_period)
             background.cancel_scope.cancel()
     finally:
-        settings.socket.unlink(missing_ok=True)
+        if tcp_control:
+            endpoint_file.unlink(missing_ok=True)
+        else:
+            settings.socket.unlink(missing_ok=True)
         await http.aclose()
+
+
+def _write_endpoint_file(file: Path, port: int, token: str) -> None:
+    """The TCP control API's port and token, for this user only (0600 in the 0700 folder)."""
+    write_json_atomic(file, {"port": port, "token": token, "pid": os.getpid()}, mode=0o600)
 
 
 async def _serve(app: object, config: Config, stop: trio.Event,
@@ -215,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
     try:
         trio.run(run, settings)
-    except StartupError as exc:
+    except (StartupError, paths.UnsafeFolder) as exc:
         print(f"dariod: {exc}", file=sys.stderr)
         sys.exit(1)
     except BaseExceptionGroup as group:
