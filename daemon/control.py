@@ -7,6 +7,7 @@ Like Tailscale's LocalAPI it refuses anything that looks like it came from a bro
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,8 +37,11 @@ ALLOWED_HOSTS = frozenset({CONTROL_HOST.encode(), b"localhost", b""})
 
 
 class ControlApp:
-    def __init__(self, state: DaemonState) -> None:
+    def __init__(self, state: DaemonState, token: str | None = None) -> None:
         self.state = state
+        # Set when the control API is on loopback TCP (no AF_UNIX, or DARIO_CONTROL=tcp): any local
+        # user can reach a TCP port, so every request must carry the token from the user-only file.
+        self.token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,6 +53,10 @@ class ControlApp:
             return
         if (header(scope, b"host") or b"").lower() not in ALLOWED_HOSTS:
             await _fail(send, 403, "forbidden", f"the control API expects Host: {CONTROL_HOST}")
+            return
+        if self.token is not None and not _token_ok(scope, self.token):
+            await _fail(send, 401, "unauthorized",
+                        "the control API on TCP needs the token from dariod's control file (dario-ctl reads it)")
             return
         method: str = scope["method"]
         parts = [unquote(p) for p in scope["path"].strip("/").split("/")]
@@ -134,6 +142,13 @@ class ControlApp:
                     raise ControlFailure(404, "not_found", f"no client key named {name!r}") from None
                 return 200, {"revoked": name}
         raise ControlFailure(404, "not_found", f"unknown control route {method} /{'/'.join(parts)}")
+
+
+def _token_ok(scope: Scope, token: str) -> bool:
+    presented = header(scope, b"authorization") or b""
+    if presented[:7].lower() != b"bearer ":
+        return False
+    return hmac.compare_digest(presented[7:].strip(), token.encode())
 
 
 def _str(body: dict[str, Any], name: str) -> str:
