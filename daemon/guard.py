@@ -13,6 +13,7 @@ import hmac
 from collections.abc import Callable
 
 from dario.daemon.asgi import Scope, header
+from dario.daemon.peergate import PeerGate
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
@@ -35,6 +36,7 @@ class Guard:
         allowed_origins: tuple[str, ...] = (),
         api_key: str | None = None,
         client_key_check: Callable[[str], str | None] | None = None,
+        peer_gate: PeerGate | None = None,
     ) -> None:
         hosts = set(LOOPBACK_NAMES)
         hosts.add(_host_only(listen_host) if ":" not in listen_host or listen_host.startswith("[") else listen_host)
@@ -44,6 +46,13 @@ class Guard:
         self.port_ref = port_ref
         self.api_key = api_key
         self.client_key_check = client_key_check
+        self.peer_gate = peer_gate
+
+    def peer_problem(self, scope: Scope, client_key_name: str | None) -> str | None:
+        """Without DARIO_API_KEY on Linux, a caller with no client key must be dario's own user."""
+        if self.peer_gate is None or client_key_name or self.peer_gate.allows(scope):
+            return None
+        return self.peer_gate.refusal
 
     def host_problem(self, scope: Scope) -> str | None:
         raw = header(scope, b"host")

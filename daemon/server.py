@@ -137,6 +137,10 @@ class PublicApp:
                     "or Authorization: Bearer",
                 ), request_id)
                 return
+            peer_problem = self.guard.peer_problem(scope, key_name)
+            if peer_problem:
+                await _error(send, openai_side, DarioError(403, "permission_error", peer_problem), request_id)
+                return
             client = key_name or ""
         if not client:
             client = self.state.client_family(header(scope, b"user-agent"))
