@@ -336,7 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import orjson
 
-    from dario.ctl.client import ControlAPIError, DaemonNotRunning
+    from dario.ctl.client import ControlAPIError, DaemonNotRunning, UntrustedDaemon
+    from dario.daemon.paths import UnsafeFolder
 
     try:
         return int(args.func(args))
@@ -366,6 +367,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (OSError, ValueError):
             pass  # stdout has no file descriptor (embedded or captured): nothing to quiet
+        return EXIT_FAILED
+    except (UnsafeFolder, UntrustedDaemon) as exc:
+        # Says which folder or socket, and what to do; nothing was sent to it.
+        _err(f"error: {exc}")
         return EXIT_FAILED
     except TimeoutError:
         _err(f"error: dariod did not answer in time (socket {_socket_for_messages(args)})")
