@@ -542,6 +542,20 @@ class Bench:
         self.results["pool_choose_release"] = orjson.loads(out.stdout)
         log(f"pool: {self.results['pool_choose_release']}")
 
+    def phase_peer_uid(self) -> None:
+        """µs dariod spends, once per new public connection, asking the kernel who the client is."""
+        if not sys.platform.startswith("linux") or not self.time_left("peer_uid_lookup"):
+            return
+        cmd = [sys.executable, "-m", "tests.bench.bench_peeruid", "1", "1000"]
+        if self.args.quick:
+            cmd.append("--quick")
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            log(f"peer-uid benchmark failed: {out.stderr[-500:]}")
+            return
+        self.results["peer_uid_lookup"] = orjson.loads(out.stdout)
+        log(f"peer uid lookup: {self.results['peer_uid_lookup']}")
+
     def phase_profile(self) -> None:
         """py-spy on dariod during concurrency-16 non-streaming load."""
         assert self.loadgen is not None and self.dario is not None and self.dario.proc is not None
@@ -707,6 +721,12 @@ class Bench:
                     target = self.check("body cost", "≤ 3 ms/MB", per_mb, per_mb <= 3.0) + f" ({target})"
             self.row(f"request body {label}, c=1 p50", "ms", {"direct": d, "dario": g}, target=target)
 
+    def summarize_peer_uid(self) -> None:
+        for m in self.results.get("peer_uid_lookup") or []:
+            n = m["open_connections"]
+            self.row(f"peer-uid lookup per new connection ({n} open), sock_diag", "µs", {"dario": m["netlink_us"]},
+                     added=False, target=f"/proc/net/tcp fallback {fmt(m['proc_us'])} µs")
+
     def print_table(self) -> str:
         head = ["metric", "unit", "direct", "dario", "LiteLLM", "dario−direct", "dario/direct",
                 "dario/LiteLLM", "target"]
@@ -737,6 +757,7 @@ class Bench:
             self.phase_hold()
             self.phase_body()
             self.phase_pool()
+            self.phase_peer_uid()
             if self.args.profile:
                 self.phase_profile()
             self.phase_idle("end")
@@ -747,6 +768,7 @@ class Bench:
         self.results["load_generator_cpu_pct_max"] = max(self.loadgen.cpu_pcts) if self.loadgen and \
             self.loadgen.cpu_pcts else None
         self.summarize()
+        self.summarize_peer_uid()
         self.results["rows"] = self.rows
         self.results["targets"] = self.targets
         table = self.print_table()

@@ -8,7 +8,6 @@ the folder checks are still covered with folders of our own that are symlinks or
 from __future__ import annotations
 
 import os
-import selectors
 import shutil
 import socket
 import stat
@@ -344,7 +343,7 @@ def test_control_over_tcp_with_a_token(dariod_factory: Callable[..., Dariod], up
     assert plain.returncode == 0 and orjson.loads(plain.stdout)["accounts"][0]["alias"] == "work", plain.stderr
 
     for auth in ("", "Bearer wrong", f"Bearer {info['token'][:-1]}", info["token"]):
-        head = f"GET /v1/status HTTP/1.1\r\nHost: dario.sock\r\nConnection: close\r\n"
+        head = "GET /v1/status HTTP/1.1\r\nHost: dario.sock\r\nConnection: close\r\n"
         if auth:
             head += f"Authorization: {auth}\r\n"
         reply = _raw(info["port"], (head + "\r\n").encode())
