@@ -92,8 +92,8 @@ def _is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-@pytest.fixture(scope="module")
-def other_user() -> tuple[int, int]:
+@pytest.fixture(scope="module", name="other_user")
+def other_user_fixture() -> tuple[int, int]:
     if not _is_root():
         pytest.skip("needs root to act as a second local user")
     if shutil.which("setpriv") is None or not Path(SYSTEM_PYTHON).exists():
@@ -111,8 +111,8 @@ def as_user(user: tuple[int, int], *argv: str) -> list[str]:
     return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv]
 
 
-@pytest.fixture
-def home() -> Iterator[Path]:
+@pytest.fixture(name="home")
+def home_fixture() -> Iterator[Path]:
     # Short (socket paths are limited to 108 bytes) and enterable by the other user.
     path = Path(tempfile.mkdtemp(prefix="dario-lu-"))
     os.chmod(path, 0o711)
