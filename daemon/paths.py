@@ -119,10 +119,11 @@ def ensure_private_dir(path: Path) -> Path:
         path.mkdir(mode=0o700)
     except FileExistsError:
         pass
+    if not hasattr(os, "getuid"):
+        return path  # Windows: no uid or mode bits; the per-user temp folder's ACL keeps others out
     fd = _open_own_dir(path)
     try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o700)
+        os.fchmod(fd, 0o700)
     finally:
         os.close(fd)
     return path
@@ -148,8 +149,6 @@ def verify_private_dir(path: Path) -> None:
 
 def _open_own_dir(path: Path) -> int:
     """Open `path` without following a symlink and check, on the open folder, who owns it."""
-    if not hasattr(os, "getuid"):
-        return os.open(path, os.O_RDONLY)
     flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(path, flags)
