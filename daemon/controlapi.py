@@ -3,6 +3,9 @@
 Light on purpose (no server imports): `dario-ctl` and the tray import it.
 The control API is HTTP/1.1 + JSON over the Unix socket; every request carries
 `Host: dario.sock` and never `Origin` or `Referer` (those are refused).
+Where AF_UNIX is missing (CPython on Windows) or with `DARIO_CONTROL=tcp`, the same API listens
+on 127.0.0.1 at a random port, and every request must also carry `Authorization: Bearer <token>`;
+port and token are in `control-tcp.json` (0600) beside the socket path.
 
 Routes (all JSON; errors are `ControlError` with a 4xx/5xx status):
 
