@@ -3,9 +3,9 @@
 An upstream's error message is free text, and some services quote the credential they were
 sent ("invalid x-api-key: sk-ant-..."). That text is relayed, logged, stored in pool-state.json
 and analytics, and shown by the control API, so it is redacted where it enters dario: the
-account's own secret exactly, plus anything shaped like an Anthropic key (the documented
-`sk-ant-` prefix, e.g. `sk-ant-api03-...`), since a proxy in front of several accounts might
-quote another one.
+account's own secret exactly, plus anything shaped like an Anthropic key (the `sk-ant-`
+prefix of Anthropic Console keys, e.g. `sk-ant-api03-...`), since a proxy in front of several
+accounts might quote another one.
 """
 
 from __future__ import annotations
@@ -71,8 +71,11 @@ def redact_body(body: bytes, secrets: Secrets = ()) -> bytes:
 
 def redact_sse(block: bytes, secrets: Secrets = ()) -> bytes:
     """One or more complete SSE events with secrets redacted from their `data:` lines
-    (each a JSON document on the Messages API), keeping the event framing intact."""
+    (each a JSON document on the Messages API), keeping the event framing intact.
+    Unchanged (same object) when no secret, key shape or JSON escape appears in it."""
     usable = _usable(secrets)
+    if not _needs_redaction(block, usable) and b"\\u" not in block:
+        return block
     lines = block.split(b"\n")
     for i, line in enumerate(lines):
         if line.startswith(b"data:"):

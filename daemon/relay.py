@@ -388,7 +388,7 @@ class Relay:
             block = splitter.feed(item)
             if not block:
                 continue
-            if block.find(b"event: error") >= 0:
+            if block.find(b"error") >= 0:  # any spelling of an error event ("event:error" too)
                 block = redact_sse(block, (acc.secret,))
             for name, data in iter_events(block):
                 if name == b"error":
@@ -425,10 +425,9 @@ class Relay:
                 block = splitter.feed(item)
                 if not block:
                     continue
-                has_error = block.find(b"event: error") >= 0
-                if has_error:
+                if block.find(b"error") >= 0:
                     block = redact_sse(block, (acc.secret,))
-                if has_error or block.find(b"event: message_") >= 0:
+                if block.find(b"event: message_") >= 0 or block.find(b"event: error") >= 0:
                     for name, data in iter_events(block):
                         _tap_event_usage(name, data, out.usage)
                         if name == b"error":

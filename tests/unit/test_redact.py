@@ -84,3 +84,11 @@ def test_pool_state_from_an_older_dariod_is_cleaned_on_load() -> None:
     assert acc.block_reason == f"upstream 500: {REDACTED}"
     assert acc.needs_login == f"upstream answered 401: {REDACTED}"
     assert REDACTED in str(pool.views()) and PLAIN not in str(pool.views()) and SHAPED not in str(pool.views())
+
+
+def test_redact_sse_leaves_clean_blocks_alone_and_finds_escaped_keys() -> None:
+    clean = b'event: content_block_delta\ndata: {"delta": {"text": "an error happened"}}\n\n'
+    assert redact_sse(clean, (PLAIN,)) is clean
+    escaped = b'event:error\ndata: {"error": {"message": "\\u0073k-ant-api03-AbC_dEf-0123456789"}}\n\n'
+    out = redact_sse(escaped)
+    assert b"AbC_dEf" not in out and out.startswith(b"event:error\ndata: {")
