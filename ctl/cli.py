@@ -59,8 +59,12 @@ def _console() -> Console:
 
 
 def _say(console: Console, message: str, style: str | None = None) -> None:
-    # Messages embed daemon-supplied names: print them literally, never as markup.
-    console.print(message, style=style, markup=False, highlight=False, soft_wrap=True)
+    from dario.ctl.views import printable
+
+    # Messages embed daemon-supplied names: print them literally, never as markup, and
+    # never with the control characters an upstream or a client might have put in them.
+    console.print(printable(message, keep_newlines=True), style=style, markup=False, highlight=False,
+                  soft_wrap=True)
 
 
 def _print_json(data: Any) -> None:
@@ -72,7 +76,9 @@ def _print_json(data: Any) -> None:
 
 
 def _err(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    from dario.ctl.views import printable
+
+    print(printable(message, keep_newlines=True), file=sys.stderr, flush=True)
 
 
 # -- commands --------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """How `dario-ctl usage` shows the analytics Usage shape (see dario.daemon.analytics).
 
 Pure functions of data and a rich Console. Daemon-supplied strings (aliases, models,
-client names, error types) always go in as `Text`, never as markup.
+client names, error types) always go in as `Text`, never as markup, and pass through
+`printable` first (they may quote a client or an upstream verbatim).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from dario.ctl.views import compact_count
+from dario.ctl.views import compact_count, printable_data
 
 if TYPE_CHECKING:
     from rich.console import Console, JustifyMethod
@@ -195,6 +196,7 @@ def render_usage(usage: Mapping[str, Any], console: Console) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    usage = printable_data(usage)
     window = str(usage.get("window") or "?")
     now = float(usage.get("until") or 0.0)
     console.print(Text(f"Usage, last {window}", style="bold"))

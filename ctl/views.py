@@ -3,15 +3,17 @@
 rich is imported inside the render functions, so the small text helpers below stay cheap to
 import (the tray can reuse them without paying for rich's console machinery).
 Daemon-supplied strings (aliases, reasons, names) always go in as `Text`, never as markup:
-an alias like "[red]x" must print as typed.
+an alias like "[red]x" must print as typed. They also pass through `printable` first, since
+they may quote an upstream or a client verbatim.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -40,6 +42,36 @@ WINDOW_LABELS: dict[str, str] = {
 
 
 # -- text helpers ----------------------------------------------------------------------
+
+# C0 controls, DEL and C1 controls (ECMA-48 §5.3; 0x9b is a one-byte CSI to many terminals):
+# in text from outside (an upstream's error, a client's model id) they could move the
+# cursor, rewrite the screen or retitle the window. Line breaks and tabs become spaces.
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
+_BREAKS = re.compile("[\t\n\v\f\r]")
+_T = TypeVar("_T")
+
+
+def printable(value: object, *, keep_newlines: bool = False) -> str:
+    """`value` as text that cannot drive a terminal: control characters removed."""
+    text = _CONTROLS.sub("", str(value))
+    if keep_newlines:
+        return re.sub("[\t\v\f\r]", " ", text)
+    return _BREAKS.sub(" ", text)
+
+
+def printable_data(data: _T) -> _T:
+    """A copy of decoded JSON with every string (keys too) passed through `printable`."""
+    result: Any
+    if isinstance(data, str):
+        result = printable(data)
+    elif isinstance(data, Mapping):
+        result = {printable(k): printable_data(v) for k, v in data.items()}
+    elif isinstance(data, list | tuple):
+        result = [printable_data(v) for v in data]
+    else:
+        return data
+    return result
+
 
 
 def human_duration(seconds: float) -> str:
@@ -156,6 +188,7 @@ def render_accounts(accounts: Sequence[AccountView], console: Console, now: floa
     if not accounts:
         console.print(Text(LOGIN_HINT, style="yellow"))
         return
+    accounts = printable_data(accounts)
     now = time.time() if now is None else now
     # No vertical rules: the columns need every character an 80-column terminal has.
     table = Table(
@@ -208,6 +241,7 @@ def render_status(status: Status, console: Console, now: float | None = None) ->
     from rich.text import Text
 
     now = time.time() if now is None else now
+    status = printable_data(status)
     pool = status.get("pool") or {}
     health = str(pool.get("health", "?"))
 
@@ -240,6 +274,7 @@ def render_refresh(results: Sequence[RefreshResult], console: Console) -> None:
     if not results:
         console.print(Text(LOGIN_HINT, style="yellow"))
         return
+    results = printable_data(results)
     width = max(len(str(r.get("alias", ""))) for r in results)
     for r in results:
         status = str(r.get("status", "?"))
@@ -260,6 +295,7 @@ def render_keys(keys: Sequence[ClientKeyView], console: Console, now: float | No
     if not keys:
         console.print(Text(KEYS_HINT, style="yellow"))
         return
+    keys = printable_data(keys)
     now = time.time() if now is None else now
     table = Table(
         box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, header_style="bold"

@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from dario.daemon.prices import PriceTable
+from dario.daemon.redact import redact
 
 WINDOWS: dict[str, tuple[float, int]] = {  # window -> (span seconds, series bucket seconds)
     "1h": (3600.0, 60),
@@ -190,7 +191,7 @@ class AnalyticsStore:
         return (
             float(r.ts), str(r.client), None if r.account is None else str(r.account), model, str(r.dialect),
             str(r.endpoint), int(bool(r.streaming)), int(r.status),
-            None if r.error_type is None else str(r.error_type), *tokens, float(r.latency_ms),
+            None if r.error_type is None else redact(str(r.error_type)), *tokens, float(r.latency_ms),
             None if r.ttft_ms is None else float(r.ttft_ms), int(r.failovers), float(r.queue_wait_ms), cost,
         )  # fmt: skip
 

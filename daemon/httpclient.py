@@ -9,7 +9,8 @@ fell to ~250 req/s at concurrency 64; a thin pool on h11 added ~1.2 ms and held
 * response bodies streamed as h11 hands them over (no extra copies);
 * per-origin keep-alive pools with a slot semaphore, idle TTL and a one-shot retry
   for requests that hit a connection the server closed while it sat idle;
-* http/https, proxies from the environment (CONNECT tunnels for https).
+* http/https; https may go through a proxy from the environment (a CONNECT tunnel),
+  never plain http and never a loopback destination.
 
 Header values may be API keys: nothing here logs headers or puts header values
 (request or response) into exception messages.
@@ -203,6 +204,20 @@ def _bypasses_proxy(host: str, port: int, rules: list[_NoProxyRule]) -> bool:
     return False
 
 
+def _is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost (RFC 6761 §6.3: it always resolves to loopback).
+    Traffic for this machine has no business leaving it through a proxy."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
 def _env(*names: str) -> str | None:
     for name in names:
         value = os.environ.get(name, "").strip()
@@ -249,10 +264,8 @@ class _Pool:
         "max_idle",
         "port",
         "proxy",
-        "request_proxy_auth",
         "scheme",
         "sem",
-        "target_prefix",
         "ttl",
         "tunnel",
     )
@@ -275,14 +288,8 @@ class _Pool:
         bracketed = f"[{host}]" if ":" in host else host
         default = port == _DEFAULT_PORTS[scheme]
         self.host_header = (bracketed if default else f"{bracketed}:{port}").encode("ascii")
-        # https through a proxy tunnels (CONNECT); http through a proxy sends absolute-form targets.
+        # Only https goes through a proxy, always in a CONNECT tunnel.
         self.tunnel = proxy is not None and scheme == "https"
-        if proxy is not None and scheme == "http":
-            self.target_prefix = b"http://" + self.host_header
-            self.request_proxy_auth = proxy.auth
-        else:
-            self.target_prefix = b""
-            self.request_proxy_auth = None
         self.sem = trio.Semaphore(max_conns)
         self.idle: collections.deque[_Connection] = collections.deque()
         self.max_idle = max_idle
@@ -556,18 +563,26 @@ class HttpClient:
         self._closed = False
 
     def _load_proxy_env(self) -> None:
-        # Lower-case wins, as in curl and urllib. Upper-case HTTP_PROXY is ignored under CGI
-        # (REQUEST_METHOD set), where a client could inject it as a header ("httpoxy").
-        http_names = ["http_proxy"] if "REQUEST_METHOD" in os.environ else ["http_proxy", "HTTP_PROXY"]
-        for scheme, names in (("https", ["https_proxy", "HTTPS_PROXY"]), ("http", http_names)):
-            for name in [*names, "all_proxy", "ALL_PROXY"]:
-                value = _env(name)
-                if value is not None:
-                    self._proxies[scheme] = _parse_proxy(value, name)
-                    break
+        # Lower-case wins, as in curl and urllib. Only https uses a proxy (see _proxy_for), so
+        # HTTP_PROXY is never read; that also sidesteps "httpoxy" (a CGI header injecting it).
+        for name in ["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"]:
+            value = _env(name)
+            if value is not None:
+                self._proxies["https"] = _parse_proxy(value, name)
+                break
         no_proxy = _env("no_proxy", "NO_PROXY")
         if no_proxy is not None:
             self._no_proxy_all, self._no_proxy = _parse_no_proxy(no_proxy)
+
+    def _proxy_for(self, scheme: str, host: str, port: int) -> _Proxy | None:
+        # Plain http through a proxy would hand it every header in clear text, x-api-key
+        # included; only https goes through one (inside a CONNECT tunnel, RFC 9110 §9.3.6).
+        if scheme != "https" or _is_loopback(host):
+            return None
+        proxy = self._proxies.get(scheme)
+        if proxy is not None and (self._no_proxy_all or _bypasses_proxy(host, port, self._no_proxy)):
+            return None
+        return proxy
 
     # -- routing ------------------------------------------------------------------
 
@@ -601,9 +616,7 @@ class HttpClient:
         if not host:
             raise ValueError("URL has no host")
         port = port or _DEFAULT_PORTS[scheme]
-        proxy = self._proxies.get(scheme)
-        if proxy is not None and (self._no_proxy_all or _bypasses_proxy(host, port, self._no_proxy)):
-            proxy = None
+        proxy = self._proxy_for(scheme, host, port)
         key = (scheme, host, port, proxy)
         pool = self._pools.get(key)
         if pool is None:
@@ -674,12 +687,10 @@ class HttpClient:
         for name, value in headers:
             if name.lower() not in _MANAGED_HEADERS:
                 hdrs.append((name, value))
-        if pool.request_proxy_auth is not None:
-            hdrs.append((b"proxy-authorization", pool.request_proxy_auth))
         if body or method in _BODY_METHODS:
             hdrs.append((b"content-length", b"%d" % len(body)))
         try:
-            return h11.Request(method=method, target=pool.target_prefix + target, headers=hdrs)
+            return h11.Request(method=method, target=target, headers=hdrs)
         except h11.LocalProtocolError:
             # h11's message quotes the offending value, which may be a key.
             raise ValueError("invalid request method, URL target or header (values not shown)") from None

@@ -23,6 +23,7 @@ import trio
 
 from dario.daemon.controlapi import AccountStatus, AccountView, PoolView
 from dario.daemon.ratelimits import WINDOWS, Snapshot, Window
+from dario.daemon.redact import redact
 
 COOLDOWN_BASE = 0.5  # first 529/5xx cooldown, doubled on each repeat (failover already spares the request)
 COOLDOWN_MAX = 60.0
@@ -465,7 +466,7 @@ class Pool:
         acc.windows.update(snap.windows)
         if spend_limit:
             until = now + SPEND_LIMIT_RECHECK
-            reason = f"spend limit reached: {message}"[:200]
+            reason = redact(f"spend limit reached: {message}", (acc.secret,))[:200]
         else:
             candidates = [t for t in (
                 now + snap.retry_after if snap.retry_after is not None else None,
@@ -493,13 +494,14 @@ class Pool:
         acc.failures += 1
         seconds = min(COOLDOWN_MAX, COOLDOWN_BASE * 2 ** (acc.failures - 1))
         if acc.block_kind != "exhausted":
-            acc.block_kind, acc.block_reason, acc.block_until = "cooling", reason, now + seconds
+            acc.block_kind, acc.block_until = "cooling", now + seconds
+            acc.block_reason = redact(reason, (acc.secret,))[:200]
             acc.block_since = now
         self._changed(acc)
 
     def observe_auth_failure(self, acc: AccountState, status: int, message: str) -> None:
         acc.errors += 1
-        acc.needs_login = f"upstream answered {status}: {message}"[:200]
+        acc.needs_login = redact(f"upstream answered {status}: {message}", (acc.secret,))[:200]
         acc.block_since = self.clock()
         self._changed(acc)
 
@@ -618,10 +620,10 @@ class Pool:
         for acc in self.accounts.values():
             out[acc.alias] = {
                 "block_kind": acc.block_kind,
-                "block_reason": acc.block_reason,
+                "block_reason": _clean(acc.block_reason, acc),
                 "block_until": acc.block_until,
                 "failures": acc.failures,
-                "needs_login": acc.needs_login,
+                "needs_login": _clean(acc.needs_login, acc),
                 "windows": {name: w.as_dict() for name, w in acc.windows.items()},
             }
         return {"version": 1, "saved_at": self.clock(), "accounts": out}
@@ -637,11 +639,11 @@ class Pool:
             until = item.get("block_until")
             if isinstance(until, (int, float)) and until > now:
                 acc.block_kind = item.get("block_kind")
-                acc.block_reason = item.get("block_reason")
+                acc.block_reason = _clean(item.get("block_reason"), acc)
                 acc.block_until = float(until)
                 acc.failures = int(item.get("failures") or 0)
             if item.get("needs_login") and acc.secret is not None:
-                acc.needs_login = str(item["needs_login"])
+                acc.needs_login = _clean(str(item["needs_login"]), acc)
             for name, w in (item.get("windows") or {}).items():
                 if name in WINDOWS and isinstance(w, dict):
                     acc.windows[name] = Window(w.get("limit"), w.get("remaining"), w.get("reset"))
@@ -654,6 +656,12 @@ class _Waiter:
     excluded: frozenset[str]
     event: trio.Event = field(default_factory=trio.Event)
     lease: Lease | None = None
+
+
+def _clean(text: object, acc: AccountState) -> str | None:
+    # Redacted again on the way to and from disk: a file written by an older dariod, or by
+    # hand, must not bring a key back into views.
+    return redact(text, (acc.secret,)) if isinstance(text, str) else None
 
 
 def _rfc3339(epoch: float) -> str:

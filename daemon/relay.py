@@ -41,6 +41,7 @@ from dario.daemon.httpclient import (
     UpstreamError,
 )
 from dario.daemon.pool import Estimate, Lease, NoAccounts, Pool, PoolExhausted
+from dario.daemon.redact import redact_body, redact_sse
 from dario.daemon.sse import EventSplitter, iter_events
 from dario.daemon.upstreams import anthropic as upstream
 
@@ -297,7 +298,8 @@ class Relay:
             self.pool.observe_headers(acc, snap, lease.started)
             status = response.status
             if status >= 400:
-                body = await self._read_error_body(response)
+                # Where upstream error text enters dario: from here on it holds no key.
+                body = redact_body(await self._read_error_body(response), (acc.secret,))
                 out.upstream_ms += (time.perf_counter() - t0) * 1000.0
                 answer = Answer(status, self._client_headers(response, acc.alias, inc, None), body, acc.alias)
                 self._classify_error(acc, status, snap, body, answer, lease)  # raises _Retry when retryable
@@ -386,6 +388,8 @@ class Relay:
             block = splitter.feed(item)
             if not block:
                 continue
+            if block.find(b"error") >= 0:  # any spelling of an error event ("event:error" too)
+                block = redact_sse(block, (acc.secret,))
             for name, data in iter_events(block):
                 if name == b"error":
                     self._stream_error_before_content(acc, data, response, inc, lease)
@@ -421,6 +425,8 @@ class Relay:
                 block = splitter.feed(item)
                 if not block:
                     continue
+                if block.find(b"error") >= 0:
+                    block = redact_sse(block, (acc.secret,))
                 if block.find(b"event: message_") >= 0 or block.find(b"event: error") >= 0:
                     for name, data in iter_events(block):
                         _tap_event_usage(name, data, out.usage)

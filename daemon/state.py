@@ -25,6 +25,7 @@ from dario.daemon.metrics import Metrics
 from dario.daemon.pool import Pool
 from dario.daemon.prices import PriceTable
 from dario.daemon.ratelimits import parse as parse_ratelimits
+from dario.daemon.redact import redact
 from dario.daemon.relay import Incoming, Outcome
 from dario.daemon.settings import Settings
 from dario.daemon.upstreams import anthropic as upstream
@@ -184,14 +185,15 @@ class DaemonState:
         if status in (401, 403):
             raise ControlFailure(
                 400, "key_rejected",
-                f"{url} rejected this key ({status}: {_upstream_message(body)}); nothing was stored. "
+                f"{url} rejected this key ({status}: {_upstream_message(body, secret)}); nothing was stored. "
                 "Check that it is an API key from the provider's console.",
             )
         # A 429 still proves the key is valid (the account is merely at its limit right now).
         if status >= 400 and status != 429:
             raise ControlFailure(
                 502, "upstream_error",
-                f"{url} answered {status} ({_upstream_message(body)}) while checking the key; nothing was stored",
+                f"{url} answered {status} ({_upstream_message(body, secret)}) while checking the key; "
+                "nothing was stored",
             )
         try:
             await trio.to_thread.run_sync(accounts.set_secret, alias, secret)
@@ -203,7 +205,8 @@ class DaemonState:
         self.pool.clear_block(alias)
         snap = parse_ratelimits(headers)
         if status == 429:
-            self.pool.observe_rate_limited(state, snap, spend_limit=b"spend" in body, message=_upstream_message(body))
+            self.pool.observe_rate_limited(state, snap, spend_limit=b"spend" in body,
+                                          message=_upstream_message(body, secret))
         else:
             self.pool.observe_headers(state, snap)
         self.pool.notify()
@@ -277,11 +280,12 @@ class DaemonState:
             return {"alias": alias, "ok": False, "status": view["status"], "message": f"unreachable: {exc}"}
         snap = parse_ratelimits(headers)
         if status in (401, 403):
-            self.pool.observe_auth_failure(acc, status, _upstream_message(body))
+            self.pool.observe_auth_failure(acc, status, _upstream_message(body, acc.secret))
             return {"alias": alias, "ok": False, "status": "needs_login",
                     "message": f"key rejected ({status}); run: dario-ctl login {alias}"}
         if status == 429:
-            self.pool.observe_rate_limited(acc, snap, spend_limit=b"spend" in body, message=_upstream_message(body))
+            self.pool.observe_rate_limited(acc, snap, spend_limit=b"spend" in body,
+                                          message=_upstream_message(body, acc.secret))
             view = self.pool.view(acc)
             return {"alias": alias, "ok": False, "status": view["status"], "message": "still rate limited"}
         if status >= 400:
@@ -319,12 +323,12 @@ class DaemonState:
             self.pool.release(lease)
 
 
-def _upstream_message(body: bytes) -> str:
+def _upstream_message(body: bytes, secret: str | None) -> str:
     try:
         parsed = orjson.loads(body)
         message = parsed["error"]["message"]
         if isinstance(message, str):
-            return message[:200]
+            return redact(message, (secret,))[:200]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         pass
     return "no message"

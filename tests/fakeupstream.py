@@ -198,7 +198,7 @@ _ACTION_KEYS = frozenset(
     {
         "status", "retry_after", "spend_limit", "error_type", "message", "headers",
         "stream_error", "after_events", "cut_after_events", "delay", "event_delay", "stall",
-        "reset_connection",
+        "reset_connection", "echo_key",
     }
 )  # fmt: skip
 
@@ -979,6 +979,13 @@ class App:
             req.entry["disconnected"] = True
             return True
         status = action.get("status")
+        if action.get("echo_key"):
+            # A hostile upstream: its error (HTTP, default 401, or an in-stream `stream_error`)
+            # quotes the x-api-key it was sent. In place, so the streaming reply sees it too.
+            default = ERROR_MESSAGES.get(str(action.get("stream_error")), "invalid x-api-key")
+            action["message"] = f"{action.get('message') or default}: {req.key}"
+            if status is None and not action.get("stream_error"):
+                status = 401
         if status is None and action.get("stream_error") and not stream:
             # There is no mid-body error without SSE; answer with the matching HTTP error.
             etype = str(action["stream_error"])

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from dario.ctl.autostart import daemon_command
 from dario.ctl.client import ControlAPIError, ControlClient, DaemonNotRunning
+from dario.ctl.views import printable
 from dario.daemon.controlapi import RefreshResult, Status
 from dario.tray.model import MenuEntry, TrayHealth, health, menu_model, settings_text, tooltip
 
@@ -318,6 +319,8 @@ class TrayApp:
         fn()
 
     def notify(self, message: str) -> None:
+        # Messages quote the daemon (account names, upstream errors): no control characters.
+        message = printable(message, keep_newlines=True)
         print(f"dario-tray: {message}", file=sys.stderr)
         if getattr(self.icon, "HAS_NOTIFICATION", False):
             def show() -> None:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from dario.ctl.views import printable
 from dario.daemon.controlapi import AccountView, Status
 
 DEFAULT_LISTEN = "http://127.0.0.1:3456"
@@ -102,7 +103,7 @@ def account_state(account: AccountView, now: float | None = None) -> str:
         return f"exhausted, resets {when}" if when else "exhausted"
     if status == "cooling":
         return f"cooling, retry {when}" if when else "cooling"
-    return str(status)
+    return printable(status)
 
 
 # -- health and tooltip --------------------------------------------------------------------
@@ -162,7 +163,7 @@ def tooltip(status: Status | None, now: float | None = None) -> str:
         else:
             lead = _lead_account(status)
             if lead is not None:
-                text += f" · {lead['alias']}"
+                text += f" · {printable(lead['alias'])}"
                 if lead["headroom"] is not None:
                     text += f" {_percent(lead['headroom'])}"
     if len(text) > TOOLTIP_MAX:
@@ -182,7 +183,7 @@ def menu_model(status: Status | None, now: float | None = None) -> list[MenuEntr
         for account in accounts:
             entries.append(
                 MenuEntry(
-                    f"{account['alias']} — {account_state(account, now)}",
+                    f"{printable(account['alias'])} — {account_state(account, now)}",
                     "radio",
                     checked=account["preferred"],
                     # A disabled account cannot be preferred: the daemon would never route to it.
@@ -205,7 +206,8 @@ def menu_model(status: Status | None, now: float | None = None) -> list[MenuEntr
                 "Refresh",
                 "submenu",
                 children=tuple(
-                    MenuEntry(a["alias"], "action", action=f"refresh:{a['alias']}") for a in accounts
+                    MenuEntry(printable(a["alias"]), "action", action=f"refresh:{a['alias']}")
+                    for a in accounts
                 ),
             )
         )
@@ -223,7 +225,7 @@ def menu_model(status: Status | None, now: float | None = None) -> list[MenuEntr
 def settings_text(status: Status | None, platform: str | None = None) -> str:
     """The lines a user pastes into a shell so that Anthropic and OpenAI SDKs use dario."""
     platform = sys.platform if platform is None else platform
-    listen = (status["listen"] if status is not None else DEFAULT_LISTEN).rstrip("/")
+    listen = printable(status["listen"] if status is not None else DEFAULT_LISTEN).rstrip("/")
     pairs = [("ANTHROPIC_BASE_URL", listen), ("OPENAI_BASE_URL", f"{listen}/v1")]
     if platform == "win32":  # PowerShell, the shell Windows users paste into
         lines = [f'$env:{name} = "{value}"' for name, value in pairs]

@@ -421,6 +421,16 @@ def test_reset_connection(fake: FakeUpstream, client: anthropic.Anthropic) -> No
     assert client.messages.create(model=MODEL, max_tokens=16, messages=user("hi")).stop_reason == "end_turn"
 
 
+def test_echo_key_quotes_the_received_key(fake: FakeUpstream, client: anthropic.Anthropic) -> None:
+    fake.script({"echo_key": True}, {"echo_key": True, "status": 529})
+    with pytest.raises(anthropic.AuthenticationError) as auth:
+        client.messages.create(model=MODEL, max_tokens=16, messages=user("hi"))
+    assert auth.value.body["error"]["message"] == f"invalid x-api-key: {KEY}"  # type: ignore[index]
+    with pytest.raises(anthropic.InternalServerError) as overloaded:
+        client.messages.create(model=MODEL, max_tokens=16, messages=user("hi"))
+    assert overloaded.value.status_code == 529 and KEY in str(overloaded.value.body)
+
+
 def test_stall_until_client_leaves(fake: FakeUpstream, client: anthropic.Anthropic) -> None:
     fake.script({"stall": True})
     with pytest.raises(anthropic.APITimeoutError):

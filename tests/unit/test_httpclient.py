@@ -38,6 +38,8 @@ from dario.daemon.httpclient import (
 )
 
 SECRET = b"sk-ant-api03-SECRET-do-not-leak"
+# A name only the test proxy resolves (to 127.0.0.1): loopback names never go through a proxy.
+PROXIED_HOST = "upstream.test"
 _ENV = (
     "http_proxy",
     "HTTP_PROXY",
@@ -68,7 +70,7 @@ def http_ca() -> trustme.CA:
 @pytest.fixture
 def http_server_tls(http_ca: trustme.CA) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    http_ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+    http_ca.issue_cert("127.0.0.1", "localhost", PROXIED_HOST).configure_cert(ctx)
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
 
@@ -1028,8 +1030,8 @@ async def proxy_handler(server: Server, stream: trio.abc.Stream) -> None:
         await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nvia proxy")
         return
     host, _, port = target.rpartition(b":")
-    assert host == b"127.0.0.1"  # the test proxy only tunnels to loopback
-    upstream = await trio.open_tcp_stream(host.decode(), int(port))
+    assert host == PROXIED_HOST.encode()  # the test proxy only tunnels this name, to loopback
+    upstream = await trio.open_tcp_stream("127.0.0.1", int(port))
     await stream.send_all(b"HTTP/1.1 200 Connection established\r\n\r\n" + rest)
 
     async def pipe(src: trio.abc.Stream, dst: trio.abc.Stream, done: trio.CancelScope) -> None:
@@ -1043,6 +1045,10 @@ async def proxy_handler(server: Server, stream: trio.abc.Stream) -> None:
     async with upstream, trio.open_nursery() as n:
         n.start_soon(pipe, stream, upstream, n.cancel_scope)
         n.start_soon(pipe, upstream, stream, n.cancel_scope)
+
+
+def proxied_url(srv: Server, path: str = "/") -> str:
+    return f"https://{PROXIED_HOST}:{srv.port}{path}"
 
 
 def header_of(head: bytes, name: bytes) -> bytes | None:
@@ -1063,11 +1069,11 @@ async def test_https_through_connect_proxy_with_auth(
         monkeypatch.setenv("HTTPS_PROXY", f"http://us%40er:p%3Ass@127.0.0.1:{proxy.port}")
         async with HttpClient(ssl_context=http_client_tls) as client:
             for i in range(1, 3):
-                assert await (await client.request("GET", srv.url("/x"), [])).read() == b"hello %d" % i
+                assert await (await client.request("GET", proxied_url(srv, "/x"), [])).read() == b"hello %d" % i
         assert proxy.accepts == 1 and srv.accepts == 1  # the tunnel is kept alive and reused
         (head,) = proxy.lines
-        assert head.split(b"\r\n")[0] == b"CONNECT 127.0.0.1:%d HTTP/1.1" % srv.port
-        assert header_of(head, b"host") == b"127.0.0.1:%d" % srv.port
+        assert head.split(b"\r\n")[0] == b"CONNECT upstream.test:%d HTTP/1.1" % srv.port
+        assert header_of(head, b"host") == b"upstream.test:%d" % srv.port
         assert header_of(head, b"proxy-authorization") == b"Basic " + base64.b64encode(b"us@er:p:ss")
         # The TLS server inside the tunnel never sees proxy credentials.
         assert all(name != b"proxy-authorization" for name, _ in srv.requests[0][0].headers)
@@ -1083,8 +1089,8 @@ async def test_https_through_tls_proxy(
         proxy = await Server(proxy_handler, tls=http_server_tls).start(n)
         monkeypatch.setenv("https_proxy", f"https://127.0.0.1:{proxy.port}")  # TLS inside TLS
         async with HttpClient(ssl_context=http_client_tls) as client:
-            assert await (await client.request("GET", srv.url(), [])).read() == b"hello 1"
-        assert proxy.accepts == 1 and proxy.lines[0].startswith(b"CONNECT 127.0.0.1:%d " % srv.port)
+            assert await (await client.request("GET", proxied_url(srv), [])).read() == b"hello 1"
+        assert proxy.accepts == 1 and proxy.lines[0].startswith(b"CONNECT upstream.test:%d " % srv.port)
         n.cancel_scope.cancel()
 
 
@@ -1104,20 +1110,46 @@ async def test_no_proxy_bypasses_proxy(
 
 
 @trio_test
-async def test_http_through_proxy_uses_absolute_form(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_http_never_goes_through_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A proxy would see every header of a plain-http request in clear text, x-api-key included.
     async with trio.open_nursery() as n:
         proxy = await Server(proxy_handler).start(n)
-        monkeypatch.setenv("HTTP_PROXY", f"http://bob:pw@127.0.0.1:{proxy.port}")
-        monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # must not be used for http
-        async with HttpClient() as client:
-            # .invalid never resolves: only the proxy may look the name up.
-            resp = await client.request("GET", "http://api.example.invalid:8080/v1/x?y=1", [])
-            assert await resp.read() == b"via proxy"
-        (head,) = proxy.lines
-        assert head.split(b"\r\n")[0] == b"GET http://api.example.invalid:8080/v1/x?y=1 HTTP/1.1"
-        assert header_of(head, b"host") == b"api.example.invalid:8080"
-        assert header_of(head, b"proxy-authorization") == b"Basic " + base64.b64encode(b"bob:pw")
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "ALL_PROXY"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.port}")
+        async with HttpClient(timeouts=Timeouts(connect=2)) as client:
+            # .invalid never resolves: going direct, the name lookup fails and nothing is sent.
+            with pytest.raises(ConnectError):
+                await client.request("GET", "http://api.example.invalid:8080/v1/x", [(b"x-api-key", SECRET)])
+        assert proxy.accepts == 0 and proxy.lines == []
         n.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+@trio_test
+async def test_loopback_destinations_bypass_the_proxy(
+    host: str, monkeypatch: pytest.MonkeyPatch, http_server_tls: ssl.SSLContext, http_client_tls: ssl.SSLContext
+) -> None:
+    async with trio.open_nursery() as n:
+        srv = await Server(keepalive, tls=http_server_tls).start(n)
+        plain = await Server(keepalive).start(n)
+        proxy = await Server(proxy_handler).start(n)
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.port}")  # and no NO_PROXY at all
+        async with HttpClient(ssl_context=http_client_tls) as client:
+            assert await (await client.request("GET", f"https://{host}:{srv.port}/", [])).read() == b"hello 1"
+            assert await (await client.request("GET", f"http://{host}:{plain.port}/", [])).read() == b"hello 1"
+        assert proxy.accepts == 0 and srv.accepts == 1 and plain.accepts == 1
+        n.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.9.8.7", True), ("::1", True), ("::ffff:127.0.0.1", True),
+     ("localhost", True), ("LocalHost.", True), ("api.localhost", True),
+     ("10.0.0.1", False), ("::2", False), ("api.anthropic.com", False), ("localhost.example.com", False)],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert httpclient._is_loopback(host) is loopback
 
 
 @trio_test
