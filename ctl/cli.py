@@ -260,6 +260,19 @@ def cmd_env(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from dario.ctl import doctor
+    from dario.ctl.client import ControlClient
+
+    socket = Path(args.socket) if args.socket else None
+    checks = doctor.run_checks(doctor.Context(ControlClient(socket, timeout=doctor.HTTP_TIMEOUT_S)))
+    if args.json:
+        _print_json(doctor.as_json(checks))
+    else:
+        sys.stdout.write(doctor.render(checks))
+    return EXIT_FAILED if doctor.broken(checks) else EXIT_OK
+
+
 # -- parser ----------------------------------------------------------------------------
 
 
@@ -344,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shell", choices=("sh", "fish", "powershell"), default=None,
                    help="syntax (default: sh; powershell on Windows)")
     p.add_argument("--name", metavar="NAME", help="client key name, when dariod requires one (default: shell)")
+
+    p = add(sub, "doctor", "check everything dario needs and say what to fix (exit 1 if broken)", cmd_doctor)
+    p.add_argument("--json", action="store_true", help="the checks as a JSON list of name, status, verdict, hint")
     return parser
 
 
