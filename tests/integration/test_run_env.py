@@ -213,3 +213,28 @@ def test_eval_env_with_a_required_key(locked_gateway: Dariod) -> None:
     assert seen["type"] == "message"
     assert by_client(d).get("scripts") == 1
     assert MASTER not in d.ctl("env", "--name", "scripts").stdout
+
+
+TRAY_COPY = """
+import sys
+from pathlib import Path
+from dario.ctl.client import ControlClient
+from dario.tray import app
+copied = []
+effects = app.Effects(open_url=print, copy_text=lambda t: copied.append(t) or True, start_daemon=print,
+                      notify=lambda m: None, quit=lambda: None)
+client = ControlClient(Path(sys.argv[1]))
+app.dispatch("copy-settings", client, client.status(), effects)
+sys.stdout.write(copied[0])
+"""
+
+
+def test_tray_copies_what_env_prints(locked_gateway: Dariod) -> None:
+    d = locked_gateway
+    tray = subprocess.run([sys.executable, "-c", TRAY_COPY, str(d.socket)], cwd=ROOT, env=d.env,
+                          capture_output=True, text=True, timeout=60)
+    assert tray.returncode == 0, tray.stderr
+    env = d.ctl("env")
+    assert env.returncode == 0, env.stderr
+    assert tray.stdout == env.stdout  # the same client key ("shell"), made once and reused
+    assert "export ANTHROPIC_API_KEY='dario-" in tray.stdout and keyring_names(d) == ["shell"]
