@@ -52,23 +52,42 @@ class KeyUnavailable(Exception):
     """There is a key by that name, but this user does not hold its secret."""
 
 
+def _held(client: ControlClient, name: str, store: KeyStore) -> tuple[str | None, bool]:
+    """(the stored key if the daemon still knows it, whether the daemon has a key by that name)."""
+    stored = store.get(name)
+    known = {k["name"]: k["prefix"] for k in client.keys()}
+    if name in known and stored is not None and stored.startswith(known[name]):
+        return stored, True
+    return None, name in known
+
+
 def key_for_tool(client: ControlClient, name: str, store: KeyStore) -> str:
     """The stored key for `name` if the daemon still knows it, else a new one, stored."""
-    stored = store.get(name)
-    known = {k["name"]: k for k in client.keys()}
-    if name in known:
-        if stored is not None and stored.startswith(known[name]["prefix"]):
-            return stored
-        raise KeyUnavailable(
-            f"a client key named {name!r} exists but this user's keyring does not hold it "
-            f"(it was created elsewhere): use another name with --name NAME, or revoke it "
-            f"so that a new one is made: dario-ctl keys revoke {name}"
-        )
-    key = client.create_key(name)
-    try:
-        store.set(name, key)
-    except KeyStoreError:
-        # Unsaved, the key would block its name on the next run: take it back.
-        client.revoke_key(name)
-        raise
-    return key
+    from dario.ctl.client import ControlAPIError
+
+    key, exists = _held(client, name, store)
+    if key is not None:
+        return key
+    if not exists:
+        try:
+            key = client.create_key(name)
+        except ControlAPIError:
+            # Two first runs of one tool at once: the other may have just made and stored it.
+            key, exists = _held(client, name, store)
+            if key is not None:
+                return key
+            if not exists:
+                raise
+        else:
+            try:
+                store.set(name, key)
+            except KeyStoreError:
+                # Unsaved, the key would block its name on the next run: take it back.
+                client.revoke_key(name)
+                raise
+            return key
+    raise KeyUnavailable(
+        f"a client key named {name!r} exists but this user's keyring does not hold it "
+        f"(it was created elsewhere): use another name with --name NAME, or revoke it "
+        f"so that a new one is made: dario-ctl keys revoke {name}"
+    )
