@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,20 @@ def test_control_files_of_another_kind(tmp_path: Path) -> None:
     (tmp_path / "run").write_text("not a folder")
     [check] = doctor.check_control_files(ctx)
     assert check.status == "fail" and "is not a folder" in check.verdict
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="systemd user units")
+def test_autostart_installed_then_enabled(tmp_path: Path) -> None:
+    from dario.ctl import autostart
+
+    for path, data in autostart._desired("linux", tmp_path, {}, tray=True).items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    [check] = doctor.check_autostart(StubContext(None, tmp_path))
+    assert check.status == "warn" and "not active" in check.verdict
+    assert check.hint == autostart.SYSTEMCTL_ENABLE
+    wants = autostart._wants_link(tmp_path, {})
+    wants.parent.mkdir(parents=True)
+    wants.symlink_to(tmp_path / ".config" / "systemd" / "user" / autostart.SERVICE_NAME)
+    [check] = doctor.check_autostart(StubContext(None, tmp_path))
+    assert (check.status, check.verdict) == ("ok", "installed and enabled")
