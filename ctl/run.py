@@ -65,8 +65,9 @@ def daemon_status(client: ControlClient, start: bool) -> Status:
 
     try:
         return client.status()
-    except DaemonNotRunning:
+    except DaemonNotRunning as exc:
         if not start:
+            exc.args = (f"{exc}; or let run start it: dario-ctl run --start -- CMD",)
             raise
     return start_daemon(client)
 

@@ -117,6 +117,7 @@ def test_run_without_a_daemon_exits_3_with_the_start_command(dariod_factory: Cal
     out = run_tool(d, "--", "sh", "-c", "echo ran")
     assert out.returncode == 3
     assert "dariod is not running" in out.stderr and "start it with: dariod" in out.stderr
+    assert "dario-ctl run --start" in out.stderr
     assert "ran" not in out.stdout
     env = d.ctl("env")
     assert env.returncode == 3 and env.stdout == ""  # nothing for eval to run
