@@ -1,7 +1,8 @@
 """dario-ctl: the command line for a running dariod.
 
-It talks only to the daemon's control API (through `dario.ctl.client`) and never touches the
-keyring: the daemon owns the secrets. Exit codes: 0 ok, 1 failed, 2 usage error,
+It talks only to the daemon's control API (through `dario.ctl.client`); the daemon owns the
+account secrets. The one exception is `run`/`env`, which keep a tool's client key in the
+keyring (see `dario.ctl.toolkeys`). Exit codes: 0 ok, 1 failed, 2 usage error,
 3 daemon not running, 130 interrupted.
 
 Startup is kept short on purpose (it runs in shell prompts and scripts): the control client,
@@ -242,6 +243,42 @@ def cmd_autostart(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from dario.ctl import run, toolkeys
+
+    command = run.strip_separator(args.tool_command)
+    if not command:
+        raise UsageError("no command given: dario-ctl run [--name NAME] -- CMD [ARGS...]")
+    try:
+        return run.run(_client(args), command, args.name, args.start)
+    except (run.StartFailed, toolkeys.KeyStoreError, toolkeys.KeyUnavailable) as exc:
+        raise CommandFailed(str(exc)) from exc
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from dario.ctl import env, toolkeys
+
+    try:
+        text = env.env_text(_client(args), args.shell, args.name)
+    except (toolkeys.KeyStoreError, toolkeys.KeyUnavailable) as exc:
+        raise CommandFailed(str(exc)) from exc
+    sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from dario.ctl import doctor
+    from dario.ctl.client import ControlClient
+
+    socket = Path(args.socket) if args.socket else None
+    checks = doctor.run_checks(doctor.Context(ControlClient(socket, timeout=doctor.HTTP_TIMEOUT_S)))
+    if args.json:
+        _print_json(doctor.as_json(checks))
+    else:
+        sys.stdout.write(doctor.render(checks))
+    return EXIT_FAILED if doctor.broken(checks) else EXIT_OK
+
+
 # -- parser ----------------------------------------------------------------------------
 
 
@@ -316,6 +353,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(sub, "autostart", "start dariod at login", cmd_autostart)
     p.add_argument("action", choices=("enable", "disable", "status"))
     p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
+
+    p = add(sub, "run", "run a tool pointed at dario (dario-ctl run -- claude)", cmd_run)
+    p.add_argument("--name", metavar="NAME", help="client key name, when dariod requires one (default: the command)")
+    p.add_argument("--start", action="store_true", help="start dariod first if it is not running")
+    p.add_argument("tool_command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+
+    p = add(sub, "env", 'print the settings for tools, for: eval "$(dario-ctl env)"', cmd_env)
+    p.add_argument("--shell", choices=("sh", "fish", "powershell"), default=None,
+                   help="syntax (default: sh; powershell on Windows)")
+    p.add_argument("--name", metavar="NAME", help="client key name, when dariod requires one (default: shell)")
+
+    p = add(sub, "doctor", "check everything dario needs and say what to fix (exit 1 if broken)", cmd_doctor)
+    p.add_argument("--json", action="store_true", help="the checks as a JSON list of name, status, verdict, hint")
     return parser
 
 

@@ -6,7 +6,8 @@ It prints one line, ``READY http://HOST:PORT``, once bound, and serves until SIG
 What a /v1/messages reply contains is chosen by directives in the text of the last user message:
 ``[[tool]]`` ``[[tools]]`` ``[[thinking]]`` ``[[long:N]]`` ``[[echo]]`` ``[[cache]]`` ``[[stop:XYZ]]``
 ``[[max]]``. Faults are queued with ``POST /_fake/script`` (see ``_ACTION_KEYS``), rate-limit windows
-are set with ``POST /_fake/limits``, and ``GET /_fake/requests`` returns what was received.
+are set with ``POST /_fake/limits``, ``POST /_fake/clock {"offset": s}`` makes the ``Date`` header run
+``s`` seconds off, and ``GET /_fake/requests`` returns what was received.
 
 The server is deliberately independent of dario's own code so that the two cannot share a bug.
 It is also the "direct path" floor in benchmarks, so the per-request work is kept small: a plain
@@ -41,6 +42,7 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import IO, Any, Literal, NoReturn
+from wsgiref.handlers import format_date_time
 
 import orjson
 import trio
@@ -236,6 +238,12 @@ def _delta(index: int, kind: str, piece: str) -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=8)
+def _http_date(second: int) -> bytes:
+    # Formatted once per second, not per response: the fake is the benchmarks' floor.
+    return format_date_time(second).encode()
+
+
 def _rfc3339(ts: float) -> bytes:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)).encode()
 
@@ -344,6 +352,7 @@ class _State:
         self.scripts: list[tuple[str | None, dict[str, Any]]] = []
         self.log: deque[dict[str, Any]] = deque(maxlen=log_max)
         self.limits = _Limits()
+        self.clock_offset = 0.0  # seconds added to the Date header, for clock-skew tests
         # In-flight API requests, so tests can wait (server-side) until dario has let go of them.
         self.in_flight = 0
         self.idle = trio.Event()
@@ -881,6 +890,7 @@ class App:
             (b"content-type", content_type),
             (b"request-id", b"req_fake_%d" % req.n),
             (b"anthropic-organization-id", ORG_ID),
+            (b"date", _http_date(int(time.time() + self.s.clock_offset))),
         ]
         for name, w in zip(WINDOWS, ws, strict=True):
             lim, rem, rst = _RL_NAMES[name]
@@ -1158,7 +1168,10 @@ class App:
                 with trio.move_on_after(float(body.get("timeout", 10))):
                     await s.idle.wait()
                 out = orjson.dumps(s.stats())
+            elif (method, path) == ("POST", "/_fake/clock"):
+                s.clock_offset = float(body.get("offset", 0))
             elif (method, path) == ("POST", "/_fake/reset"):
+                s.clock_offset = 0.0
                 s.scripts.clear()
                 s.log.clear()
                 s.limits.reset()
@@ -1187,6 +1200,7 @@ async def _serve(app: App, host: str, port: int) -> None:
     config.keep_alive_timeout = 75.0  # pooled client connections outlive hypercorn's 5 s default
     config.keep_alive_max_requests = 1_000_000  # hypercorn closes after 1000 by default; benches would churn
     config.include_server_header = False
+    config.include_date_header = False  # the app sends its own, which /_fake/clock can skew
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
 
         async def shutdown_trigger() -> None:
@@ -1338,6 +1352,10 @@ class FakeUpstream:
         """Block until no API request is in flight on the server (or timeout); returns stats()."""
         result: dict[str, int] = self._call("POST", "/_fake/wait_idle", {"timeout": timeout}, timeout + 5)
         return result
+
+    def set_clock(self, offset: float) -> None:
+        """Make the Date header `offset` seconds off local time (clear() puts it back)."""
+        self._call("POST", "/_fake/clock", {"offset": offset})
 
     def clear(self) -> None:
         self._call("POST", "/_fake/reset", {})

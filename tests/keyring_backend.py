@@ -45,3 +45,20 @@ class FileKeyring(KeyringBackend):
         if data.pop(f"{service}\0{username}", None) is None:
             raise PasswordDeleteError(username)
         self._save(data)
+
+
+class LockedKeyring(KeyringBackend):
+    """A keyring that is there but locked, as a Secret Service before the user unlocks it."""
+
+    priority = -10
+
+    def get_password(self, service: str, username: str) -> str | None:
+        from keyring.errors import KeyringLocked
+
+        raise KeyringLocked("the collection is locked")
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.get_password(service, username)
+
+    def delete_password(self, service: str, username: str) -> None:
+        self.get_password(service, username)

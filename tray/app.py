@@ -156,6 +156,20 @@ def fetch_status(client: TrayClient) -> Status | None:
 
 
 # -- actions -------------------------------------------------------------------------------
+def _settings_key(client: TrayClient, status: Status | None) -> str | None:
+    """The client key `dario-ctl env` uses (same name, same keyring entry), if dariod wants one."""
+    if status is None or not status["auth_required"] or not isinstance(client, ControlClient):
+        return None
+    from dario.ctl.env import DEFAULT_NAME
+    from dario.ctl.toolkeys import KeyringStore, KeyStoreError, KeyUnavailable, key_for_tool
+
+    try:
+        return key_for_tool(client, DEFAULT_NAME, KeyringStore())
+    except (KeyStoreError, KeyUnavailable) as exc:
+        log.info("no client key for the copied settings: %s", exc)
+        return None
+
+
 def dispatch(action: str, client: TrayClient, status: Status | None, effects: Effects) -> None:
     """Carry out one menu action id ("prefer:work", "refresh:", "open-dashboard", ...)."""
     verb, _, arg = action.partition(":")
@@ -172,7 +186,7 @@ def dispatch(action: str, client: TrayClient, status: Status | None, effects: Ef
             else:
                 effects.open_url(status["listen"].rstrip("/") + "/")
         elif action == "copy-settings":
-            text = settings_text(status)
+            text = settings_text(status, key=_settings_key(client, status))
             if effects.copy_text(text):
                 effects.notify("Copied the settings for tools to the clipboard")
             else:

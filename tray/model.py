@@ -222,16 +222,15 @@ def menu_model(status: Status | None, now: float | None = None) -> list[MenuEntr
     return entries
 
 
-def settings_text(status: Status | None, platform: str | None = None) -> str:
-    """The lines a user pastes into a shell so that Anthropic and OpenAI SDKs use dario."""
+def settings_text(status: Status | None, platform: str | None = None, key: str | None = None) -> str:
+    """What `dario-ctl env` prints: the lines that point Anthropic and OpenAI SDKs at dario."""
+    from dario.ctl.toolenv import render, tool_env
+
     platform = sys.platform if platform is None else platform
-    listen = printable(status["listen"] if status is not None else DEFAULT_LISTEN).rstrip("/")
-    pairs = [("ANTHROPIC_BASE_URL", listen), ("OPENAI_BASE_URL", f"{listen}/v1")]
-    if platform == "win32":  # PowerShell, the shell Windows users paste into
-        lines = [f'$env:{name} = "{value}"' for name, value in pairs]
-    else:
-        lines = [f"export {name}={value}" for name, value in pairs]
-    if status is not None and status["auth_required"]:
-        # Both shells take "#" comments; the key itself is never in the status, so say what to do.
-        lines.append("# this dariod requires a client key: set ANTHROPIC_API_KEY and OPENAI_API_KEY to one")
-    return "\n".join(lines) + "\n"
+    listen = printable(status["listen"] if status is not None else DEFAULT_LISTEN)
+    # PowerShell on Windows, the shell its users paste into; sh syntax elsewhere.
+    text = render(tool_env(listen, key), "powershell" if platform == "win32" else "sh")
+    if key is None and status is not None and status["auth_required"]:
+        # Both shells take "#" comments; no key could be had, so say where one comes from.
+        text += "# this dariod requires a client key: use dario-ctl env, or dario-ctl keys create NAME\n"
+    return text

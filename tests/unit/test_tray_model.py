@@ -168,13 +168,20 @@ def test_menu_disables_preferring_a_disabled_account() -> None:
 
 def test_settings_text_uses_the_listen_address() -> None:
     status = make_status(account("work"), listen="http://127.0.0.1:4000/")
-    assert settings_text(status, "linux").splitlines() == [
-        "export ANTHROPIC_BASE_URL=http://127.0.0.1:4000",
-        "export OPENAI_BASE_URL=http://127.0.0.1:4000/v1",
-    ]
-    assert settings_text(make_status(), "linux").splitlines()[0] == "export ANTHROPIC_BASE_URL=http://127.0.0.1:3456"
-    assert settings_text(make_status(), "win32").splitlines()[1] == '$env:OPENAI_BASE_URL = "http://127.0.0.1:3456/v1"'
+    lines = settings_text(status, "linux").splitlines()
+    assert "export ANTHROPIC_BASE_URL='http://127.0.0.1:4000'" in lines
+    assert "export OPENAI_BASE_URL='http://127.0.0.1:4000/v1'" in lines
+    assert "export ANTHROPIC_BASE_URL='http://127.0.0.1:3456'" in settings_text(make_status(), "linux").splitlines()
+    assert "$env:OPENAI_BASE_URL = 'http://127.0.0.1:3456/v1'" in settings_text(make_status(), "win32").splitlines()
     assert "client key" in settings_text(make_status(auth=True), "linux")
+
+
+def test_settings_text_is_what_dario_ctl_env_prints() -> None:
+    from dario.ctl.toolenv import render, tool_env
+
+    status = make_status(account("work"), listen="http://127.0.0.1:4000", auth=True)
+    assert settings_text(status, "linux", key="dario-k") == render(tool_env("http://127.0.0.1:4000", "dario-k"), "sh")
+    assert settings_text(make_status(), "win32") == render(tool_env("http://127.0.0.1:3456", None), "powershell")
 
 
 # -- app: environment checks -------------------------------------------------------------------
@@ -288,8 +295,7 @@ def test_dispatch_local_effects() -> None:
         app.dispatch(action, client, status, rec.effects())
     assert client.calls == []
     assert rec.events[0] == ("open", "http://127.0.0.1:4000/")
-    assert rec.events[1] == ("copy", "export ANTHROPIC_BASE_URL=http://127.0.0.1:4000\n"
-                                     "export OPENAI_BASE_URL=http://127.0.0.1:4000/v1\n")
+    assert rec.events[1] == ("copy", settings_text(status))
     assert rec.events[2][0] == "notify"
     assert rec.events[3:] == [("start", None), ("quit", None)]
 
@@ -298,7 +304,7 @@ def test_dispatch_shows_the_text_when_there_is_no_clipboard() -> None:
     rec = Recorder(copy_ok=False)
     app.dispatch("copy-settings", FakeClient(), make_status(), rec.effects())
     notes = [m for kind, m in rec.events if kind == "notify"]
-    assert len(notes) == 1 and "export OPENAI_BASE_URL=http://127.0.0.1:3456/v1" in str(notes[0])
+    assert len(notes) == 1 and "export OPENAI_BASE_URL='http://127.0.0.1:3456/v1'" in str(notes[0])
 
 
 def test_dispatch_turns_errors_into_notifications() -> None:
