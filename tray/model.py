@@ -220,16 +220,37 @@ def menu_model(status: Status | None, now: float | None = None) -> list[MenuEntr
     return entries
 
 
-def settings_text(status: Status | None, platform: str | None = None) -> str:
-    """The lines a user pastes into a shell so that Anthropic and OpenAI SDKs use dario."""
+# What the SDKs read: both base URLs, and both keys, since the SDKs refuse to send without one
+# (openai-python raises OpenAIError when OPENAI_API_KEY is unset; anthropic-python cannot resolve
+# an auth method). Without DARIO_API_KEY dario ignores the value, so a fixed word does.
+ANY_KEY = "dario"
+CLIENT_KEY_PLACEHOLDER = "PASTE-A-DARIO-CLIENT-KEY"
+
+
+def settings_for_tools(base_url: str, *, auth_required: bool = False, platform: str | None = None) -> str:
+    """The lines a user pastes into a shell so that Anthropic and OpenAI SDKs use dario at `base_url`."""
     platform = sys.platform if platform is None else platform
-    listen = (status["listen"] if status is not None else DEFAULT_LISTEN).rstrip("/")
-    pairs = [("ANTHROPIC_BASE_URL", listen), ("OPENAI_BASE_URL", f"{listen}/v1")]
+    base = base_url.rstrip("/")
+    key = CLIENT_KEY_PLACEHOLDER if auth_required else ANY_KEY
+    pairs = [
+        ("ANTHROPIC_BASE_URL", base),
+        ("ANTHROPIC_API_KEY", key),
+        ("OPENAI_BASE_URL", f"{base}/v1"),
+        ("OPENAI_API_KEY", key),
+    ]
     if platform == "win32":  # PowerShell, the shell Windows users paste into
         lines = [f'$env:{name} = "{value}"' for name, value in pairs]
     else:
         lines = [f"export {name}={value}" for name, value in pairs]
-    if status is not None and status["auth_required"]:
-        # Both shells take "#" comments; the key itself is never in the status, so say what to do.
-        lines.append("# this dariod requires a client key: set ANTHROPIC_API_KEY and OPENAI_API_KEY to one")
+    if auth_required:
+        # Both shells take "#" comments; the tray never sees a key, so say where to get one.
+        lines.insert(0, f"# this dariod requires a client key: replace {CLIENT_KEY_PLACEHOLDER} with "
+                        "DARIO_API_KEY or a key from: dario-ctl keys create NAME")
     return "\n".join(lines) + "\n"
+
+
+def settings_text(status: Status | None, platform: str | None = None) -> str:
+    """settings_for_tools() for the daemon that gave `status` (the default address if none)."""
+    listen = status["listen"] if status is not None else DEFAULT_LISTEN
+    auth_required = status is not None and bool(status["auth_required"])
+    return settings_for_tools(listen, auth_required=auth_required, platform=platform)
