@@ -220,9 +220,9 @@ def cmd_autostart(args: argparse.Namespace) -> int:
 
     try:
         if args.action == "enable":
-            report = autostart.enable(dry_run=args.dry_run)
+            report = autostart.enable(dry_run=args.dry_run, run=not args.no_start)
         elif args.action == "disable":
-            report = autostart.disable(dry_run=args.dry_run)
+            report = autostart.disable(dry_run=args.dry_run, run=not args.no_start)
         else:
             report = autostart.status()  # only reads: --dry-run is accepted and has nothing to skip
     except OSError as exc:  # e.g. the unit/agent folder is not writable
@@ -310,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(sub, "autostart", "start dariod at login", cmd_autostart)
     p.add_argument("action", choices=("enable", "disable", "status"))
     p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
+    p.add_argument("--no-start", action="store_true",
+                   help="only write or remove the files; do not start or stop dariod now")
     return parser
 
 
