@@ -62,18 +62,18 @@ RestartSec=2
 WantedBy=default.target
 """
 
-# Optional, for distributors only (enable() does not install it): lets `dario-ctl` start the
-# daemon on demand, as gpg-agent.socket does. Needs a dariod that accepts an inherited socket.
+# Optional, for distributors only (enable() does not install it): systemd socket activation. The
+# socket listens on dario's public port and starts dario.service at the first connection, which
+# waits in the backlog meanwhile; dariod serves on the passed socket (sd_listen_fds(3), fd 3).
 SOCKET_TEMPLATE = """\
-# Optional: start dariod on the first connection to its control socket, as gpg-agent.socket does.
-# Install it only with a dariod that accepts the inherited socket (LISTEN_FDS, first fd 3).
+# Optional: start dariod at the first connection to its port (systemd socket activation).
+# dariod takes the socket over (LISTEN_FDS, fd 3); its --host must match the address below.
 [Unit]
-Description=dario control socket
+Description=dario: local gateway for Claude (socket)
 
 [Socket]
-ListenStream=%t/dario/ctl.sock
-SocketMode=0600
-DirectoryMode=0700
+ListenStream=127.0.0.1:3456
+NoDelay=true
 
 [Install]
 WantedBy=sockets.target
