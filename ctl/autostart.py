@@ -43,6 +43,7 @@ WINDOWS_TRAY_VALUE = "dario-tray"
 UNDO_HINT = "to undo: dario-ctl autostart disable"
 SYSTEMCTL_ENABLE = "systemctl --user daemon-reload && systemctl --user enable --now dario.service"
 SYSTEMCTL_DISABLE = "systemctl --user disable --now dario.service"
+SYSTEMCTL_ENABLE_ONLY = "systemctl --user daemon-reload && systemctl --user enable dario.service"
 MANIFEST_NAME = "autostart-files.json"  # {path: sha256 of what enable() wrote}
 
 SERVICE_TEMPLATE = """\
@@ -211,6 +212,23 @@ def user_manager_running(kind: str, environ: Mapping[str, str]) -> bool:
     return (Path(runtime) / "systemd" / "private").exists()
 
 
+def daemon_running() -> bool:
+    """Whether a dariod answers on the control socket now (say, one started by hand)."""
+    import socket
+
+    from dario.daemon.paths import socket_path
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2)
+    try:
+        probe.connect(str(socket_path()))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 def _manifest_path(kind: str, home: Path, environ: Mapping[str, str] | None) -> Path:
     if kind == "linux":
         return _config_home(home, environ) / "dario" / MANIFEST_NAME
@@ -334,8 +352,16 @@ def enable(
         ]
         tray_note = "dario-tray starts at your next login"
     manager = run and not dry_run and user_manager_running(kind, environ or {})
+    # A second dariod would fail on the first one's lock, and Restart=on-failure / KeepAlive would
+    # retry it in a loop: when one already runs, register the entries but start nothing now.
+    running = manager and daemon_running()
     if dry_run:
         lines.append("dry run: nothing was written")
+    elif running:
+        lines.append("dariod is already running (started outside the service manager), so it was not "
+                     "started again; the service manager starts it from your next login")
+        if kind == "linux":
+            _run(SYSTEMCTL_ENABLE_ONLY, lines)
     elif manager and kind == "linux":
         _run(SYSTEMCTL_ENABLE, lines)
     elif manager:

@@ -160,6 +160,12 @@ def test_xdg_config_home_is_honoured(tmp_path: Path, fake_commands: None, no_sub
     assert relative.files[0] == tmp_path / ".config/systemd/user/dario.service"
 
 
+@pytest.fixture(autouse=True)
+def no_running_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The developer's own dariod must not change what these tests see.
+    monkeypatch.setattr(autostart, "daemon_running", lambda: False, raising=False)
+
+
 def test_run_true_runs_the_activation_command(tmp_path: Path, fake_commands: None, no_subprocess: list[Any],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(autostart, "user_manager_running", lambda kind, environ: True)
@@ -169,6 +175,36 @@ def test_run_true_runs_the_activation_command(tmp_path: Path, fake_commands: Non
     no_subprocess.clear()
     autostart.disable(home=tmp_path, platform="linux", run=True)
     assert no_subprocess == [autostart.SYSTEMCTL_DISABLE, "systemctl --user daemon-reload"]
+
+
+def test_enable_does_not_start_a_second_daemon(tmp_path: Path, fake_commands: None, no_subprocess: list[Any],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # The README's first command runs dariod in the foreground; enabling autostart then must not
+    # start a second one that fails on the lock and is restarted in a loop.
+    monkeypatch.setattr(autostart, "user_manager_running", lambda kind, environ: True)
+    monkeypatch.setattr(autostart, "daemon_running", lambda: True)
+    report = autostart.enable(home=tmp_path, platform="linux", run=True)
+    assert no_subprocess == [autostart.SYSTEMCTL_ENABLE_ONLY]
+    assert any("already running" in line for line in report.lines)
+    mac = autostart.enable(home=tmp_path / "mac", platform="darwin", run=True)
+    assert no_subprocess == [autostart.SYSTEMCTL_ENABLE_ONLY]  # no bootstrap: RunAtLoad would start it
+    assert any("already running" in line for line in mac.lines)
+
+
+def test_daemon_running_probes_the_control_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    monkeypatch.undo()  # the real probe, not the autouse stand-in
+    path = tmp_path / "ctl.sock"
+    monkeypatch.setenv("DARIO_SOCKET", str(path))
+    assert not autostart.daemon_running()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    try:
+        assert autostart.daemon_running()
+    finally:
+        server.close()
 
 
 def test_run_without_a_user_manager_starts_nothing_and_says_so(
