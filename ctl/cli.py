@@ -227,6 +227,10 @@ def cmd_autostart(args: argparse.Namespace) -> int:
             report = autostart.status()  # only reads: --dry-run is accepted and has nothing to skip
     except OSError as exc:  # e.g. the unit/agent folder is not writable
         raise CommandFailed(f"autostart {args.action} failed: {exc}") from exc
+    if args.json:
+        _print_json({"enabled": report.enabled, "changed": report.changed,
+                     "files": [str(p) for p in report.files], "lines": report.lines})
+        return EXIT_OK
     console = _console()
     for line in report.lines:
         _say(console, line)
@@ -312,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
     p.add_argument("--no-start", action="store_true",
                    help="only write or remove the files; do not start or stop dariod now")
+    p.add_argument("--json", action="store_true", help="print enabled, changed, files and lines as JSON")
     return parser
 
 
