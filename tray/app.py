@@ -123,8 +123,8 @@ def menu_problem(
         return None
     if platform.startswith("linux") and not gi_has("Gtk", "3.0"):
         why = "PyGObject or GTK 3 is missing"
-        fix = (f"install them: sudo apt-get install {MENU_PACKAGES_APT} && "
-               "pip install --force-reinstall 'dario[tray]' (see the README's Tray section)")
+        fix = (f"install them (Debian/Ubuntu: sudo apt-get install {MENU_PACKAGES_APT}), then reinstall "
+               "the tray extra: pip install -e '.[tray]' (see the README's Tray and autostart section)")
     else:
         why = "PYSTRAY_BACKEND chose it" if os.environ.get("PYSTRAY_BACKEND") else "no menu backend loaded"
         fix = "unset PYSTRAY_BACKEND or set it to appindicator or gtk"

@@ -263,7 +263,7 @@ def test_menu_problem_names_the_fix() -> None:
     assert app.menu_problem(True, "linux", lambda n, v: False) is None
     line = app.menu_problem(False, "linux", lambda n, v: False)
     assert line is not None and "\n" not in line
-    assert "has no menu" in line and "gir1.2-ayatanaappindicator3-0.1" in line and "dario[tray]" in line
+    assert "has no menu" in line and "gir1.2-ayatanaappindicator3-0.1" in line and "pip install -e '.[tray]'" in line
     forced = app.menu_problem(False, "linux", lambda n, v: True)
     assert forced is not None and "PYSTRAY_BACKEND" in forced
 
