@@ -1,9 +1,11 @@
 """Start dariod (and the tray) at login: systemd user unit + XDG autostart, LaunchAgents, HKCU Run.
 
 `enable`, `disable` and `status` are idempotent and only write files (or, on Windows, registry
-values) in the user's own profile. They do not run `systemctl` / `launchctl` unless `run=True`:
-by default they print the command, as `tailscale configure systray` does, so nothing starts behind
-the user's back. `dario-ctl autostart enable|disable|status` prints `report.lines`.
+values) in the user's own profile. With `run=True` (what `dario-ctl autostart enable` passes unless
+`--no-start`) they also start or stop the daemon now through the user's service manager, where one
+runs; otherwise they print the command. `dario-ctl autostart enable|disable|status` prints `report.lines`.
+`disable` removes only files that are as `enable` wrote them (it keeps a sha256 of each in
+MANIFEST_NAME): a file the user has edited since stays, and the report says so.
 
 Templates: the unit and desktop entry are embedded below as strings (packaging/ is not inside an
 installed package, so it cannot be read at run time). The files in packaging/linux/ are rendered
@@ -16,6 +18,8 @@ and tests/unit/test_autostart.py fails if they drift.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import plistlib
 import shlex
@@ -39,6 +43,8 @@ WINDOWS_TRAY_VALUE = "dario-tray"
 UNDO_HINT = "to undo: dario-ctl autostart disable"
 SYSTEMCTL_ENABLE = "systemctl --user daemon-reload && systemctl --user enable --now dario.service"
 SYSTEMCTL_DISABLE = "systemctl --user disable --now dario.service"
+SYSTEMCTL_ENABLE_ONLY = "systemctl --user daemon-reload && systemctl --user enable dario.service"
+MANIFEST_NAME = "autostart-files.json"  # {path: sha256 of what enable() wrote}
 
 SERVICE_TEMPLATE = """\
 [Unit]
@@ -57,18 +63,18 @@ RestartSec=2
 WantedBy=default.target
 """
 
-# Optional, for distributors only (enable() does not install it): lets `dario-ctl` start the
-# daemon on demand, as gpg-agent.socket does. Needs a dariod that accepts an inherited socket.
+# Optional, for distributors only (enable() does not install it): systemd socket activation. The
+# socket listens on dario's public port and starts dario.service at the first connection, which
+# waits in the backlog meanwhile; dariod serves on the passed socket (sd_listen_fds(3), fd 3).
 SOCKET_TEMPLATE = """\
-# Optional: start dariod on the first connection to its control socket, as gpg-agent.socket does.
-# Install it only with a dariod that accepts the inherited socket (LISTEN_FDS, first fd 3).
+# Optional: start dariod at the first connection to its port (systemd socket activation).
+# dariod takes the socket over (LISTEN_FDS, fd 3); its --host must match the address below.
 [Unit]
-Description=dario control socket
+Description=dario: local gateway for Claude (socket)
 
 [Socket]
-ListenStream=%t/dario/ctl.sock
-SocketMode=0600
-DirectoryMode=0700
+ListenStream=127.0.0.1:3456
+NoDelay=true
 
 [Install]
 WantedBy=sockets.target
@@ -185,6 +191,73 @@ def _config_home(home: Path | None, environ: Mapping[str, str] | None) -> Path:
     return base / ".config"
 
 
+def _effective_environ(home: Path | None, environ: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    # No explicit home: this is the user's own session, whose XDG_CONFIG_HOME counts (XDG Base
+    # Directory spec). The public functions pass `home` on to helpers, so decide it here, once.
+    if environ is None and home is None:
+        return os.environ
+    return environ
+
+
+def user_manager_running(kind: str, environ: Mapping[str, str]) -> bool:
+    """Whether a per-user service manager runs here that can start dariod now."""
+    if kind == "darwin":
+        return shutil.which("launchctl") is not None
+    if shutil.which("systemctl") is None or not hasattr(os, "getuid"):
+        return False
+    # systemd --user listens on $XDG_RUNTIME_DIR/systemd/private (systemd(1), "--user"); without it
+    # `systemctl --user` has nothing to talk to (containers, non-systemd distributions, ssh sessions
+    # without a login manager).
+    runtime = environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+    return (Path(runtime) / "systemd" / "private").exists()
+
+
+def daemon_running() -> bool:
+    """Whether a dariod answers on the control socket now (say, one started by hand)."""
+    import socket
+
+    from dario.daemon.paths import socket_path
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2)
+    try:
+        probe.connect(str(socket_path()))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def _manifest_path(kind: str, home: Path, environ: Mapping[str, str] | None) -> Path:
+    if kind == "linux":
+        return _config_home(home, environ) / "dario" / MANIFEST_NAME
+    return home / "Library" / "Application Support" / "dario" / MANIFEST_NAME
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_manifest(path: Path) -> dict[str, str]:
+    try:
+        loaded = json.loads(path.read_bytes())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+
+
+def _record_written(manifest: Path, desired: Mapping[Path, bytes]) -> None:
+    recorded = _read_manifest(manifest)
+    recorded.update({str(path): _sha256(data) for path, data in desired.items()})
+    write_bytes_atomic(manifest, json.dumps(recorded, indent=1, sort_keys=True).encode() + b"\n", mode=0o600)
+
+
+def _as_written(path: Path, current: bytes, desired: bytes | None, recorded: Mapping[str, str]) -> bool:
+    """Whether `current` is what enable() wrote (now, or when it ran): safe to remove."""
+    return current == desired or _sha256(current) == recorded.get(str(path))
+
+
 def _desired(kind: str, home: Path, environ: Mapping[str, str] | None, tray: bool) -> dict[Path, bytes]:
     if kind == "linux":
         config = _config_home(home, environ)
@@ -254,6 +327,7 @@ def enable(
     kind = _kind(platform)
     if kind == "win32":
         return _windows_enable(dry_run, tray)
+    environ = _effective_environ(home, environ)
     base = home if home is not None else Path.home()
     desired = _desired(kind, base, environ, tray)
     lines: list[str] = []
@@ -266,6 +340,8 @@ def enable(
         lines.append(f"{'would write' if dry_run else 'wrote'}: {_pretty(path, base)}")
         if not dry_run:
             _write(path, data)
+    if not dry_run:
+        _record_written(_manifest_path(kind, base, environ), desired)
     files = list(desired)
     if kind == "linux":
         activate = [SYSTEMCTL_ENABLE]
@@ -275,17 +351,29 @@ def enable(
             f"launchctl bootstrap {_launchctl_domain(True)} {shlex.quote(str(p))}" for p in files
         ]
         tray_note = "dario-tray starts at your next login"
+    manager = run and not dry_run and user_manager_running(kind, environ or {})
+    # A second dariod would fail on the first one's lock, and Restart=on-failure / KeepAlive would
+    # retry it in a loop: when one already runs, register the entries but start nothing now.
+    running = manager and daemon_running()
     if dry_run:
         lines.append("dry run: nothing was written")
-    elif run and kind == "linux":
+    elif running:
+        lines.append("dariod is already running (started outside the service manager), so it was not "
+                     "started again; the service manager starts it from your next login")
+        if kind == "linux":
+            _run(SYSTEMCTL_ENABLE_ONLY, lines)
+    elif manager and kind == "linux":
         _run(SYSTEMCTL_ENABLE, lines)
-    elif run:
+    elif manager:
         domain = _launchctl_domain(False)
         for path in files:
             # bootstrap fails on an agent that is already loaded: unload it first, quietly.
             subprocess.run(["launchctl", "bootout", f"{domain}/{path.stem}"], capture_output=True,
                            check=False)
             _run(f"launchctl bootstrap {domain} {shlex.quote(str(path))}", lines)
+    elif run:
+        lines.append("no user service manager runs here (systemd --user), so nothing was started; "
+                     "start the daemon yourself with: " + shlex.join(daemon_command()))
     else:
         lines.append("to start it now and at every login: " + " ; ".join(activate))
     if tray and not dry_run:
@@ -308,9 +396,14 @@ def disable(
     kind = _kind(platform)
     if kind == "win32":
         return _windows_disable(dry_run)
+    environ = _effective_environ(home, environ)
     base = home if home is not None else Path.home()
-    files = list(_desired(kind, base, environ, tray=True))
+    desired = _desired(kind, base, environ, tray=True)
+    files = list(desired)
+    manifest = _manifest_path(kind, base, environ)
+    recorded = _read_manifest(manifest)
     lines: list[str] = []
+    run = run and user_manager_running(kind, environ or {})
     if run and not dry_run:
         if kind == "linux":
             _run(SYSTEMCTL_DISABLE, lines)
@@ -323,14 +416,23 @@ def disable(
         # and a dangling link would otherwise outlive the unit file.
         targets.append(_wants_link(base, environ))
     changed = False
+    kept: list[Path] = []
     for path in targets:
         if not (path.exists() or path.is_symlink()):
+            continue
+        current = None if path.is_symlink() else _read(path)
+        if current is not None and not _as_written(path, current, desired.get(path), recorded):
+            kept.append(path)
+            lines.append(f"kept: {_pretty(path, base)} (edited since dario-ctl autostart enable wrote it; "
+                         "delete it yourself if you no longer want it)")
             continue
         changed = True
         lines.append(f"{'would remove' if dry_run else 'removed'}: {_pretty(path, base)}")
         if not dry_run:
             path.unlink()
-    if not changed:
+    if not kept and manifest.exists() and not dry_run:
+        manifest.unlink()
+    if not changed and not kept:
         lines.append("nothing to remove: autostart is not enabled")
     if dry_run:
         lines.append("dry run: nothing was removed")
@@ -358,9 +460,11 @@ def status(
     kind = _kind(platform)
     if kind == "win32":
         return _windows_status()
+    environ = _effective_environ(home, environ)
     base = home if home is not None else Path.home()
     desired = _desired(kind, base, environ, tray=True)
     lines: list[str] = []
+    stale = False
     for path, data in desired.items():
         current = _read(path)
         if current is None:
@@ -368,17 +472,26 @@ def status(
         elif current == data:
             state = "installed"
         else:
-            state = "installed, differs from the current install (run: dario-ctl autostart enable)"
+            stale = True
+            state = "installed, differs from what enable would write now"
         lines.append(f"{_pretty(path, base)}: {state}")
     files = list(desired)
-    enabled = files[0].exists()
-    if kind == "linux" and enabled:
-        if _wants_link(base, environ).is_symlink():
-            lines.append("systemd: enabled for default.target")
-        else:
-            lines.append("systemd: not enabled yet; run: " + SYSTEMCTL_ENABLE)
-    lines.append("autostart is " + ("enabled" if enabled else "disabled (run: dario-ctl autostart enable)"))
+    verdict, enabled = _verdict(kind, files[0].exists(), _wants_link(base, environ).is_symlink(), stale)
+    lines.append(verdict)
     return AutostartReport(changed=False, files=files, lines=lines, enabled=enabled)
+
+
+def _verdict(kind: str, written: bool, linked: bool, stale: bool) -> tuple[str, bool]:
+    """The one line `status` ends with, and whether dariod starts at login."""
+    if not written:
+        return "autostart is disabled (run: dario-ctl autostart enable)", False
+    if kind == "linux" and not linked:
+        # The unit file alone starts nothing: systemd needs the default.target.wants link.
+        return ("autostart is not active: the unit is written but not enabled in systemd "
+                f"(run: dario-ctl autostart enable, or: {SYSTEMCTL_ENABLE})"), False
+    if stale:
+        return "autostart is enabled, with entries from another install (run: dario-ctl autostart enable)", True
+    return "autostart is enabled", True
 
 
 # -- Windows: HKCU\...\Run (no admin rights needed) -------------------------------------------

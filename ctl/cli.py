@@ -227,13 +227,17 @@ def cmd_autostart(args: argparse.Namespace) -> int:
 
     try:
         if args.action == "enable":
-            report = autostart.enable(dry_run=args.dry_run)
+            report = autostart.enable(dry_run=args.dry_run, run=not args.no_start)
         elif args.action == "disable":
-            report = autostart.disable(dry_run=args.dry_run)
+            report = autostart.disable(dry_run=args.dry_run, run=not args.no_start)
         else:
             report = autostart.status()  # only reads: --dry-run is accepted and has nothing to skip
     except OSError as exc:  # e.g. the unit/agent folder is not writable
         raise CommandFailed(f"autostart {args.action} failed: {exc}") from exc
+    if args.json:
+        _print_json({"enabled": report.enabled, "changed": report.changed,
+                     "files": [str(p) for p in report.files], "lines": report.lines})
+        return EXIT_OK
     console = _console()
     for line in report.lines:
         _say(console, line)
@@ -353,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(sub, "autostart", "start dariod at login", cmd_autostart)
     p.add_argument("action", choices=("enable", "disable", "status"))
     p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
+    p.add_argument("--no-start", action="store_true",
+                   help="only write or remove the files; do not start or stop dariod now")
+    p.add_argument("--json", action="store_true", help="print enabled, changed, files and lines as JSON")
 
     p = add(sub, "run", "run a tool pointed at dario (dario-ctl run -- claude)", cmd_run)
     p.add_argument("--name", metavar="NAME", help="client key name, when dariod requires one (default: the command)")

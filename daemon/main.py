@@ -17,7 +17,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from dario.daemon import __version__, paths, peercred
+from dario.daemon import __version__, activation, paths, peercred
 from dario.daemon.atomicfile import write_json_atomic
 from dario.daemon.control import ControlApp
 from dario.daemon.guard import Guard
@@ -27,7 +27,7 @@ from dario.daemon.openai.models import ModelTable
 from dario.daemon.peergate import PeerGate
 from dario.daemon.relay import Relay
 from dario.daemon.server import PublicApp
-from dario.daemon.settings import Settings, SettingsError, from_args
+from dario.daemon.settings import Settings, SettingsError, from_args, is_loopback_host
 from dario.daemon.state import DaemonState
 
 log = logging.getLogger("dario")
@@ -153,10 +153,31 @@ async def _run(settings: Settings, signals: AsyncIterator[int]) -> None:
         os.close(lock_fd)
 
 
+def public_bind(settings: Settings, host: str) -> str:
+    """hypercorn's bind for the public port: the socket systemd passed (fd://3), else host:port."""
+    try:
+        inherited = activation.take_inherited_socket()
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"cannot use the socket passed by the service manager: {exc}") from None
+    if inherited is None:
+        return f"{host}:{settings.port}"
+    # --host decides the security checks (a non-loopback address needs DARIO_API_KEY), so the
+    # socket must listen where --host says.
+    if not (activation.same_host(inherited.host, settings.host)
+            or (settings.host == "localhost" and is_loopback_host(inherited.host))):
+        raise StartupError(
+            f"the socket passed by the service manager listens on {inherited.host}:{inherited.port}, but --host "
+            f"is {settings.host}; make ListenStream and --host agree"
+        )
+    return f"fd://{inherited.fd}"
+
+
 async def _serve_all(settings: Settings, signals: AsyncIterator[int]) -> None:
     tcp_control = paths.control_mode() == "tcp"
     if not tcp_control:
         claim_socket(settings.socket)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    bind = public_bind(settings, host)
     http = HttpClient(
         timeouts=Timeouts(connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout),
         # Every open stream holds one upstream connection; thousands of concurrent streams are normal.
@@ -190,7 +211,6 @@ async def _serve_all(settings: Settings, signals: AsyncIterator[int]) -> None:
     control = ControlApp(state, token=control_token)
     endpoint_file = paths.control_endpoint_file(settings.socket)
     stop = trio.Event()
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
     try:
         async with trio.open_nursery() as background:
             background.start_soon(_watch_signals, signals, stop)
@@ -199,9 +219,7 @@ async def _serve_all(settings: Settings, signals: AsyncIterator[int]) -> None:
             background.start_soon(state.persist_forever)
             # serve() returns after `stop`, once in-flight requests end or the grace period runs out.
             async with trio.open_nursery() as servers:
-                binds = await servers.start(
-                    _serve, public, _hypercorn_config(f"{host}:{settings.port}", settings), stop
-                )
+                binds = await servers.start(_serve, public, _hypercorn_config(bind, settings), stop)
                 bound_port[0] = int(binds[0].rsplit(":", 1)[1])
                 state.listen = f"http://{host}:{bound_port[0]}"
                 if control_token is not None:

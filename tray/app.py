@@ -10,6 +10,7 @@ The tray is only a client of the control API; it never imports the daemon's serv
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import logging
 import os
@@ -23,12 +24,15 @@ import time
 import webbrowser
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from dario.ctl.autostart import daemon_command
 from dario.ctl.client import ControlAPIError, ControlClient, DaemonNotRunning
 from dario.ctl.views import printable
+from dario.daemon import __version__
 from dario.daemon.controlapi import RefreshResult, Status
+from dario.daemon.paths import ensure_private_dir, state_dir
 from dario.tray.model import MenuEntry, TrayHealth, health, menu_model, settings_text, tooltip
 
 log = logging.getLogger("dario.tray")
@@ -54,6 +58,7 @@ class Effects:
 
     open_url: Callable[[str], object]
     copy_text: Callable[[str], bool]
+    show_text: Callable[[str, str], bool]  # (title, text): a window the user can copy from
     start_daemon: Callable[[], object]
     notify: Callable[[str], None]
     quit: Callable[[], None]
@@ -106,6 +111,28 @@ def choose_backend(
     return "xorg"
 
 
+# Debian/Ubuntu names; the README lists Fedora's and Arch's.
+MENU_PACKAGES_APT = "libgirepository1.0-dev libcairo2-dev gir1.2-gtk-3.0 gir1.2-ayatanaappindicator3-0.1"
+
+
+def menu_problem(
+    has_menu: bool, platform: str | None = None, gi_has: Callable[[str, str], bool] = _gi_has
+) -> str | None:
+    """One line with the fix when the backend pystray loaded has no menu; None if it has one."""
+    platform = sys.platform if platform is None else platform
+    if has_menu:
+        return None
+    if platform.startswith("linux") and not gi_has("Gtk", "3.0"):
+        why = "PyGObject or GTK 3 is missing"
+        fix = (f"install them (Debian/Ubuntu: sudo apt-get install {MENU_PACKAGES_APT}), then reinstall "
+               "the tray extra: pip install -e '.[tray]' (see the README's Tray and autostart section)")
+    else:
+        why = "PYSTRAY_BACKEND chose it" if os.environ.get("PYSTRAY_BACKEND") else "no menu backend loaded"
+        fix = "unset PYSTRAY_BACKEND or set it to appindicator or gtk"
+    return (f"dario-tray: this tray backend has no menu ({why}); a click opens the dashboard, nothing else; "
+            f"to get the menu, {fix}")
+
+
 # -- effects -------------------------------------------------------------------------------
 def clipboard_commands(
     platform: str | None = None, environ: Mapping[str, str] | None = None
@@ -140,10 +167,40 @@ def copy_to_clipboard(text: str) -> bool:
     return False
 
 
+def show_text_window(title: str, text: str) -> bool:
+    """Show `text` in a window of its own (dario.tray.textwindow); False if it could not start."""
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "dario.tray.textwindow", title],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    except OSError as exc:
+        log.debug("text window failed: %r", exc)
+        return False
+    # Feed it and reap it when the user closes it, without holding up the worker thread.
+    threading.Thread(target=proc.communicate, args=(text.encode(),), name="dario-tray-window",
+                     daemon=True).start()
+    return True
+
+
+DAEMON_LOG_NAME = "dariod.log"
+
+
+def daemon_log_path() -> Path:
+    """Where a daemon started from the tray writes its output: dario's state folder."""
+    return state_dir() / DAEMON_LOG_NAME
+
+
 def start_daemon() -> None:
-    # A session of its own: the daemon must outlive the tray and not get the tray's signals.
-    subprocess.Popen(daemon_command(), start_new_session=True, stdin=subprocess.DEVNULL,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The output goes to a file in the state folder: a daemon that fails at start-up must leave
+    # its reason somewhere the user can read (the tray has no terminal).
+    path = daemon_log_path()
+    ensure_private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        # A session of its own: the daemon must outlive the tray and not get the tray's signals.
+        subprocess.Popen(daemon_command(), start_new_session=True, stdin=subprocess.DEVNULL,
+                         stdout=fd, stderr=fd)
+    finally:
+        os.close(fd)
 
 
 def fetch_status(client: TrayClient) -> Status | None:
@@ -189,10 +246,13 @@ def dispatch(action: str, client: TrayClient, status: Status | None, effects: Ef
             text = settings_text(status, key=_settings_key(client, status))
             if effects.copy_text(text):
                 effects.notify("Copied the settings for tools to the clipboard")
+            elif effects.show_text("dario: settings for tools", text):
+                effects.notify("No clipboard tool found (wl-copy, xclip, xsel): the settings are in a window")
             else:
                 effects.notify("No clipboard tool found (wl-copy, xclip, xsel); the settings are:\n" + text)
         elif action == "start-daemon":
             effects.start_daemon()
+            effects.notify(f"Starting dariod; its log: {daemon_log_path()}")
         elif action == "quit":
             effects.quit()
         else:
@@ -234,6 +294,7 @@ class TrayApp:
         self.effects = Effects(
             open_url=webbrowser.open,
             copy_text=copy_to_clipboard,
+            show_text=show_text_window,
             start_daemon=start_daemon,
             notify=self.notify,
             quit=self.quit,
@@ -375,18 +436,57 @@ class TrayApp:
     def _setup(self, icon: Any) -> None:
         # pystray runs this in a thread once the icon exists, and joins it on stop(): return quickly.
         _xorg_fixes(icon)
+        _guard_notifier(icon)
         icon.visible = True
         threading.Thread(target=self._poll_loop, name="dario-tray-poller", daemon=True).start()
         threading.Thread(target=self._work_loop, name="dario-tray-worker", daemon=True).start()
 
     def run(self) -> None:
-        self.icon.run(setup=self._setup)
+        try:
+            self.icon.run(setup=self._setup)
+        except Exception as exc:
+            # pystray's gtk backends close the last notification after their loop ends; with no
+            # notification server that raises. Quitting must still end quietly.
+            if not self._stopping.is_set():
+                raise
+            log.debug("error while the tray stopped: %r", exc)
 
     def quit(self) -> None:
         self._stopping.set()
         self._wake.set()
         self.actions.put(None)
         self.icon.stop()
+
+
+class _QuietNotifier:
+    """pystray's D-Bus notifier, minus its errors when no notification server runs.
+
+    pystray 0.19.5's gtk and appindicator backends call org.freedesktop.Notifications
+    synchronously (Notify on notify(), CloseNotification when the loop ends); without a server
+    (or with one that went away) each call raises GLib.Error, from a GLib idle callback or from
+    icon.run() at Quit. Those failures only mean "no popup": log them at debug level.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def notify(self, title: str, message: str, icon: str | None) -> None:
+        try:
+            self._inner.notify(title, message, icon)
+        except Exception as exc:
+            log.debug("notification failed: %r", exc)
+
+    def hide(self) -> None:
+        try:
+            self._inner.hide()
+        except Exception as exc:
+            log.debug("closing the notification failed: %r", exc)
+
+
+def _guard_notifier(icon: Any) -> None:
+    notifier = getattr(icon, "_notifier", None)
+    if notifier is not None and not isinstance(notifier, _QuietNotifier):
+        icon._notifier = _QuietNotifier(notifier)
 
 
 def _xorg_fixes(icon: Any) -> None:
@@ -419,7 +519,24 @@ def _xorg_fixes(icon: Any) -> None:
     icon._dock_window = dock_once
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dario-tray",
+        description="A tray icon for dariod: the pool's health at a glance, a menu to prefer an account, "
+                    "refresh, open the dashboard, copy the settings for tools.",
+        epilog="Needs a graphical session with a tray (on GNOME: the AppIndicator extension). "
+               "Exit codes: 0 quit, 1 cannot show a tray, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"dario-tray {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Before anything touches the display: --help and --version must work over ssh too.
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.WARNING, format="dario-tray: %(message)s")
     problem = display_problem()
     if problem:
@@ -444,6 +561,9 @@ def main() -> int:
     except Exception as exc:
         print(f"dario-tray: cannot open the display or tray ({type(exc).__name__}: {exc})", file=sys.stderr)
         return 1
+    no_menu = menu_problem(bool(getattr(pystray.Icon, "HAS_MENU", True)))
+    if no_menu:
+        print(no_menu, file=sys.stderr)
     try:
         app = TrayApp(
             pystray,

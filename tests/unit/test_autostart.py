@@ -100,7 +100,7 @@ def test_linux_enable_then_disable_leaves_nothing(tmp_path: Path, fake_commands:
     wants = tmp_path / ".config/systemd/user/default.target.wants"
     wants.mkdir()
     (wants / "dario.service").symlink_to(report.files[0])
-    assert "systemd: enabled" in "\n".join(autostart.status(home=tmp_path, platform="linux").lines)
+    assert autostart.status(home=tmp_path, platform="linux").lines[-1] == "autostart is enabled"
     off = autostart.disable(home=tmp_path, platform="linux")
     assert off.changed and not off.enabled
     assert all_files(tmp_path) == []
@@ -109,15 +109,32 @@ def test_linux_enable_then_disable_leaves_nothing(tmp_path: Path, fake_commands:
     assert no_subprocess == []
 
 
-def test_linux_status(tmp_path: Path, fake_commands: None, no_subprocess: list[Any]) -> None:
+def verdicts(report: autostart.AutostartReport) -> list[str]:
+    return [line for line in report.lines if line.startswith("autostart is")]
+
+
+def test_linux_status_gives_one_verdict(tmp_path: Path, fake_commands: None, no_subprocess: list[Any]) -> None:
     before = autostart.status(home=tmp_path, platform="linux")
     assert not before.enabled and not before.changed
     assert "missing" in before.lines[0]
+    assert verdicts(before) == ["autostart is disabled (run: dario-ctl autostart enable)"]
+    # Files written, systemd never told (--no-start, or no user manager): nothing starts at login.
     autostart.enable(home=tmp_path, platform="linux")
     after = autostart.status(home=tmp_path, platform="linux")
-    assert after.enabled
+    assert not after.enabled
     assert after.lines[0].endswith(": installed") and after.lines[1].endswith(": installed")
-    assert any("not enabled yet" in line and autostart.SYSTEMCTL_ENABLE in line for line in after.lines)
+    assert len(verdicts(after)) == 1 and after.lines[-1] == verdicts(after)[0]
+    assert verdicts(after)[0].startswith("autostart is not active") and autostart.SYSTEMCTL_ENABLE in after.lines[-1]
+    assert not any("enabled" in line for line in after.lines[:-1])
+    # What `systemctl --user enable` adds: now it is enabled, and says only that.
+    wants = tmp_path / ".config/systemd/user/default.target.wants"
+    wants.mkdir()
+    (wants / "dario.service").symlink_to(after.files[0])
+    on = autostart.status(home=tmp_path, platform="linux")
+    assert on.enabled and verdicts(on) == ["autostart is enabled"]
+    after.files[0].write_text("[Service]\nExecStart=/old/venv/bin/dariod\n")
+    stale = autostart.status(home=tmp_path, platform="linux")
+    assert stale.enabled and len(verdicts(stale)) == 1 and "another install" in stale.lines[-1]
 
 
 def test_dry_run_writes_nothing(tmp_path: Path, fake_commands: None, no_subprocess: list[Any]) -> None:
@@ -128,7 +145,7 @@ def test_dry_run_writes_nothing(tmp_path: Path, fake_commands: None, no_subproce
     autostart.enable(home=tmp_path, platform="linux")
     off = autostart.disable(home=tmp_path, platform="linux", dry_run=True)
     assert off.changed and off.enabled
-    assert len(all_files(tmp_path)) == 2
+    assert len(all_files(tmp_path)) == 3  # the two entries and the manifest of what enable wrote
     mac = autostart.enable(home=tmp_path / "mac", platform="darwin", dry_run=True)
     assert mac.changed and not (tmp_path / "mac").exists()
 
@@ -143,14 +160,148 @@ def test_xdg_config_home_is_honoured(tmp_path: Path, fake_commands: None, no_sub
     assert relative.files[0] == tmp_path / ".config/systemd/user/dario.service"
 
 
-def test_run_true_runs_the_activation_command(tmp_path: Path, fake_commands: None,
-                                              no_subprocess: list[Any]) -> None:
+@pytest.fixture(autouse=True)
+def no_running_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The developer's own dariod must not change what these tests see.
+    monkeypatch.setattr(autostart, "daemon_running", lambda: False, raising=False)
+
+
+def test_run_true_runs_the_activation_command(tmp_path: Path, fake_commands: None, no_subprocess: list[Any],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(autostart, "user_manager_running", lambda kind, environ: True)
     report = autostart.enable(home=tmp_path, platform="linux", run=True)
     assert no_subprocess == [autostart.SYSTEMCTL_ENABLE]
     assert f"running: {autostart.SYSTEMCTL_ENABLE}" in report.lines
     no_subprocess.clear()
     autostart.disable(home=tmp_path, platform="linux", run=True)
     assert no_subprocess == [autostart.SYSTEMCTL_DISABLE, "systemctl --user daemon-reload"]
+
+
+def test_enable_does_not_start_a_second_daemon(tmp_path: Path, fake_commands: None, no_subprocess: list[Any],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # The README's first command runs dariod in the foreground; enabling autostart then must not
+    # start a second one that fails on the lock and is restarted in a loop.
+    monkeypatch.setattr(autostart, "user_manager_running", lambda kind, environ: True)
+    monkeypatch.setattr(autostart, "daemon_running", lambda: True)
+    report = autostart.enable(home=tmp_path, platform="linux", run=True)
+    assert no_subprocess == [autostart.SYSTEMCTL_ENABLE_ONLY]
+    assert any("already running" in line for line in report.lines)
+    mac = autostart.enable(home=tmp_path / "mac", platform="darwin", run=True)
+    assert no_subprocess == [autostart.SYSTEMCTL_ENABLE_ONLY]  # no bootstrap: RunAtLoad would start it
+    assert any("already running" in line for line in mac.lines)
+
+
+def test_daemon_running_probes_the_control_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    monkeypatch.undo()  # the real probe, not the autouse stand-in
+    path = tmp_path / "ctl.sock"
+    monkeypatch.setenv("DARIO_SOCKET", str(path))
+    assert not autostart.daemon_running()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    try:
+        assert autostart.daemon_running()
+    finally:
+        server.close()
+
+
+def test_run_without_a_user_manager_starts_nothing_and_says_so(
+    tmp_path: Path, fake_commands: None, no_subprocess: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(autostart, "user_manager_running", lambda kind, environ: False)
+    report = autostart.enable(home=tmp_path, platform="linux", run=True)
+    assert no_subprocess == []
+    assert any("no user service manager" in line and "/opt/dario tools/bin/dariod" in line for line in report.lines)
+    autostart.disable(home=tmp_path, platform="linux", run=True)
+    assert no_subprocess == []
+
+
+def test_user_manager_running_looks_for_the_systemd_user_socket(tmp_path: Path) -> None:
+    if shutil.which("systemctl") is None:
+        pytest.skip("systemctl not installed")
+    assert not autostart.user_manager_running("linux", {"XDG_RUNTIME_DIR": str(tmp_path)})
+    (tmp_path / "systemd").mkdir()
+    (tmp_path / "systemd" / "private").touch()
+    assert autostart.user_manager_running("linux", {"XDG_RUNTIME_DIR": str(tmp_path)})
+
+
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    config = tmp_path / "xdg-config"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    return config
+
+
+def test_cli_enable_honours_xdg_config_home_and_starts_the_daemon(
+    tmp_path: Path, fake_commands: None, no_subprocess: list[Any], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dario.ctl import cli
+
+    config = cli_env(tmp_path, monkeypatch)
+    monkeypatch.setattr(autostart, "user_manager_running", lambda kind, environ: True)
+    assert cli.main(["autostart", "enable"]) == 0
+    assert (config / "systemd/user/dario.service").exists()
+    assert (config / "autostart/dario-tray.desktop").exists()
+    assert not (tmp_path / "home" / ".config").exists()
+    assert no_subprocess == [autostart.SYSTEMCTL_ENABLE]  # started now, not only at the next login
+    assert "running: systemctl --user" in capsys.readouterr().out
+    no_subprocess.clear()
+    assert cli.main(["autostart", "disable"]) == 0
+    assert not (config / "systemd/user/dario.service").exists()
+    assert no_subprocess[0] == autostart.SYSTEMCTL_DISABLE
+
+
+def test_cli_enable_no_start_only_writes_files(
+    tmp_path: Path, fake_commands: None, no_subprocess: list[Any], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dario.ctl import cli
+
+    config = cli_env(tmp_path, monkeypatch)
+    monkeypatch.setattr(autostart, "user_manager_running", lambda kind, environ: True)
+    assert cli.main(["autostart", "enable", "--no-start"]) == 0
+    assert (config / "systemd/user/dario.service").exists()
+    assert no_subprocess == []
+    assert autostart.SYSTEMCTL_ENABLE in capsys.readouterr().out  # told how to start it
+    assert cli.main(["autostart", "status"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("autostart is") == 1 and "autostart is not active" in out
+
+
+def test_disable_keeps_files_the_user_edited(tmp_path: Path, fake_commands: None,
+                                             no_subprocess: list[Any]) -> None:
+    report = autostart.enable(home=tmp_path, platform="linux")
+    service, desktop = report.files
+    edited = service.read_text().replace("RestartSec=2", "RestartSec=30\nEnvironment=DARIO_PORT=4000")
+    service.write_text(edited)
+    off = autostart.disable(home=tmp_path, platform="linux")
+    assert service.read_text() == edited  # the user's work survives
+    assert not desktop.exists()  # untouched since enable: removed
+    kept = [line for line in off.lines if line.startswith("kept:")]
+    assert len(kept) == 1 and "dario.service" in kept[0] and "edited" in kept[0]
+    # A file written by an older dario (different path inside) is still ours: removed.
+    autostart.enable(home=tmp_path, platform="linux")
+    desktop.write_text(desktop.read_text())  # same bytes: not an edit
+    autostart.disable(home=tmp_path, platform="linux")
+    assert not desktop.exists()
+
+
+def test_disable_removes_what_an_earlier_enable_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     no_subprocess: list[Any]) -> None:
+    # enable ran from another venv: the bytes differ from what this install would write, but the
+    # manifest shows they are exactly what enable wrote then.
+    monkeypatch.setattr(autostart, "daemon_command", lambda: ["/old/venv/bin/dariod"])
+    monkeypatch.setattr(autostart, "tray_command", lambda: ["/old/venv/bin/dario-tray"])
+    report = autostart.enable(home=tmp_path, platform="linux")
+    monkeypatch.setattr(autostart, "daemon_command", lambda: ["/new/venv/bin/dariod"])
+    monkeypatch.setattr(autostart, "tray_command", lambda: ["/new/venv/bin/dario-tray"])
+    off = autostart.disable(home=tmp_path, platform="linux")
+    assert not any(line.startswith("kept:") for line in off.lines)
+    assert not any(p.exists() for p in report.files)
+    assert all_files(tmp_path) == []
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")

@@ -605,8 +605,19 @@ def test_autostart(
 ) -> None:
     # No daemon needed: autostart is local.
     assert cli.main(["autostart", action, "--dry-run"]) == 0
-    assert fake_autostart == [(action, {} if action == "status" else {"dry_run": True})]
+    assert fake_autostart == [(action, {} if action == "status" else {"dry_run": True, "run": True})]
     assert f"{action}: wrote" in capsys.readouterr().out
+
+
+def test_autostart_no_start_and_json(
+    fake_autostart: list[tuple[str, dict[str, Any]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["autostart", "enable", "--no-start"]) == 0
+    assert fake_autostart == [("enable", {"dry_run": False, "run": False})]
+    capsys.readouterr()
+    assert cli.main(["autostart", "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "enabled": True, "changed": True, "files": [], "lines": ["status: wrote ~/.config/systemd/user/dariod.service"]}
 
 
 def test_autostart_oserror_exit_1(

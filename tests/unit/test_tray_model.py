@@ -24,6 +24,7 @@ from dario.tray.model import (
     settings_text,
     tooltip,
 )
+from tests.support import wait_until
 
 NOW = 1_700_000_000.0
 
@@ -234,6 +235,40 @@ def test_unreachable_display_exits_1_without_traceback() -> None:
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def test_help_and_version_work_without_a_display() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "PYSTRAY_BACKEND")}
+    for flag, expect in (("--version", "dario-tray 0.1.0"), ("--help", "usage: dario-tray")):
+        done = subprocess.run([sys.executable, "-m", "dario.tray.app", flag], env=env, capture_output=True,
+                              text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert expect in done.stdout and done.stderr == ""
+    done = subprocess.run([sys.executable, "-m", "dario.tray.app", "--bogus"], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 2 and "unrecognized arguments: --bogus" in done.stderr
+
+
+def test_menu_problem_names_the_fix() -> None:
+    assert app.menu_problem(True, "linux", lambda n, v: False) is None
+    line = app.menu_problem(False, "linux", lambda n, v: False)
+    assert line is not None and "\n" not in line
+    assert "has no menu" in line and "gir1.2-ayatanaappindicator3-0.1" in line and "pip install -e '.[tray]'" in line
+    forced = app.menu_problem(False, "linux", lambda n, v: True)
+    assert forced is not None and "PYSTRAY_BACKEND" in forced
+
+
+def test_start_daemon_logs_to_the_state_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    fake_daemon = [sys.executable, "-c", "import sys; print('out line'); print('err line', file=sys.stderr)"]
+    monkeypatch.setattr(app, "daemon_command", lambda: fake_daemon)
+    app.start_daemon()
+    app.start_daemon()  # appends: the reason for an earlier failed start stays readable
+    log = tmp_path / "state" / "dario" / "dariod.log"
+    assert app.daemon_log_path() == log
+    wait_until(lambda: log.exists() and log.read_text().count("err line") == 2, 10, "the daemon's output in the log")
+    assert log.read_text().count("out line") == 2
+    assert log.stat().st_mode & 0o077 == 0
+
+
 # -- app: actions ------------------------------------------------------------------------------
 class FakeClient:
     def __init__(self, status: Status | None = None, refresh_results: list[RefreshResult] | None = None,
@@ -261,18 +296,24 @@ class FakeClient:
 
 
 class Recorder:
-    def __init__(self, copy_ok: bool = True) -> None:
+    def __init__(self, copy_ok: bool = True, window_ok: bool = True) -> None:
         self.events: list[tuple[str, object]] = []
         self.copy_ok = copy_ok
+        self.window_ok = window_ok
 
     def copy(self, text: str) -> bool:
         self.events.append(("copy", text))
         return self.copy_ok
 
+    def show(self, title: str, text: str) -> bool:
+        self.events.append(("window", text))
+        return self.window_ok
+
     def effects(self) -> app.Effects:
         return app.Effects(
             open_url=lambda url: self.events.append(("open", url)),
             copy_text=self.copy,
+            show_text=self.show,
             start_daemon=lambda: self.events.append(("start", None)),
             notify=lambda msg: self.events.append(("notify", msg)),
             quit=lambda: self.events.append(("quit", None)),
@@ -297,14 +338,65 @@ def test_dispatch_local_effects() -> None:
     assert rec.events[0] == ("open", "http://127.0.0.1:4000/")
     assert rec.events[1] == ("copy", settings_text(status))
     assert rec.events[2][0] == "notify"
-    assert rec.events[3:] == [("start", None), ("quit", None)]
+    assert rec.events[3] == ("start", None)
+    assert rec.events[4][0] == "notify" and "dariod.log" in str(rec.events[4][1])
+    assert rec.events[5:] == [("quit", None)]
 
 
 def test_dispatch_shows_the_text_when_there_is_no_clipboard() -> None:
+    # No clipboard tool: a window with the text (stderr is invisible when autostarted).
     rec = Recorder(copy_ok=False)
+    app.dispatch("copy-settings", FakeClient(), make_status(), rec.effects())
+    windows = [t for kind, t in rec.events if kind == "window"]
+    assert len(windows) == 1 and "export OPENAI_API_KEY='dario'" in str(windows[0])
+    notes = [m for kind, m in rec.events if kind == "notify"]
+    assert len(notes) == 1 and "in a window" in str(notes[0])
+    # No window either: the notification carries the text itself.
+    rec = Recorder(copy_ok=False, window_ok=False)
     app.dispatch("copy-settings", FakeClient(), make_status(), rec.effects())
     notes = [m for kind, m in rec.events if kind == "notify"]
     assert len(notes) == 1 and "export OPENAI_BASE_URL='http://127.0.0.1:3456/v1'" in str(notes[0])
+
+
+class ServerGone(Exception):
+    """Stands in for GLib.Error "org.freedesktop.Notifications was not provided by any .service files"."""
+
+
+class NoServerNotifier:
+    def notify(self, title: str, message: str, icon: str | None) -> None:
+        raise ServerGone("org.freedesktop.Notifications was not provided")
+
+    def hide(self) -> None:
+        raise ServerGone("org.freedesktop.Notifications was not provided")
+
+
+def test_quit_ends_quietly_without_a_notification_server(pystray_dummy: Any) -> None:
+    tray = make_app(pystray_dummy, FakeClient(make_status(account("work"))))
+    icon = tray.icon
+    icon._notifier = NoServerNotifier()
+    app._guard_notifier(icon)
+    icon._notifier.notify("dario", "hello", None)  # as pystray's idle callback would
+
+    def run(setup: Any) -> None:
+        # pystray's GtkIcon._run: the loop ends, then _finalize() closes the notification.
+        icon.stopped = False
+        tray.quit()
+        icon._notifier.hide()
+
+    icon.run = run
+    tray.run()  # must not raise
+    assert icon.stopped
+
+
+def test_run_still_raises_errors_that_are_not_about_quitting(pystray_dummy: Any) -> None:
+    tray = make_app(pystray_dummy, FakeClient(make_status(account("work"))))
+
+    def run(setup: Any) -> None:
+        raise ServerGone("broken before anyone quit")
+
+    tray.icon.run = run
+    with pytest.raises(ServerGone):
+        tray.run()
 
 
 def test_dispatch_turns_errors_into_notifications() -> None:
