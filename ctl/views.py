@@ -18,8 +18,17 @@ if TYPE_CHECKING:
 
     from dario.daemon.controlapi import AccountView, ClientKeyView, RefreshResult, Status, WindowView
 
-LOGIN_HINT = "No accounts yet. Add one with: dario-ctl login"
-KEYS_HINT = "No client keys. Create one with: dario-ctl keys create NAME"
+from dario.daemon.commands import command
+
+
+def login_hint() -> str:
+    return f"No accounts yet. Add one with: {command('dario-ctl')} login"
+
+
+def keys_hint() -> str:
+    return f"No client keys. Create one with: {command('dario-ctl')} keys create NAME"
+
+
 UNKNOWN = "—"
 
 STATUS_STYLES: dict[str, str] = {
@@ -129,9 +138,9 @@ def account_hint(account: AccountView) -> str | None:
     """The command that fixes an account the user has to act on, if any."""
     alias = account.get("alias", "")
     if account.get("status") == "needs_login":
-        return f"{alias} needs a working key: dario-ctl login {alias}"
+        return f"{alias} needs a working key: {command('dario-ctl')} login {alias}"
     if account.get("status") == "disabled":
-        return f"{alias} is disabled: dario-ctl accounts enable {alias}"
+        return f"{alias} is disabled: {command('dario-ctl')} accounts enable {alias}"
     return None
 
 
@@ -154,7 +163,7 @@ def render_accounts(accounts: Sequence[AccountView], console: Console, now: floa
     from rich.text import Text
 
     if not accounts:
-        console.print(Text(LOGIN_HINT, style="yellow"))
+        console.print(Text(login_hint(), style="yellow"))
         return
     now = time.time() if now is None else now
     # No vertical rules: the columns need every character an 80-column terminal has.
@@ -238,7 +247,7 @@ def render_refresh(results: Sequence[RefreshResult], console: Console) -> None:
     from rich.text import Text
 
     if not results:
-        console.print(Text(LOGIN_HINT, style="yellow"))
+        console.print(Text(login_hint(), style="yellow"))
         return
     width = max(len(str(r.get("alias", ""))) for r in results)
     for r in results:
@@ -258,7 +267,7 @@ def render_keys(keys: Sequence[ClientKeyView], console: Console, now: float | No
     from rich.text import Text
 
     if not keys:
-        console.print(Text(KEYS_HINT, style="yellow"))
+        console.print(Text(keys_hint(), style="yellow"))
         return
     now = time.time() if now is None else now
     table = Table(

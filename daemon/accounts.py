@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dario.daemon import atomicfile
+from dario.daemon.commands import command
 from dario.daemon.controlapi import ACCOUNT_KINDS
 from dario.daemon.settings import is_loopback_host
 
@@ -139,12 +140,13 @@ class Registry:
 
 # -- secrets --------------------------------------------------------------------------
 
-_FIX = (
-    "dario keeps API keys only in the OS keyring. Install and unlock one: on Linux, gnome-keyring or "
-    "KWallet (in a headless session: `dbus-run-session -- sh -c 'echo -n pass | gnome-keyring-daemon "
-    "--unlock --components=secrets; dariod'`); or choose a backend with PYTHON_KEYRING_BACKEND "
-    "(e.g. keyrings.cryptfile.cryptfile.CryptFileKeyring after `pip install keyrings.cryptfile`)."
-)
+def _fix() -> str:
+    return (
+        "dario keeps API keys only in the OS keyring. Install and unlock one: on Linux, gnome-keyring or "
+        "KWallet (in a headless session: `dbus-run-session -- sh -c 'echo -n pass | gnome-keyring-daemon "
+        f"--unlock --components=secrets; {command('dariod')}'`); or choose a backend with PYTHON_KEYRING_BACKEND "
+        "(e.g. keyrings.cryptfile.cryptfile.CryptFileKeyring after `pip install keyrings.cryptfile`)."
+    )
 
 
 def _keyring() -> Any:
@@ -154,14 +156,14 @@ def _keyring() -> Any:
 
     backend = keyring.get_keyring()
     if isinstance(backend, keyring.backends.fail.Keyring):
-        raise KeyringUnavailable(f"no usable keyring backend was found. {_FIX}", "no usable OS keyring was found")
+        raise KeyringUnavailable(f"no usable keyring backend was found. {_fix()}", "no usable OS keyring was found")
     return keyring
 
 
 def _wrap(exc: Exception) -> KeyringUnavailable:
     # The backend's own message never contains the secret; keep only its class and text.
     what = f"the keyring refused ({type(exc).__name__}: {exc})"
-    return KeyringUnavailable(f"{what}. {_FIX}", what[:200])
+    return KeyringUnavailable(f"{what}. {_fix()}", what[:200])
 
 
 def keyring_overdue(seconds: float) -> KeyringUnavailable:
@@ -169,7 +171,7 @@ def keyring_overdue(seconds: float) -> KeyringUnavailable:
     what = f"the OS keyring has not answered for {seconds:g} s; it is probably locked"
     return KeyringUnavailable(
         f"{what}. Unlock it (log in to the desktop, or answer the unlock prompt); dario reads the keys "
-        "as soon as it answers, no restart needed. If no keyring is running at all: " + _FIX,
+        "as soon as it answers, no restart needed. If no keyring is running at all: " + _fix(),
         what,
     )
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import trio
 
+from dario.daemon.commands import command
 from dario.daemon.controlapi import AccountStatus, AccountView, PoolView
 from dario.daemon.ratelimits import WINDOWS, Snapshot, Window
 
@@ -570,14 +571,14 @@ class Pool:
         reason: str | None = None
         until: float | None = None
         if status == "needs_login":
-            reason = acc.needs_login or "no key in the keyring; run: dario-ctl login " + acc.alias
+            reason = acc.needs_login or f"no key in the keyring; run: {command('dario-ctl')} login {acc.alias}"
         elif status == "waiting_for_keyring":
             reason = acc.keyring_wait
         elif status in ("cooling", "exhausted"):
             reason = acc.block_reason or "a rate-limit window is at zero"
             until = acc.next_free(now)
         elif status == "disabled":
-            reason = "disabled; run: dario-ctl accounts enable " + acc.alias
+            reason = f"disabled; run: {command('dario-ctl')} accounts enable {acc.alias}"
         windows = {
             name: {
                 "limit": w.limit,

@@ -31,6 +31,7 @@ import orjson
 import trio
 
 from dario.daemon import ratelimits
+from dario.daemon.commands import command
 from dario.daemon.errors import DarioError
 from dario.daemon.httpclient import (
     ConnectError,
@@ -259,7 +260,8 @@ class Relay:
         if not self.pool.accounts:
             return DarioError(
                 503, "api_error",
-                "dario has no accounts yet. Add one with: dario-ctl login <name>  (it asks for an Anthropic API key)",
+                f"dario has no accounts yet. Add one with: {command('dario-ctl')} login <name>  "
+                "(it asks for an Anthropic API key)",
             )
         # A locked keyring passes: Retry-After lets SDKs that honour it (anthropic, openai) try again.
         waiting = any(v["status"] == "waiting_for_keyring" for v in self.pool.views())

@@ -19,6 +19,7 @@ from dario.daemon import __version__, accounts, atomicfile, paths
 from dario.daemon.analytics import AnalyticsStore, UsageRecord
 from dario.daemon.clientkeys import ClientKeyStore
 from dario.daemon.clients import client_family
+from dario.daemon.commands import command
 from dario.daemon.controlapi import AccountView, RefreshResult, Status
 from dario.daemon.httpclient import HttpClient, UpstreamError
 from dario.daemon.metrics import Metrics
@@ -354,7 +355,7 @@ class DaemonState:
         if status in (401, 403):
             self.pool.observe_auth_failure(acc, status, _upstream_message(body))
             return {"alias": alias, "ok": False, "status": "needs_login",
-                    "message": f"key rejected ({status}); run: dario-ctl login {alias}"}
+                    "message": f"key rejected ({status}); run: {command('dario-ctl')} login {alias}"}
         if status == 429:
             self.pool.observe_rate_limited(acc, snap, spend_limit=b"spend" in body, message=_upstream_message(body))
             view = self.pool.view(acc)
