@@ -194,10 +194,9 @@ def _fitted_table(console: Console, columns: Sequence[tuple[str, JustifyMethod]]
 def _group_table(console: Console, title: str, rows: Sequence[Mapping[str, Any]], key_header: str) -> Any:
     from rich.text import Text
 
-    columns: list[tuple[str, JustifyMethod]] = [(key_header, "left")] + [
-        (header, "right")
-        for header in ("req", "err", "in", "out", "cache w", "cache r", "cost", "p50", "p95", "ttft p50", "ttft p95")
-    ]
+    columns: list[tuple[str, JustifyMethod]] = [(key_header, "left")]
+    for header in ("req", "err", "in", "out", "cache w", "cache r", "cost", "p50", "p95", "ttft p50", "ttft p95"):
+        columns.append((header, "right"))
     cells = []
     for r in rows:
         errors = int(r.get("errors") or 0)
