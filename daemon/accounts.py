@@ -35,7 +35,7 @@ class AccountError(ValueError):
 KEYRING_TIMEOUT = 3.0
 KEYRING_STARTUP_GRACE = 0.5  # dariod listens after the first read or this long, whichever comes first
 KEYRING_RETRY_MIN = 2.0  # backoff between reads after the keyring failed, doubled up to the max
-KEYRING_RETRY_MAX = 60.0
+KEYRING_RETRY_MAX = 300.0  # a dismissed unlock prompt must not come back every minute
 
 
 class KeyringUnavailable(Exception):
