@@ -32,7 +32,7 @@ from dario.daemon.upstreams import anthropic as upstream
 
 log = logging.getLogger("dario.state")
 
-KEYRING_CONTROL_TIMEOUT = 60.0  # login/logout: time to answer the unlock prompt the call may open
+KEYRING_CONTROL_TIMEOUT = 20.0  # login/logout: time to answer the unlock prompt the call may open (ctl waits 30 s+)
 
 
 class ControlFailure(Exception):
@@ -405,8 +405,9 @@ async def _keyring_call(fn: Any) -> None:
         nursery.start_soon(call.run)
         with trio.move_on_after(KEYRING_CONTROL_TIMEOUT):
             await call.done.wait()
+        answered = call.done.is_set()  # before the cancel below marks an abandoned call done too
         nursery.cancel_scope.cancel()
-    if not call.done.is_set():
+    if not answered:
         raise ControlFailure(503, "keyring_unavailable", str(accounts.keyring_overdue(KEYRING_CONTROL_TIMEOUT)))
     if isinstance(call.error, accounts.KeyringUnavailable):
         raise ControlFailure(503, "keyring_unavailable", str(call.error))

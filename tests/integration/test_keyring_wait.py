@@ -117,3 +117,18 @@ def test_refusing_keyring_is_retried_on_refresh_and_never_saved_as_needs_login(
     assert saved_needs_login(home) is None
     # The explanation is logged once, not once per retry.
     assert d.stderr().count("dario keeps API keys only in the OS keyring") == 1, d.stderr()
+
+
+def test_login_into_a_locked_keyring_answers_503_in_bounded_time(
+        dariod_factory: Callable[..., Dariod], upstream: Any) -> None:
+    d = dariod_factory(start=False)
+    d.env.update(file_keyring(d.home, "BlockingKeyring"))
+    d.start()
+    t0 = time.monotonic()
+    result = d.ctl("login", "work", "--kind", "anthropic-compatible", "--base-url", upstream.url, input=KEY + "\n")
+    took = time.monotonic() - t0
+    assert result.returncode == 1, result
+    assert "has not answered" in result.stderr and "Unlock it" in result.stderr, result.stderr
+    assert took < 28  # the daemon's bound (20 s), well inside dario-ctl's own wait
+    assert health(d)["status"] == "ok"
+    assert d.ctl_json("status")["accounts"] == []
