@@ -175,9 +175,12 @@ def cmd_accounts_disable(args: argparse.Namespace) -> int:
 
 def cmd_refresh(args: argparse.Namespace) -> int:
     results = _client(args).refresh(args.alias)
-    from dario.ctl.views import render_refresh
+    if args.json:
+        _print_json({"results": results})
+    else:
+        from dario.ctl.views import render_refresh
 
-    render_refresh(results, _console())
+        render_refresh(results, _console())
     # Scripts can tell a refresh that found a dead key from one that found all well.
     return EXIT_OK if all(r.get("ok") for r in results) else EXIT_FAILED
 
@@ -341,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(sub, "refresh", "re-check accounts' keys and limits upstream", cmd_refresh)
     p.add_argument("alias", nargs="?", default=None, metavar="ALIAS", help="only this account (default: all)")
+    json_flag(p)
 
     p = add(sub, "usage", "show usage over a window", cmd_usage)
     p.add_argument("--window", choices=USAGE_WINDOWS, default="24h", help="time window (default: 24h)")

@@ -24,6 +24,7 @@ from urllib.parse import quote, urlencode
 import orjson
 
 from dario.daemon import paths, peercred
+from dario.daemon.commands import command
 from dario.daemon.controlapi import (
     CONTROL_HOST,
     AccountView,
@@ -32,14 +33,19 @@ from dario.daemon.controlapi import (
     Status,
 )
 
-START_HINT = "start it with: dariod   (or at login: dario-ctl autostart enable)"
+
+def start_hint() -> str:
+    return f"start it with: {command('dariod')}   (or at login: {command('dario-ctl')} autostart enable)"
+
+
+START_HINT = start_hint()
 
 
 class DaemonNotRunning(Exception):
     """No daemon answers on the socket."""
 
     def __init__(self, socket_path: Path) -> None:
-        super().__init__(f"dariod is not running (no answer on {socket_path}); {START_HINT}")
+        super().__init__(f"dariod is not running (no answer on {socket_path}); {start_hint()}")
         self.socket_path = socket_path
 
 

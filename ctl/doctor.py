@@ -224,13 +224,14 @@ def check_autostart(ctx: Context) -> list[Check]:
         report = autostart.status(home=ctx.home, environ=ctx.environ)
     except OSError as exc:
         return [Check("autostart", "warn", f"cannot read the autostart entries: {exc}", "dario-ctl autostart status")]
+    verdict = report.lines[-1] if report.lines else ""
+    if "not active" in verdict:
+        # The unit is written but systemd was never told to start it.
+        return [Check("autostart", "warn", "installed but not active: the unit is not enabled in systemd",
+                      autostart.SYSTEMCTL_ENABLE)]
     if not report.enabled:
         return [Check("autostart", "warn", "not enabled: dariod does not start at login",
                       "dario-ctl autostart enable  (optional)")]
-    pending = [line for line in report.lines if "run:" in line]
-    if pending:
-        return [Check("autostart", "warn", "installed but not active: " + pending[0].split(";")[0].split(" (run:")[0],
-                      pending[0].split("run: ", 1)[1].rstrip(")"))]
     return [Check("autostart", "ok", "installed and enabled")]
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from dario.ctl.toolenv import apply, tool_env, tool_name
 from dario.ctl.toolkeys import KeyringStore, KeyStore, key_for_tool
+from dario.daemon.commands import command
 
 if TYPE_CHECKING:
     from dario.ctl.client import ControlClient
@@ -67,7 +68,7 @@ def daemon_status(client: ControlClient, start: bool) -> Status:
         return client.status()
     except DaemonNotRunning as exc:
         if not start:
-            exc.args = (f"{exc}; or let run start it: dario-ctl run --start -- CMD",)
+            exc.args = (f"{exc}; or let run start it: {command('dario-ctl')} run --start -- CMD",)
             raise
     return start_daemon(client)
 

@@ -109,6 +109,18 @@ def _fraction(entry: Mapping[str, Any]) -> float:
     return float(remaining) / float(limit)
 
 
+# Anthropic's limits refill continuously (a token bucket; see the API docs' "Rate limits"): with
+# no reset time known, a run-out this far ahead is an extrapolation, not a warning.
+UNKNOWN_RESET_HORIZON = 3600.0
+
+
+def _runs_out_before_reset(entry: Mapping[str, Any], now: float) -> bool:
+    runs_out_at = entry.get("runs_out_at")
+    if runs_out_at is None or not entry.get("before_reset"):
+        return False
+    return entry.get("reset") is not None or float(runs_out_at) - now <= UNKNOWN_RESET_HORIZON
+
+
 def forecast_sentences(usage: Mapping[str, Any], now: float) -> list[str]:
     """The forecast in plain words, one line per window that runs out before its reset;
     for an account where none does, one line saying so for its tightest window."""
@@ -118,7 +130,7 @@ def forecast_sentences(usage: Mapping[str, Any], now: float) -> list[str]:
         entries = [e for e in forecast[alias] or [] if e.get("remaining") is not None]
         if not entries:
             continue
-        running_out = [e for e in entries if e.get("runs_out_at") is not None and e.get("before_reset")]
+        running_out = [e for e in entries if _runs_out_before_reset(e, now)]
         for e in sorted(running_out, key=lambda e: float(e["runs_out_at"])):
             what = WINDOW_WORDS.get(e["window"], str(e["window"]))
             left = float(e["runs_out_at"]) - now
@@ -152,30 +164,45 @@ def forecast_sentences(usage: Mapping[str, Any], now: float) -> list[str]:
 # -- rendering -------------------------------------------------------------------------
 
 
-def _group_table(title: str, rows: Sequence[Mapping[str, Any]], key_header: str) -> Any:
+# Columns a narrow terminal drops, least important first, rather than cutting a name or a figure.
+GROUP_DROP = ("ttft p95", "ttft p50", "cache w", "cache r", "p95", "err", "p50", "in")
+RECENT_DROP = ("latency", "client", "in", "ago")
+
+
+def _fitted_table(console: Console, columns: Sequence[tuple[str, JustifyMethod]],
+                  rows: Sequence[Sequence[Any]], drop: Sequence[str], title: str | None = None) -> Any:
+    """A table of the columns that fit the console, dropping those named in `drop` in order."""
+    from rich.measure import Measurement
     from rich.table import Table
+
+    kept = list(range(len(columns)))
+    unbounded = console.options.update_width(100_000)
+    table = None
+    for name in (None, *drop):
+        if name is not None:
+            kept = [i for i in kept if columns[i][0] != name]
+        table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, header_style="bold")
+        for i in kept:
+            table.add_column(columns[i][0], justify=columns[i][1], no_wrap=True)
+        for row in rows:
+            table.add_row(*(row[i] for i in kept))
+        # Measured unbounded: within the console's width rich would report the squeezed width.
+        if Measurement.get(console, unbounded, table).maximum <= console.width:
+            break
+    return table
+
+
+def _group_table(console: Console, title: str, rows: Sequence[Mapping[str, Any]], key_header: str) -> Any:
     from rich.text import Text
 
-    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, header_style="bold")
-    table.add_column(key_header)
-    for header in (
-        "req",
-        "err",
-        "in",
-        "out",
-        "cache w",
-        "cache r",
-        "cost",
-        "p50",
-        "p95",
-        "ttft p50",
-        "ttft p95",
-    ):
-        table.add_column(header, justify="right")
+    columns: list[tuple[str, JustifyMethod]] = [(key_header, "left")]
+    for header in ("req", "err", "in", "out", "cache w", "cache r", "cost", "p50", "p95", "ttft p50", "ttft p95"):
+        columns.append((header, "right"))
+    cells = []
     for r in rows:
         errors = int(r.get("errors") or 0)
         err = Text(count(errors), style="red" if errors else "dim")
-        table.add_row(
+        cells.append((
             Text(str(r.get("key"))),
             count(r.get("requests")),
             err,
@@ -188,8 +215,8 @@ def _group_table(title: str, rows: Sequence[Mapping[str, Any]], key_header: str)
             millis(r.get("p95_latency_ms")),
             millis(r.get("p50_ttft_ms")),
             millis(r.get("p95_ttft_ms")),
-        )
-    return table
+        ))
+    return _fitted_table(console, columns, cells, GROUP_DROP, title)
 
 
 def render_usage(usage: Mapping[str, Any], console: Console) -> None:
@@ -230,7 +257,7 @@ def render_usage(usage: Mapping[str, Any], console: Console) -> None:
             rows = usage.get(name) or []
             if rows:
                 console.print()
-                console.print(_group_table(title, rows, header))
+                console.print(_group_table(console, title, rows, header))
         error_lines = [
             f"{r.get('key')}: " + ", ".join(f"{k} ×{v}" for k, v in sorted(r["errors_by_type"].items()))
             for r in usage.get("by_account") or []
@@ -264,9 +291,6 @@ def render_usage(usage: Mapping[str, Any], console: Console) -> None:
     recent = list(usage.get("recent") or [])[:RECENT_SHOWN]
     if recent:
         console.print()
-        r_table = Table(
-            title="Recent", title_justify="left", show_edge=False, pad_edge=False, header_style="bold"
-        )
         columns: tuple[tuple[str, JustifyMethod], ...] = (
             ("ago", "right"),
             ("client", "left"),
@@ -278,12 +302,11 @@ def render_usage(usage: Mapping[str, Any], console: Console) -> None:
             ("latency", "right"),
             ("cost", "right"),
         )
-        for header, justify in columns:
-            r_table.add_column(header, justify=justify)
+        cells = []
         for r in recent:
             status = int(r.get("status") or 0)
             bad = status >= 400 or r.get("error_type")
-            r_table.add_row(
+            cells.append((
                 duration(now - float(r.get("ts") or now)),
                 Text(str(r.get("client") or UNKNOWN)),
                 Text(str(r.get("account") or UNKNOWN)),
@@ -293,5 +316,6 @@ def render_usage(usage: Mapping[str, Any], console: Console) -> None:
                 count(r.get("output_tokens")),
                 millis(r.get("latency_ms")),
                 money(r.get("cost_usd")),
-            )
+            ))
+        r_table = _fitted_table(console, columns, cells, RECENT_DROP, "Recent")
         console.print(r_table)

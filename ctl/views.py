@@ -17,11 +17,21 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.text import Text
 
     from dario.daemon.controlapi import AccountView, ClientKeyView, RefreshResult, Status, WindowView
 
-LOGIN_HINT = "No accounts yet. Add one with: dario-ctl login"
-KEYS_HINT = "No client keys. Create one with: dario-ctl keys create NAME"
+from dario.daemon.commands import command
+
+
+def login_hint() -> str:
+    return f"No accounts yet. Add one with: {command('dario-ctl')} login"
+
+
+def keys_hint() -> str:
+    return f"No client keys. Create one with: {command('dario-ctl')} keys create NAME"
+
+
 UNKNOWN = "—"
 
 STATUS_STYLES: dict[str, str] = {
@@ -30,8 +40,12 @@ STATUS_STYLES: dict[str, str] = {
     "exhausted": "red",
     "needs_login": "bold red",
     "disabled": "dim",
+    "waiting_for_keyring": "yellow",  # comes back by itself once the keyring is unlocked
 }
-HEALTH_STYLES: dict[str, str] = {"ok": "green", "degraded": "yellow", "exhausted": "red", "empty": "red"}
+HEALTH_STYLES: dict[str, str] = {
+    "ok": "green", "degraded": "yellow", "exhausted": "red", "empty": "red",
+    "needs_login": "red", "waiting_for_keyring": "yellow",
+}
 # Short labels keep the windows column narrow enough for an 80-column terminal.
 WINDOW_LABELS: dict[str, str] = {
     "requests": "req",
@@ -149,7 +163,9 @@ def _note_bits(account: AccountView, now: float) -> list[str]:
         return []
     bits: list[str] = []
     if account.get("reason"):
-        bits.append(str(account["reason"]))
+        reason = str(account["reason"])
+        # The daemon's reasons are short; an upstream's error text may not be. The full text is in --json.
+        bits.append(reason if len(reason) <= NOTE_MAX else reason[: NOTE_MAX - 1] + "…")
     until = account.get("until")
     if until is not None:
         # A reset already due reads "resets now": the daemon clears it on its next check.
@@ -161,9 +177,9 @@ def account_hint(account: AccountView) -> str | None:
     """The command that fixes an account the user has to act on, if any."""
     alias = account.get("alias", "")
     if account.get("status") == "needs_login":
-        return f"{alias} needs a working key: dario-ctl login {alias}"
+        return f"{alias} needs a working key: {command('dario-ctl')} login {alias}"
     if account.get("status") == "disabled":
-        return f"{alias} is disabled: dario-ctl accounts enable {alias}"
+        return f"{alias} is disabled: {command('dario-ctl')} accounts enable {alias}"
     return None
 
 
@@ -178,6 +194,73 @@ def _headroom_style(fraction: float | None) -> str:
 # -- renderers -------------------------------------------------------------------------
 
 
+# Columns of the accounts table, least important first: a narrow terminal drops these in this
+# order (and shortens the bar) rather than cutting an alias or a number.
+DROPPABLE = ("Kind", "In-flight", "Windows")
+NOTE_MAX = 120  # characters of one reason shown in the table
+NOTE_MIN_WIDTH = 24  # the note wraps between words; below this it would read one word per line
+SHOWS_HEADROOM = ("ok", "cooling", "exhausted")  # the others cannot serve: a bar would mislead
+def _without_run_hint(reason: str) -> str:
+    """A reason minus its "; run: …" tail, for accounts whose fixing command is printed below."""
+    return reason.split("; run: ", 1)[0]
+
+
+def _account_rows(accounts: Sequence[AccountView], now: float, bar_width: int) -> list[dict[str, Text]]:
+    from rich.text import Text
+
+    rows = []
+    for a in accounts:
+        status = str(a.get("status", "?"))
+        alias = Text(str(a.get("alias", "?")), style="bold" if a.get("preferred") else "")
+        if a.get("preferred"):
+            alias.append(" ★", style="yellow")
+        headroom = a.get("headroom") if status in SHOWS_HEADROOM else None
+        bar = headroom_bar(headroom, bar_width) if bar_width else (
+            UNKNOWN if headroom is None else f"{round(min(1.0, max(0.0, headroom)) * 100)}%")
+        bits = _note_bits(a, now)
+        if account_hint(a):
+            bits = [_without_run_hint(b) for b in bits]
+        rows.append({
+            "Account": alias,
+            "Kind": Text(str(a.get("kind", ""))),
+            "Status": Text(status, style=STATUS_STYLES.get(status, "")),
+            "Headroom": Text(bar, style=_headroom_style(headroom)),
+            "Windows": Text(windows_summary(a.get("windows") or {})),
+            "In-flight": Text(str(a.get("in_flight", 0))),
+            # One fact per line: a narrow column then breaks between facts, not inside them.
+            "Note": Text("\n".join(bits)),
+        })
+    return rows
+
+
+def _needed_width(columns: Sequence[str], rows: Sequence[dict[str, Text]]) -> int:
+    """The width the table takes with no cell cut (the note at its minimum), gaps included."""
+    total = 0
+    for name in columns:
+        widest = max([len(name)] + [max((len(line) for line in row[name].plain.split("\n")), default=0)
+                                    for row in rows])
+        total += min(widest, NOTE_MIN_WIDTH) if name == "Note" else widest
+    return total + 2 * (len(columns) - 1)
+
+
+def _fit(accounts: Sequence[AccountView], now: float, width: int) -> tuple[list[str], list[dict[str, Text]]]:
+    """The most columns (and longest bar) that fit `width`, dropping the least important first."""
+    has_note = any(_note_bits(a, now) for a in accounts)
+    columns = ["Account", "Kind", "Status", "Headroom", "Windows", "In-flight"] + (["Note"] if has_note else [])
+    # Below 100 columns the bar is short even when the long one would just fit: room for the note.
+    plans: list[tuple[list[str], int]] = [(columns, 10)] if width >= 100 else []
+    plans.append((columns, 5))
+    for name in DROPPABLE:
+        columns = [c for c in columns if c != name]
+        plans.append((columns, 5))
+    plans.append((columns, 0))  # the percentage alone
+    for cols, bar_width in plans:
+        rows = _account_rows(accounts, now, bar_width)
+        if _needed_width(cols, rows) <= width:
+            return cols, rows
+    return cols, rows
+
+
 def render_accounts(accounts: Sequence[AccountView], console: Console, now: float | None = None) -> None:
     """The pool as a table (then the command that fixes any account needing the user); with no
     accounts, the hint to add one."""
@@ -186,52 +269,41 @@ def render_accounts(accounts: Sequence[AccountView], console: Console, now: floa
     from rich.text import Text
 
     if not accounts:
-        console.print(Text(LOGIN_HINT, style="yellow"))
+        console.print(Text(login_hint(), style="yellow"))
         return
     accounts = printable_data(accounts)
     now = time.time() if now is None else now
+    columns, rows = _fit(accounts, now, console.width)
     # No vertical rules: the columns need every character an 80-column terminal has.
     table = Table(
         box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, header_style="bold"
     )
-    # Short facts never wrap; the two free-text columns wrap between words, never mid-word.
-    table.add_column("Account", no_wrap=True)
-    table.add_column("Kind", no_wrap=True)
-    table.add_column("Status", no_wrap=True)
-    table.add_column("Headroom", no_wrap=True)
-    table.add_column("Windows", min_width=9)
-    table.add_column("In-flight", justify="right", no_wrap=True)
-    notes = ["\n".join(_note_bits(a, now)) for a in accounts]
-    if any(notes):  # a healthy pool gives the room to the windows instead
-        table.add_column("Note", min_width=12)
-    # A narrow terminal gets a shorter bar rather than a squeezed table.
-    bar_width = 10 if console.width >= 100 else 5
-    hints: list[str] = []
-    for a, note in zip(accounts, notes, strict=True):
-        status = str(a.get("status", "?"))
-        alias = Text(str(a.get("alias", "?")), style="bold" if a.get("preferred") else "")
-        if a.get("preferred"):
-            alias.append(" ★", style="yellow")
-        headroom = a.get("headroom")
-        cells = [
-            alias,
-            Text(str(a.get("kind", ""))),
-            Text(status, style=STATUS_STYLES.get(status, "")),
-            Text(headroom_bar(headroom, bar_width), style=_headroom_style(headroom)),
-            Text(windows_summary(a.get("windows") or {})),
-            Text(str(a.get("in_flight", 0))),
-        ]
-        if any(notes):
-            # One fact per line: a narrow column then breaks between facts, not inside them.
-            cells.append(Text(note))
+    for name in columns:
+        if name == "Note":
+            table.add_column(name, min_width=NOTE_MIN_WIDTH, ratio=1)
+        else:
+            # Facts are never cut or wrapped: what does not fit was dropped as a whole column.
+            table.add_column(name, no_wrap=True, justify="right" if name == "In-flight" else "left")
+    for a, row in zip(accounts, rows, strict=True):
         # A disabled account is out of the rotation on purpose: keep it visible but quiet.
-        table.add_row(*cells, style="dim" if status == "disabled" else None)
+        table.add_row(*(row[c] for c in columns), style="dim" if a.get("status") == "disabled" else None)
+    console.print(table)
+    for a in accounts:
         hint = account_hint(a)
         if hint:
-            hints.append(hint)
-    console.print(table)
-    for hint in hints:
+            _print_hint(hint, console)
+
+
+def _print_hint(hint: str, console: Console) -> None:
+    """`what: command` on one line if it fits, else the command alone on the next, never broken."""
+    from rich.text import Text
+
+    what, _, command_text = hint.partition(": ")
+    if len(hint) <= console.width or not command_text:
         console.print(Text(hint, style="yellow"), soft_wrap=True)
+        return
+    console.print(Text(what + ":", style="yellow"))
+    console.print(Text("  " + command_text, style="yellow"), soft_wrap=True)
 
 
 def render_status(status: Status, console: Console, now: float | None = None) -> None:
@@ -264,26 +336,46 @@ def render_status(status: Status, console: Console, now: float | None = None) ->
     grid.add_row("Requests served", Text(f"{int(status.get('requests_served', 0)):,}"))
     grid.add_row("Pool", pool_line)
     console.print(Panel(grid, title="dariod", title_align="left", expand=False))
+    keyring = status.get("keyring")
+    if keyring:  # said once here, not in every account's note
+        line = Text("Keyring: ", style="bold yellow")
+        line.append(str(keyring))
+        console.print(line)
     render_accounts(status.get("accounts") or [], console, now=now)
 
 
 def render_refresh(results: Sequence[RefreshResult], console: Console) -> None:
-    """One line per account: alias, ok/failed, status, message."""
+    """A table (account, result, status, message), then each command to run, once."""
+    from rich import box
+    from rich.table import Table
     from rich.text import Text
 
     if not results:
-        console.print(Text(LOGIN_HINT, style="yellow"))
+        console.print(Text(login_hint(), style="yellow"))
         return
     results = printable_data(results)
-    width = max(len(str(r.get("alias", ""))) for r in results)
+    table = Table(
+        box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, header_style="bold"
+    )
+    table.add_column("Account", no_wrap=True)
+    table.add_column("Result", no_wrap=True)
+    table.add_column("Status", no_wrap=True)
+    table.add_column("Message", min_width=NOTE_MIN_WIDTH, ratio=1)
+    hints: list[str] = []
     for r in results:
         status = str(r.get("status", "?"))
-        line = Text(str(r.get("alias", "")).ljust(width) + "  ")
-        line.append("ok    " if r.get("ok") else "failed", style="green" if r.get("ok") else "red")
-        line.append("  ")
-        line.append(status.ljust(11), style=STATUS_STYLES.get(status, ""))
-        line.append("  " + str(r.get("message", "")))
-        console.print(line, soft_wrap=True)
+        message, _, command_text = str(r.get("message", "")).partition("; run: ")
+        if command_text and command_text not in hints:
+            hints.append(command_text)
+        table.add_row(
+            Text(str(r.get("alias", ""))),
+            Text("ok" if r.get("ok") else "failed", style="green" if r.get("ok") else "red"),
+            Text(status, style=STATUS_STYLES.get(status, "")),
+            Text(message),
+        )
+    console.print(table)
+    for command_text in hints:
+        console.print(Text("run: " + command_text, style="yellow"), soft_wrap=True)
 
 
 def render_keys(keys: Sequence[ClientKeyView], console: Console, now: float | None = None) -> None:
@@ -293,7 +385,7 @@ def render_keys(keys: Sequence[ClientKeyView], console: Console, now: float | No
     from rich.text import Text
 
     if not keys:
-        console.print(Text(KEYS_HINT, style="yellow"))
+        console.print(Text(keys_hint(), style="yellow"))
         return
     keys = printable_data(keys)
     now = time.time() if now is None else now

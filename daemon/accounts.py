@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dario.daemon import atomicfile
+from dario.daemon.commands import command
 from dario.daemon.controlapi import ACCOUNT_KINDS
 from dario.daemon.settings import is_loopback_host
 
@@ -28,8 +29,21 @@ class AccountError(ValueError):
     """Bad input for an account; the message says what is wrong and what to do."""
 
 
+# How long a keyring read may take before dario tells the user the keyring looks locked. An
+# unlocked Secret Service answers in milliseconds; a locked one holds the call until its unlock
+# prompt is answered, which may be never (nobody at the desktop yet).
+KEYRING_TIMEOUT = 3.0
+KEYRING_STARTUP_GRACE = 0.5  # dariod listens after the first read or this long, whichever comes first
+KEYRING_RETRY_MIN = 2.0  # backoff between reads after the keyring failed, doubled up to the max
+KEYRING_RETRY_MAX = 300.0  # a dismissed unlock prompt must not come back every minute
+
+
 class KeyringUnavailable(Exception):
-    """No usable keyring backend; the message names the fix."""
+    """No usable keyring backend; the message names the fix, `short` says what went wrong."""
+
+    def __init__(self, message: str, short: str | None = None) -> None:
+        super().__init__(message)
+        self.short = short or message
 
 
 @dataclass(slots=True)
@@ -126,12 +140,13 @@ class Registry:
 
 # -- secrets --------------------------------------------------------------------------
 
-_FIX = (
-    "dario keeps API keys only in the OS keyring. Install and unlock one: on Linux, gnome-keyring or "
-    "KWallet (in a headless session: `dbus-run-session -- sh -c 'echo -n pass | gnome-keyring-daemon "
-    "--unlock --components=secrets; dariod'`); or choose a backend with PYTHON_KEYRING_BACKEND "
-    "(e.g. keyrings.cryptfile.cryptfile.CryptFileKeyring after `pip install keyrings.cryptfile`)."
-)
+def _fix() -> str:
+    return (
+        "dario keeps API keys only in the OS keyring. Install and unlock one: on Linux, gnome-keyring or "
+        "KWallet (in a headless session: `dbus-run-session -- sh -c 'echo -n pass | gnome-keyring-daemon "
+        f"--unlock --components=secrets; {command('dariod')}'`); or choose a backend with PYTHON_KEYRING_BACKEND "
+        "(e.g. keyrings.cryptfile.cryptfile.CryptFileKeyring after `pip install keyrings.cryptfile`)."
+    )
 
 
 def _keyring() -> Any:
@@ -141,13 +156,24 @@ def _keyring() -> Any:
 
     backend = keyring.get_keyring()
     if isinstance(backend, keyring.backends.fail.Keyring):
-        raise KeyringUnavailable(f"no usable keyring backend was found. {_FIX}")
+        raise KeyringUnavailable(f"no usable keyring backend was found. {_fix()}", "no usable OS keyring was found")
     return keyring
 
 
 def _wrap(exc: Exception) -> KeyringUnavailable:
     # The backend's own message never contains the secret; keep only its class and text.
-    return KeyringUnavailable(f"the keyring refused ({type(exc).__name__}: {exc}). {_FIX}")
+    what = f"the keyring refused ({type(exc).__name__}: {exc})"
+    return KeyringUnavailable(f"{what}. {_fix()}", what[:200])
+
+
+def keyring_overdue(seconds: float) -> KeyringUnavailable:
+    """The keyring has not answered: most often a locked login keyring with its prompt still open."""
+    what = f"the OS keyring has not answered for {seconds:g} s; it is probably locked"
+    return KeyringUnavailable(
+        f"{what}. Unlock it (log in to the desktop, or answer the unlock prompt); dario reads the keys "
+        "as soon as it answers, no restart needed. If no keyring is running at all: " + _fix(),
+        what,
+    )
 
 
 def get_secret(alias: str) -> str | None:

@@ -27,12 +27,14 @@ Times are Unix epoch seconds (float) or null; fractions are 0.0–1.0.
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 CONTROL_HOST = "dario.sock"
 
-AccountStatus = Literal["ok", "cooling", "exhausted", "needs_login", "disabled"]
-PoolHealth = Literal["ok", "degraded", "exhausted", "empty"]
+# waiting_for_keyring: the key is not readable yet (keyring locked, not answering, or failing);
+# dario keeps retrying and the account serves by itself once the keyring answers.
+AccountStatus = Literal["ok", "cooling", "exhausted", "needs_login", "disabled", "waiting_for_keyring"]
+PoolHealth = Literal["ok", "degraded", "exhausted", "empty", "needs_login", "waiting_for_keyring"]
 ACCOUNT_KINDS = ("anthropic", "anthropic-compatible")
 
 
@@ -79,6 +81,7 @@ class Status(TypedDict):
     requests_served: int
     pool: PoolView
     accounts: list[AccountView]
+    keyring: NotRequired[str | None]  # why the keyring cannot be read right now, with the fix; None when fine
 
 
 class LoginRequest(TypedDict, total=False):

@@ -17,7 +17,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from dario.daemon import __version__, activation, paths, peercred
+from dario.daemon import __version__, accounts, activation, paths, peercred
 from dario.daemon.atomicfile import write_json_atomic
 from dario.daemon.control import ControlApp
 from dario.daemon.guard import Guard
@@ -217,6 +217,10 @@ async def _serve_all(settings: Settings, signals: AsyncIterator[int]) -> None:
             if state.analytics is not None:
                 await background.start(state.analytics.run)
             background.start_soon(state.persist_forever)
+            background.start_soon(state.read_secrets_forever)
+            # An unlocked keyring answers within the grace and the daemon starts with its keys; a
+            # locked one (its unlock prompt unanswered) must not keep /health and the socket silent.
+            await state.wait_first_read(accounts.KEYRING_STARTUP_GRACE)
             # serve() returns after `stop`, once in-flight requests end or the grace period runs out.
             async with trio.open_nursery() as servers:
                 binds = await servers.start(_serve, public, _hypercorn_config(bind, settings), stop)

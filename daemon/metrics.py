@@ -15,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from dario.daemon.analytics import UsageRecord
 
-STATUSES = ("ok", "cooling", "exhausted", "needs_login", "disabled")
+STATUSES = ("ok", "cooling", "exhausted", "needs_login", "disabled", "waiting_for_keyring")
 NONE_LABEL = "none"
 OTHER_LABEL = "other"
 # The model name comes from the client; cap distinct values so a buggy or hostile

@@ -19,9 +19,11 @@ The document is built once per version and kept; `openapi_json` is its serialise
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, get_args
 
 import orjson
+
+from dario.daemon.controlapi import PoolHealth
 
 Schema = dict[str, Any]
 
@@ -361,7 +363,7 @@ def _dario_schemas() -> dict[str, Schema]:
         "last_id": {"type": ["string", "null"]},
     }, closed=False)
     pool = _object(["health", "available", "total"], {
-        "health": {"enum": ["ok", "degraded", "exhausted", "empty"]},
+        "health": {"enum": list(get_args(PoolHealth))},
         "available": {"type": "integer", "minimum": 0},
         "total": {"type": "integer", "minimum": 0},
         "queue_depth": {"type": "integer", "minimum": 0},
@@ -373,7 +375,7 @@ def _dario_schemas() -> dict[str, Schema]:
         "version": {"type": "string"},
         "accounts": {"type": "integer", "minimum": 0},
         "accounts_available": {"type": "integer", "minimum": 0},
-        "pool": {"enum": ["ok", "degraded", "exhausted", "empty"]},
+        "pool": {"enum": list(get_args(PoolHealth))},
         "requests_served": {"type": "integer", "minimum": 0},
         "uptime_s": {"type": "number", "minimum": 0},
     }, closed=False)

@@ -21,6 +21,7 @@ from typing import Any
 
 import trio
 
+from dario.daemon.commands import command
 from dario.daemon.controlapi import AccountStatus, AccountView, PoolView
 from dario.daemon.ratelimits import WINDOWS, Snapshot, Window
 from dario.daemon.redact import redact
@@ -29,6 +30,7 @@ COOLDOWN_BASE = 0.5  # first 529/5xx cooldown, doubled on each repeat (failover 
 COOLDOWN_MAX = 60.0
 DEFAULT_429_COOLDOWN = 30.0  # a 429 that names no reset at all
 SPEND_LIMIT_RECHECK = 3600.0  # a spend-limited account is tried again after this long
+AUTH_REJECTED_PREFIX = "upstream answered"  # starts needs_login when the upstream refused the key
 
 
 @dataclass(slots=True)
@@ -47,7 +49,10 @@ class AccountState:
     created: float
     secret: str | None = None  # held in memory only; never serialized
     enabled: bool = True
-    needs_login: str | None = None  # reason, when the key was rejected or is missing
+    needs_login: str | None = None  # reason, when the upstream rejected the key
+    # Why the key could not be read from the keyring yet (locked, not answering, failing). Never
+    # persisted: a keyring problem is a passing state of this session, not a verdict on the key.
+    keyring_wait: str | None = None
     block_kind: str | None = None  # "cooling" | "exhausted"
     block_reason: str | None = None
     block_until: float | None = None
@@ -74,8 +79,10 @@ class AccountState:
     def status(self, now: float) -> AccountStatus:
         if not self.enabled:
             return "disabled"
-        if self.needs_login or self.secret is None:
+        if self.needs_login:
             return "needs_login"
+        if self.secret is None:
+            return "waiting_for_keyring" if self.keyring_wait else "needs_login"
         self._clear_block_if_over(now)
         if self.block_kind == "exhausted":
             return "exhausted"
@@ -187,6 +194,9 @@ class Pool:
         self._pool_headers: list[tuple[bytes, bytes]] = []
         self._pool_headers_at: float | None = None
         self.on_change: Callable[[], None] | None = None  # persistence hook
+        # While a keyring read is under way and not yet overdue, requests for accounts waiting on it
+        # queue (a read at start-up takes milliseconds); once it is overdue they get a 503 at once.
+        self.keyring_answer_expected = False
 
     # -- membership --------------------------------------------------------------------
     def upsert(self, alias: str, kind: str, base_url: str, created: float, secret: str | None,
@@ -220,6 +230,27 @@ class Pool:
     def mark_needs_login(self, alias: str, reason: str) -> None:
         self.accounts[alias].needs_login = reason
         self._changed(self.accounts[alias])
+
+    def secret_loaded(self, alias: str, secret: str | None) -> None:
+        """The keyring answered for `alias`: its key, or None when it holds none."""
+        acc = self.accounts[alias]
+        acc.secret = secret
+        acc.keyring_wait = None
+        self._changed(acc)
+
+    def mark_keyring_wait(self, alias: str, reason: str) -> None:
+        acc = self.accounts[alias]
+        acc.keyring_wait = reason
+        self._changed(acc)
+
+    def set_keyring_answer_expected(self, expected: bool) -> None:
+        self.keyring_answer_expected = expected
+        if not expected:
+            self.wake_waiters()  # let queued requests re-judge: they may have nothing left to wait for
+
+    def wake_waiters(self) -> None:
+        for waiter in self._queue:
+            waiter.event.set()
 
     def clear_block(self, alias: str) -> None:
         acc = self.accounts[alias]
@@ -331,8 +362,12 @@ class Pool:
         """Whether any not-excluded account could serve, now or after a wait."""
         now = self.clock()
         excluded = set(exclude)
+        waiting_ok = self.keyring_answer_expected
         return any(
-            acc.alias not in excluded and acc.status(now) in ("ok", "cooling", "exhausted")
+            acc.alias not in excluded and (
+                (status := acc.status(now)) in ("ok", "cooling", "exhausted")
+                or (waiting_ok and status == "waiting_for_keyring")
+            )
             for acc in self.accounts.values()
         )
 
@@ -375,6 +410,7 @@ class Pool:
                 with trio.move_on_at(wake_at):
                     await waiter.event.wait()
                 if waiter.lease is None:
+                    waiter.event = trio.Event()  # woken to re-judge (wake_waiters), not granted
                     self._dispatch()  # a reset may have passed with no other event
         except BaseException:
             if waiter.lease is not None:  # granted, but the request is gone (hang-up, cancel)
@@ -416,6 +452,24 @@ class Pool:
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
+
+    def describe_unservable(self) -> str:
+        """Why no account can serve, short: accounts waiting for the keyring share one sentence."""
+        views = self.views()
+        waiting = [v["alias"] for v in views if v["status"] == "waiting_for_keyring"]
+        others = [
+            f"{v['alias']}: {v['status']}" + (f" ({v['reason']})" if v["reason"] else "")
+            for v in views if v["status"] != "waiting_for_keyring"
+        ]
+        parts = []
+        if waiting:
+            parts.append(
+                f"dario is waiting for the OS keyring to be unlocked to read the key of {', '.join(waiting)}; "
+                "unlock it and retry (dario-ctl status says more)"
+            )
+        if others:
+            parts.append("no dario account can serve this request: " + "; ".join(others))
+        return ". ".join(parts)
 
     def describe_resets(self, now: float) -> str:
         parts = []
@@ -501,7 +555,7 @@ class Pool:
 
     def observe_auth_failure(self, acc: AccountState, status: int, message: str) -> None:
         acc.errors += 1
-        acc.needs_login = redact(f"upstream answered {status}: {message}", (acc.secret,))[:200]
+        acc.needs_login = redact(f"{AUTH_REJECTED_PREFIX} {status}: {message}", (acc.secret,))[:200]
         acc.block_since = self.clock()
         self._changed(acc)
 
@@ -519,12 +573,14 @@ class Pool:
         reason: str | None = None
         until: float | None = None
         if status == "needs_login":
-            reason = acc.needs_login or "no key in the keyring; run: dario-ctl login " + acc.alias
+            reason = acc.needs_login or f"no key in the keyring; run: {command('dario-ctl')} login {acc.alias}"
+        elif status == "waiting_for_keyring":
+            reason = acc.keyring_wait
         elif status in ("cooling", "exhausted"):
             reason = acc.block_reason or "a rate-limit window is at zero"
             until = acc.next_free(now)
         elif status == "disabled":
-            reason = "disabled; run: dario-ctl accounts enable " + acc.alias
+            reason = f"disabled; run: {command('dario-ctl')} accounts enable {acc.alias}"
         windows = {
             name: {
                 "limit": w.limit,
@@ -567,8 +623,12 @@ class Pool:
             health = "ok"
         elif available:
             health = "degraded"
-        else:
+        elif any(s in ("cooling", "exhausted") for s in usable):
             health = "exhausted"
+        elif "waiting_for_keyring" in usable:
+            health = "waiting_for_keyring"
+        else:
+            health = "needs_login"
         return {
             "health": health,  # type: ignore[typeddict-item]
             "available": available,
@@ -642,8 +702,11 @@ class Pool:
                 acc.block_reason = _clean(item.get("block_reason"), acc)
                 acc.block_until = float(until)
                 acc.failures = int(item.get("failures") or 0)
-            if item.get("needs_login") and acc.secret is not None:
-                acc.needs_login = _clean(str(item["needs_login"]), acc)
+            # Only a key the upstream rejected stays rejected across a restart. Older versions also
+            # saved keyring trouble here, which would keep a good key dead: that is dropped.
+            needs_login = item.get("needs_login")
+            if isinstance(needs_login, str) and needs_login.startswith(AUTH_REJECTED_PREFIX):
+                acc.needs_login = _clean(needs_login, acc)
             for name, w in (item.get("windows") or {}).items():
                 if name in WINDOWS and isinstance(w, dict):
                     acc.windows[name] = Window(w.get("limit"), w.get("remaining"), w.get("reset"))

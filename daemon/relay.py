@@ -31,6 +31,7 @@ import orjson
 import trio
 
 from dario.daemon import ratelimits
+from dario.daemon.commands import command
 from dario.daemon.errors import DarioError
 from dario.daemon.httpclient import (
     ConnectError,
@@ -260,13 +261,13 @@ class Relay:
         if not self.pool.accounts:
             return DarioError(
                 503, "api_error",
-                "dario has no accounts yet. Add one with: dario-ctl login <name>  (it asks for an Anthropic API key)",
+                f"dario has no accounts yet. Add one with: {command('dario-ctl')} login <name>  "
+                "(it asks for an Anthropic API key)",
             )
-        views = [
-            f"{v['alias']}: {v['status']}" + (f" ({v['reason']})" if v["reason"] else "")
-            for v in self.pool.views()
-        ]
-        return DarioError(503, "api_error", "no dario account can serve this request: " + "; ".join(views))
+        # A locked keyring passes: Retry-After lets SDKs that honour it (anthropic, openai) try again.
+        waiting = any(v["status"] == "waiting_for_keyring" for v in self.pool.views())
+        return DarioError(503, "api_error", self.pool.describe_unservable(),
+                          headers=[(b"retry-after", b"5")] if waiting else [])
 
     async def _give_up(self, sink: Sink, out: Outcome, last: _Retry | None, fallback: DarioError | None) -> None:
         """No more accounts to try: the client gets the last upstream failure, or dario's own error."""

@@ -19,6 +19,7 @@ from dario.daemon import __version__, accounts, atomicfile, paths
 from dario.daemon.analytics import AnalyticsStore, UsageRecord
 from dario.daemon.clientkeys import ClientKeyStore
 from dario.daemon.clients import client_family
+from dario.daemon.commands import command
 from dario.daemon.controlapi import AccountView, RefreshResult, Status
 from dario.daemon.httpclient import HttpClient, UpstreamError
 from dario.daemon.metrics import Metrics
@@ -31,6 +32,8 @@ from dario.daemon.settings import Settings
 from dario.daemon.upstreams import anthropic as upstream
 
 log = logging.getLogger("dario.state")
+
+KEYRING_CONTROL_TIMEOUT = 20.0  # login/logout: time to answer the unlock prompt the call may open (ctl waits 30 s+)
 
 
 class ControlFailure(Exception):
@@ -62,33 +65,114 @@ class DaemonState:
         )
         self.metrics = Metrics(lambda: [dict(v) for v in self.pool.views()], lambda: self.pool.queue_depth)
         self.client_keys = ClientKeyStore(paths.keys_file())
+        # The keyring, read by read_secrets_forever: why it cannot be read now (long, with the fix), and
+        # the signals `refresh` uses to ask for a read and to wait for one to finish.
+        self.keyring_problem: str | None = None
+        self._keyring_kick = trio.Event()
+        self._keyring_round_done = trio.Event()
+        self._keyring_rounds_started = 0
+        self._keyring_rounds_finished = 0
+        self.keyring_first_read = trio.Event()  # set once the first read ended, however it ended
 
     # -- start-up ------------------------------------------------------------------------
     async def load(self) -> None:
-        """Accounts from the registry, secrets from the keyring, cooldowns from the state file."""
+        """Accounts from the registry, cooldowns from the state file; secrets come later.
+
+        The keyring is read by `read_secrets_forever` once the daemon listens: a locked keyring
+        holds a read until someone answers its unlock prompt, and that must not keep dariod silent.
+        """
         self.registry.load()
-        secrets: dict[str, str | None] = {}
-        problem: str | None = None
-        if self.registry.accounts:
-            try:
-                secrets = await trio.to_thread.run_sync(self._read_secrets)
-            except accounts.KeyringUnavailable as exc:
-                problem = str(exc)
-                log.warning("%s", problem)
         for acc in self.registry.accounts.values():
-            self.pool.upsert(acc.alias, acc.kind, acc.base_url, acc.created, secrets.get(acc.alias), acc.enabled)
-            if secrets.get(acc.alias) is None:
-                self.pool.mark_needs_login(
-                    acc.alias, problem or f"no key in the keyring; run: dario-ctl login {acc.alias}"
-                )
+            self.pool.upsert(acc.alias, acc.kind, acc.base_url, acc.created, None, acc.enabled)
+            self.pool.mark_keyring_wait(acc.alias, "reading the key from the OS keyring")
+        self.pool.keyring_answer_expected = bool(self.registry.accounts)
         self.pool.preferred = self.registry.preferred
         try:
             self.pool.import_state(atomicfile.read_json(paths.pool_state_file(), {}))
         except ValueError:
             log.warning("ignoring unreadable %s", paths.pool_state_file())
 
-    def _read_secrets(self) -> dict[str, str | None]:
-        return {alias: accounts.get_secret(alias) for alias in self.registry.accounts}
+    # -- secrets from the keyring ---------------------------------------------------------
+    def _keyring_pending(self) -> list[str]:
+        return [a.alias for a in self.pool.accounts.values() if a.secret is None and a.keyring_wait]
+
+    async def read_secrets_forever(self) -> None:
+        """Read the keys of waiting accounts; on failure retry with backoff, or at once on refresh.
+
+        One read at a time: a second call to a locked Secret Service would open a second unlock
+        prompt. A read that is overdue keeps running (its answer is still used) while the accounts
+        say why they wait and requests get a short 503 instead of queueing.
+        """
+        backoff = accounts.KEYRING_RETRY_MIN
+        async with trio.open_nursery() as reads:
+            while True:
+                self._keyring_kick = trio.Event()
+                self._keyring_rounds_started += 1
+                pending = self._keyring_pending()
+                ok = await self._read_round(reads, pending) if pending else True
+                self._keyring_rounds_finished += 1
+                self.keyring_first_read.set()
+                self._keyring_round_done.set()
+                self._keyring_round_done = trio.Event()
+                if ok:
+                    backoff = accounts.KEYRING_RETRY_MIN
+                    await self._keyring_kick.wait()
+                else:
+                    with trio.move_on_after(backoff):
+                        await self._keyring_kick.wait()
+                    backoff = min(backoff * 2, accounts.KEYRING_RETRY_MAX)
+
+    async def wait_first_read(self, grace: float) -> None:
+        """Give the first keyring read a moment, so a daemon on an unlocked desktop starts with its keys."""
+        with trio.move_on_after(grace):
+            await self.keyring_first_read.wait()
+
+    async def _read_round(self, reads: trio.Nursery, pending: list[str]) -> bool:
+        call = _ThreadCall(lambda: {alias: accounts.get_secret(alias) for alias in pending})
+        reads.start_soon(call.run)
+        self.pool.set_keyring_answer_expected(True)
+        with trio.move_on_after(accounts.KEYRING_TIMEOUT):
+            await call.done.wait()
+        if not call.done.is_set():
+            self._keyring_failed(pending, accounts.keyring_overdue(accounts.KEYRING_TIMEOUT))
+            self.pool.set_keyring_answer_expected(False)  # requests stop queueing for it
+            await call.done.wait()
+        self.pool.set_keyring_answer_expected(False)
+        if isinstance(call.error, accounts.KeyringUnavailable):
+            self._keyring_failed(pending, call.error)
+            return False
+        if call.error is not None:
+            self._keyring_failed(pending, accounts.KeyringUnavailable(
+                f"reading the keyring failed ({type(call.error).__name__})",
+            ))
+            return False
+        if self.keyring_problem is not None:
+            log.info("the OS keyring answered; keys read for %s", ", ".join(pending))
+        self.keyring_problem = None
+        for alias, secret in (call.result or {}).items():
+            acc = self.pool.accounts.get(alias)
+            if acc is not None and acc.secret is None:  # a login meanwhile brought a newer key
+                self.pool.secret_loaded(alias, secret)
+        return True
+
+    def _keyring_failed(self, pending: list[str], exc: accounts.KeyringUnavailable) -> None:
+        if str(exc) != self.keyring_problem:
+            log.warning("%s", exc)  # once per distinct problem, not once per retry
+        self.keyring_problem = str(exc)
+        for alias in pending:
+            if alias in self.pool.accounts and self.pool.accounts[alias].secret is None:
+                self.pool.mark_keyring_wait(alias, exc.short + "; dario retries by itself")
+
+    async def _reread_keyring(self, aliases: list[str]) -> None:
+        """Ask for a keyring read of `aliases` now and wait (bounded) for it to finish."""
+        for alias in aliases:
+            if not self.pool.accounts[alias].keyring_wait:
+                self.pool.mark_keyring_wait(alias, "reading the key from the OS keyring")
+        target = self._keyring_rounds_started + 1
+        self._keyring_kick.set()
+        with trio.move_on_after(accounts.KEYRING_TIMEOUT + 1.0):
+            while self._keyring_rounds_finished < target:
+                await self._keyring_round_done.wait()
 
     def _mark_dirty(self) -> None:
         self._dirty.set()
@@ -128,6 +212,7 @@ class DaemonState:
             "requests_served": self.requests_served,
             "pool": self.pool.pool_view(),
             "accounts": self.pool.views(),
+            "keyring": self.keyring_problem,
         }
 
     def client_family(self, user_agent: bytes | None) -> str:
@@ -177,10 +262,7 @@ class DaemonState:
         secret = secret.strip()
         if not secret:
             raise ControlFailure(400, "invalid_request", "the API key is empty")
-        try:
-            await trio.to_thread.run_sync(accounts.check_keyring)
-        except accounts.KeyringUnavailable as exc:
-            raise ControlFailure(503, "keyring_unavailable", str(exc)) from None
+        await _keyring_call(accounts.check_keyring)
         status, headers, body = await self._validate(url, secret)
         if status in (401, 403):
             raise ControlFailure(
@@ -195,10 +277,7 @@ class DaemonState:
                 f"{url} answered {status} ({_upstream_message(body, secret)}) while checking the key; "
                 "nothing was stored",
             )
-        try:
-            await trio.to_thread.run_sync(accounts.set_secret, alias, secret)
-        except accounts.KeyringUnavailable as exc:
-            raise ControlFailure(503, "keyring_unavailable", str(exc)) from None
+        await _keyring_call(lambda: accounts.set_secret(alias, secret))
         acc = self.registry.upsert(alias, kind, url)
         await trio.to_thread.run_sync(self.registry.save)
         state = self.pool.upsert(alias, kind, url, acc.created, secret, acc.enabled)
@@ -228,10 +307,7 @@ class DaemonState:
 
     async def logout(self, alias: str) -> None:
         self._require(alias)
-        try:
-            await trio.to_thread.run_sync(accounts.delete_secret, alias)
-        except accounts.KeyringUnavailable as exc:
-            raise ControlFailure(503, "keyring_unavailable", str(exc)) from None
+        await _keyring_call(lambda: accounts.delete_secret(alias))
         self.registry.remove(alias)
         await trio.to_thread.run_sync(self.registry.save)
         self.pool.remove(alias)
@@ -256,6 +332,9 @@ class DaemonState:
         if alias is not None:
             self._require(alias)
         targets = [alias] if alias else list(self.pool.accounts)
+        unread = [name for name in targets if self.pool.accounts[name].secret is None]
+        if unread:
+            await self._reread_keyring(unread)
         results: list[RefreshResult] = []
         for name in targets:
             results.append(await self._refresh_one(name))
@@ -263,15 +342,12 @@ class DaemonState:
         return results
 
     async def _refresh_one(self, alias: str) -> RefreshResult:
-        acc = self.pool.accounts[alias]
+        acc = self.pool.accounts.get(alias)
+        if acc is None:  # logged out while the keyring was read
+            return {"alias": alias, "ok": False, "status": "needs_login", "message": "removed"}
         if acc.secret is None:
-            try:
-                acc.secret = await trio.to_thread.run_sync(accounts.get_secret, alias)
-            except accounts.KeyringUnavailable as exc:
-                return {"alias": alias, "ok": False, "status": "needs_login", "message": str(exc)}
-            if acc.secret is None:
-                return {"alias": alias, "ok": False, "status": "needs_login",
-                        "message": f"no key in the keyring; run: dario-ctl login {alias}"}
+            view = self.pool.view(acc)
+            return {"alias": alias, "ok": False, "status": view["status"], "message": view["reason"] or ""}
         try:
             status, headers, body = await upstream.validate_key(self.http, acc.base_url, acc.secret)
         except UpstreamError as exc:
@@ -282,7 +358,7 @@ class DaemonState:
         if status in (401, 403):
             self.pool.observe_auth_failure(acc, status, _upstream_message(body, acc.secret))
             return {"alias": alias, "ok": False, "status": "needs_login",
-                    "message": f"key rejected ({status}); run: dario-ctl login {alias}"}
+                    "message": f"key rejected ({status}); run: {command('dario-ctl')} login {alias}"}
         if status == 429:
             self.pool.observe_rate_limited(acc, snap, spend_limit=b"spend" in body,
                                           message=_upstream_message(body, acc.secret))
@@ -321,6 +397,46 @@ class DaemonState:
             return data if isinstance(data, list) else None
         finally:
             self.pool.release(lease)
+
+
+async def _keyring_call(fn: Any) -> None:
+    """A keyring write for the control API: bounded, so a locked keyring answers 503, not silence.
+
+    The bound is long enough to answer an unlock prompt that the call itself may open.
+    """
+    call = _ThreadCall(fn)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call.run)
+        with trio.move_on_after(KEYRING_CONTROL_TIMEOUT):
+            await call.done.wait()
+        answered = call.done.is_set()  # before the cancel below marks an abandoned call done too
+        nursery.cancel_scope.cancel()
+    if not answered:
+        raise ControlFailure(503, "keyring_unavailable", str(accounts.keyring_overdue(KEYRING_CONTROL_TIMEOUT)))
+    if isinstance(call.error, accounts.KeyringUnavailable):
+        raise ControlFailure(503, "keyring_unavailable", str(call.error))
+    if call.error is not None:
+        raise call.error
+
+
+class _ThreadCall:
+    """One blocking call in a worker thread whose answer can be awaited by several waits in turn."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.done = trio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    async def run(self) -> None:
+        try:
+            # abandon_on_cancel: at shutdown a read stuck behind an unlock prompt is left behind
+            # (trio's worker threads are daemon threads) instead of holding the exit.
+            self.result = await trio.to_thread.run_sync(self.fn, abandon_on_cancel=True)
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self.done.set()
 
 
 def _upstream_message(body: bytes, secret: str | None) -> str:

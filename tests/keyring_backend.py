@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from keyring.backend import KeyringBackend
-from keyring.errors import PasswordDeleteError
+from keyring.errors import KeyringLocked, PasswordDeleteError
 
 
 class FileKeyring(KeyringBackend):
@@ -47,18 +48,50 @@ class FileKeyring(KeyringBackend):
         self._save(data)
 
 
-class LockedKeyring(KeyringBackend):
-    """A keyring that is there but locked, as a Secret Service before the user unlocks it."""
+def _unlocked() -> bool:
+    """Unlocked once the file DARIO_TEST_KEYRING_UNLOCK names exists; locked for good without one."""
+    flag = os.environ.get("DARIO_TEST_KEYRING_UNLOCK")
+    return flag is not None and Path(flag).exists()
+
+
+class BlockingKeyring(FileKeyring):
+    """A locked keyring with its unlock prompt open: every call blocks until the unlock file exists.
+
+    That is how a Secret Service behaves when the login keyring is locked: the call waits for the
+    user to answer the prompt, possibly for ever.
+    """
+
+    priority = -10
+
+    def _wait_for_unlock(self) -> None:
+        while not _unlocked():
+            time.sleep(0.02)  # this stands in for a person answering a dialog; nothing to wait on
+
+    def get_password(self, service: str, username: str) -> str | None:
+        self._wait_for_unlock()
+        return super().get_password(service, username)
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self._wait_for_unlock()
+        super().set_password(service, username, password)
+
+
+class LockedKeyring(FileKeyring):
+    """A keyring that refuses (KeyringLocked) until the unlock file exists, like a dismissed prompt."""
 
     priority = -10
 
     def get_password(self, service: str, username: str) -> str | None:
-        from keyring.errors import KeyringLocked
-
-        raise KeyringLocked("the collection is locked")
+        if not _unlocked():
+            raise KeyringLocked("Failed to unlock the collection!")
+        return super().get_password(service, username)
 
     def set_password(self, service: str, username: str, password: str) -> None:
-        self.get_password(service, username)
+        if not _unlocked():
+            raise KeyringLocked("Failed to unlock the collection!")
+        super().set_password(service, username, password)
 
     def delete_password(self, service: str, username: str) -> None:
-        self.get_password(service, username)
+        if not _unlocked():
+            raise KeyringLocked("Failed to unlock the collection!")
+        super().delete_password(service, username)

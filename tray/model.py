@@ -98,6 +98,8 @@ def account_state(account: AccountView, now: float | None = None) -> str:
         return f"{_percent(headroom)} · {'low' if _low(account) else 'ok'}"
     if status == "needs_login":
         return "needs login"
+    if status == "waiting_for_keyring":
+        return "waiting for the keyring"
     when = _until(account, now)
     if status == "exhausted":
         return f"exhausted, resets {when}" if when else "exhausted"
@@ -158,6 +160,8 @@ def tooltip(status: Status | None, now: float | None = None) -> str:
             if reset is not None:
                 when = "any moment" if reset <= now else f"in {format_duration(reset - now)}"
                 text += f" · next reset {when}"
+            elif any(a["status"] == "waiting_for_keyring" for a in enabled):
+                text += " · unlock the keyring"
             elif any(a["status"] == "needs_login" for a in enabled):
                 text += " · log in again with dario-ctl login"
         else:

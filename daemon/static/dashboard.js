@@ -6,7 +6,8 @@
   const PALETTE = ["#3b82f6", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#06b6d4", "#ec4899", "#84cc16", "#a3a3a3"];
   const WINDOW_WORDS = { "requests": "requests", "tokens": "tokens", "input-tokens": "input tokens", "output-tokens": "output tokens" };
   const WINDOW_SHORT = { "requests": "req", "tokens": "tok", "input-tokens": "in", "output-tokens": "out" };
-  const STATUSES = new Set(["ok", "cooling", "exhausted", "needs_login", "disabled"]);
+  const STATUSES = new Set(["ok", "cooling", "exhausted", "needs_login", "disabled", "waiting_for_keyring"]);
+  const SERVING = new Set(["ok", "cooling", "exhausted"]);  // the others cannot serve: no headroom bar
 
   const $ = (id) => document.getElementById(id);
   const state = { window: "1h", group: "account", data: null, timer: null, inflight: false, chart: null, needKey: false };
@@ -132,9 +133,11 @@
     const now = Date.now() / 1000;
     box.replaceChildren(...accounts.map((a) => {
       const status = STATUSES.has(a.status) ? a.status : "ok";
-      const h = typeof a.headroom === "number" && isFinite(a.headroom) ? Math.max(0, Math.min(1, a.headroom)) : null;
+      const h = SERVING.has(status) && typeof a.headroom === "number" && isFinite(a.headroom)
+        ? Math.max(0, Math.min(1, a.headroom)) : null;
       const colour = status === "ok" ? (h !== null && h < 0.2 ? "var(--warn)" : "var(--ok)")
-        : status === "cooling" ? "var(--warn)" : status === "disabled" ? "var(--off)" : "var(--bad)";
+        : status === "cooling" || status === "waiting_for_keyring" ? "var(--warn)"
+        : status === "disabled" ? "var(--off)" : "var(--bad)";
       const fill = el("div", { style: h === null ? "" : `width:${(h * 100).toFixed(1)}%;background:${colour}` });
       const windows = Object.entries(a.windows || {})
         .filter(([, w]) => w && w.remaining !== null && w.remaining !== undefined)

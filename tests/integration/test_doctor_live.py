@@ -76,7 +76,10 @@ def test_daemon_stopped(healthy: Dariod) -> None:
     assert checks["daemon"]["status"] == "fail" and "not running" in checks["daemon"]["verdict"]
     assert "dariod" in checks["daemon"]["hint"]
     assert checks["accounts"]["status"] == "skip"
-    assert "fix: start it with: dariod" in text
+    # The hint names a command this shell can run: bare when PATH finds it, else its absolute path.
+    from dario.daemon.commands import command
+
+    assert f"fix: start it with: {command('dariod')}" in text
 
 
 def test_control_folder_and_socket_open_to_others(healthy: Dariod) -> None:

@@ -116,7 +116,9 @@ def test_run_without_a_daemon_exits_3_with_the_start_command(dariod_factory: Cal
     d = dariod_factory(start=False)
     out = run_tool(d, "--", "sh", "-c", "echo ran")
     assert out.returncode == 3
-    assert "dariod is not running" in out.stderr and "start it with: dariod" in out.stderr
+    from dario.daemon.commands import command
+
+    assert "dariod is not running" in out.stderr and f"start it with: {command('dariod')}" in out.stderr
     assert "dario-ctl run --start" in out.stderr
     assert "ran" not in out.stdout
     env = d.ctl("env")
@@ -224,7 +226,8 @@ from pathlib import Path
 from dario.ctl.client import ControlClient
 from dario.tray import app
 copied = []
-effects = app.Effects(open_url=print, copy_text=lambda t: copied.append(t) or True, start_daemon=print,
+effects = app.Effects(open_url=print, copy_text=lambda t: copied.append(t) or True,
+                      show_text=lambda title, text: False, start_daemon=print,
                       notify=lambda m: None, quit=lambda: None)
 client = ControlClient(Path(sys.argv[1]))
 app.dispatch("copy-settings", client, client.status(), effects)

@@ -489,7 +489,7 @@ def test_refresh_all_ok(daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]) 
     ]
     daemon.on("POST", "/v1/refresh", {"results": results})
     assert run(daemon, "refresh") == 0
-    lines = capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().out.splitlines()[2:]  # under the header and its rule
     assert len(lines) == 2
     assert lines[0].split()[:3] == ["work", "ok", "ok"] and "limits updated" in lines[0]
     assert lines[1].split()[:3] == ["home", "ok", "cooling"]
@@ -501,7 +501,7 @@ def test_refresh_failure_exit_1(daemon: FakeDaemon, capsys: pytest.CaptureFixtur
     daemon.on("POST", "/v1/refresh", {"results": results})
     assert run(daemon, "refresh", "work") == 1
     out = capsys.readouterr().out
-    assert out.split()[:3] == ["work", "failed", "needs_login"]
+    assert out.splitlines()[2].split()[:3] == ["work", "failed", "needs_login"]
     assert daemon.bodies("POST", "/v1/refresh") == [{"alias": "work"}]
 
 

@@ -277,3 +277,57 @@ def test_failures_of_requests_already_in_flight_are_one_incident() -> None:
     assert fresh is not None
     pool.observe_success(acc, 5.0, fresh.started)
     assert acc.failures == 0 and acc.status(clock.now) == "ok"
+
+
+def test_keyring_trouble_saved_by_older_versions_does_not_keep_a_good_key_dead() -> None:
+    pool, _ = make_pool("a", "b")
+    lecture = "the keyring refused (KeyringLocked: locked). dario keeps API keys only in the OS keyring."
+    pool.import_state({"accounts": {
+        "a": {"needs_login": lecture},
+        "b": {"needs_login": "upstream answered 401: invalid x-api-key"},
+    }})
+    assert pool.view(pool.accounts["a"])["status"] == "ok"
+    assert pool.view(pool.accounts["b"])["status"] == "needs_login"
+
+
+def test_waiting_for_keyring_is_its_own_status_and_is_never_saved() -> None:
+    pool = Pool()
+    pool.upsert("a", "anthropic", "https://example.invalid", 0.0, None)
+    pool.mark_keyring_wait("a", "the OS keyring has not answered for 3 s; it is probably locked")
+    view = pool.view(pool.accounts["a"])
+    assert view["status"] == "waiting_for_keyring" and "locked" in (view["reason"] or "")
+    assert pool.pool_view()["health"] == "waiting_for_keyring"
+    assert pool.export_state()["accounts"]["a"]["needs_login"] is None
+    assert "keyring" in pool.describe_unservable()
+    pool.secret_loaded("a", "sk-from-keyring")
+    assert pool.view(pool.accounts["a"])["status"] == "ok"
+
+
+def test_pool_health_names_needs_login_rather_than_exhausted() -> None:
+    pool, _ = make_pool("a")
+    pool.observe_auth_failure(pool.accounts["a"], 401, "invalid x-api-key")
+    assert pool.pool_view()["health"] == "needs_login"
+
+
+def test_queued_request_gets_no_accounts_once_the_keyring_is_overdue() -> None:
+    async def main() -> None:
+        pool = Pool()
+        pool.upsert("a", "anthropic", "https://example.invalid", 0.0, None)
+        pool.mark_keyring_wait("a", "reading the key from the OS keyring")
+        pool.set_keyring_answer_expected(True)
+        outcome: list[str] = []
+
+        async def request() -> None:
+            try:
+                await pool.acquire(Estimate(), (), trio.current_time() + 100)
+            except NoAccounts:
+                outcome.append("no accounts")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(request)
+            await trio.testing.wait_all_tasks_blocked()
+            assert pool.queue_depth == 1
+            pool.set_keyring_answer_expected(False)
+        assert outcome == ["no accounts"]
+
+    trio.run(main)

@@ -152,3 +152,47 @@ def test_dashboard_is_self_contained_and_has_test_ids() -> None:
         assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
         assert "@import" not in text and "url(" not in text and "https://" not in text
     assert "innerHTML" not in script  # daemon strings go in as text
+
+
+def test_forecast_is_quiet_about_a_far_run_out_with_no_reset_time() -> None:
+    far = 90 * 86_400 + 13 * 3600
+    usage = {"forecast": {"work": [
+        entry("tokens", remaining=79_000_000, limit=80_000_000, reset=None, runs_out_at=NOW + far,
+              runs_out_in_s=far, before_reset=True),
+    ]}}
+    assert forecast_sentences(usage, NOW) == ["work: tokens fine at current burn"]
+    console = Console(record=True, width=80, color_system="truecolor", force_terminal=True)
+    render_usage({**usage, "until": NOW}, console)
+    assert "run out" not in console.export_text()
+    assert "\x1b[33m" not in console.export_text(styles=True)  # nothing in amber
+
+
+def test_usage_tables_fit_80_columns_without_cutting(tmp_path: Path) -> None:
+    store = AnalyticsStore(tmp_path / "u.sqlite3", prices=PriceTable(), flush_interval=3600)
+    records = [
+        UsageRecord(
+            ts=NOW - 3000 + i * 60, client="claude-cli", account="personal-account" if i % 3 else "work-team-alpha",
+            model="claude-sonnet-4-5-20250929", dialect="anthropic", endpoint="messages", streaming=True,
+            status=200 if i % 7 else 529, error_type=None if i % 7 else "overloaded_error",
+            input_tokens=100_000 * (i % 5), output_tokens=20_000, cache_read=50_000, cache_write_5m=2000,
+            latency_ms=12_800.0 + i, ttft_ms=1200.0,
+        )
+        for i in range(50)
+    ]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            for r in records:
+                store.record(r)
+            await store.flush()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    console = Console(record=True, width=80)
+    render_usage(store.query("1h", now=NOW), console)
+    text = console.export_text()
+    assert "…" not in text, text
+    assert all(len(line) <= 80 for line in text.splitlines())
+    for name in ("personal-account", "work-team-alpha", "claude-sonnet-4-5-20250929", "$46.12", "$30.74"):
+        assert name in text, name

@@ -255,8 +255,21 @@ def test_render_refresh() -> None:
         cast(RefreshResult, {"alias": "b", "ok": False, "status": "needs_login", "message": "401"}),
     ]
     lines = render(views.render_refresh, results).splitlines()
-    assert lines[0].split() == ["work", "ok", "ok", "limits", "updated"]
-    assert lines[1].split() == ["b", "failed", "needs_login", "401"]
+    assert lines[0].split() == ["Account", "Result", "Status", "Message"]
+    assert lines[2].split() == ["work", "ok", "ok", "limits", "updated"]
+    assert lines[3].split() == ["b", "failed", "needs_login", "401"]
+
+
+def test_refresh_shows_each_command_once_below_the_table() -> None:
+    results = [
+        cast(RefreshResult, {"alias": a, "ok": False, "status": "needs_login",
+                             "message": "no key in the keyring; run: dario-ctl login " + a})
+        for a in ("a", "b")
+    ] + [cast(RefreshResult, {"alias": "c", "ok": False, "status": "needs_login",
+                              "message": "no key in the keyring; run: dario-ctl login a"})]
+    text = render(views.render_refresh, results)
+    assert text.count("run: dario-ctl login a") == 1 and text.count("run: dario-ctl login b") == 1
+    assert text.splitlines()[2].split() == ["a", "failed", "needs_login", "no", "key", "in", "the", "keyring"]
 
 
 def test_render_keys() -> None:
@@ -271,3 +284,58 @@ def test_render_keys() -> None:
     assert "cursor" in text and "dario-ck-ab…" in text and "2 h ago" in text and "5 s ago" in text
     assert "never" in text
     assert "keys create" in render(views.render_keys, [])
+
+
+def _crowded_pool() -> list[AccountView]:
+    four_windows = {
+        "requests": {"limit": 4000, "remaining": 3999, "reset": NOW + 30},
+        "input-tokens": {"limit": 2_000_000, "remaining": 1_999_000, "reset": NOW + 30},
+        "output-tokens": {"limit": 400_000, "remaining": 399_000, "reset": NOW + 30},
+        "tokens": {"limit": 2_400_000, "remaining": 2_398_000, "reset": NOW + 30},
+    }
+    return [
+        account(alias="personal-account", preferred=True, headroom=1.0, windows=four_windows, in_flight=12),
+        account(alias="work-team-alpha", kind="anthropic-compatible", status="needs_login", headroom=1.0,
+                reason="upstream answered 401: invalid x-api-key"),
+        account(alias="backup-account", status="exhausted", reason="rate limited (429)", until=NOW + 3600,
+                headroom=0.0),
+        account(alias="spare-account", status="waiting_for_keyring", headroom=None, windows={},
+                reason="the OS keyring has not answered for 3 s; it is probably locked; dario retries by itself"),
+    ]
+
+
+def test_crowded_status_fits_80_columns_without_cutting_names_or_numbers() -> None:
+    st = status(_crowded_pool(), health="needs_login")
+    st["keyring"] = ("the OS keyring has not answered for 3 s; it is probably locked. Unlock it (log in to the "
+                     "desktop, or answer the unlock prompt); dario reads the keys as soon as it answers.")
+    console = Console(width=80, record=True)
+    views.render_status(st, console, now=NOW)
+    text = console.export_text()
+    lines = text.splitlines()
+    # Only a command to copy may run past 80 columns (a long install path); it is never broken.
+    assert all(len(line) <= 80 or line.startswith("  /") for line in lines), text
+    assert "…" not in text, text
+    for alias in ("personal-account ★", "work-team-alpha", "backup-account", "spare-account"):
+        assert alias in text
+    assert "100%" in text and "0%" in text
+    assert len(lines) <= 28, text
+    # The keyring explanation once, wrapped as prose rather than a word per line.
+    assert " ".join(text.split()).count("Unlock it (log in to the desktop") == 1
+    prose = [line for line in lines if "keyring" in line.lower() and "│" not in line and not line.startswith("  /")]
+    assert prose and all(len(line.split()) > 3 for line in prose), prose
+    # Accounts that cannot serve show no bar: a full green bar beside needs_login would mislead.
+    for line in lines:
+        if line.startswith(("work-team-alpha", "spare-account")):
+            assert "█" not in line and "%" not in line, line
+
+
+def test_accounts_list_keeps_windows_when_they_fit_and_drops_kind_first() -> None:
+    accounts = [account(alias="personal-account"), account(alias="work-team-alpha", kind="anthropic-compatible")]
+    console = Console(width=80, record=True)
+    views.render_accounts(accounts, console, now=NOW)
+    text = console.export_text()
+    assert "…" not in text and all(len(line) <= 80 for line in text.splitlines())
+    assert "req 49/50 · out 190k/200k" in text
+    assert "Headroom" in text and "83%" in text
+    wide = render(views.render_accounts, accounts, now=NOW)
+    assert "anthropic-compatible" in wide and "In-flight" in wide
