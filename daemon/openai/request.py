@@ -50,6 +50,7 @@ THINKING_BUDGETS: dict[str, int] = {
     "xhigh": 32768,
 }
 MIN_THINKING_BUDGET = 1024
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 # Bounds numbers we emit ourselves so they always serialise (orjson refuses ints beyond 64 bits).
 MAX_TOKENS_CAP = 2**31 - 1
 JSON_TOOL_NAME = "json_response"
@@ -591,6 +592,28 @@ def _thinking_budget(body: dict[str, Any]) -> int | None:
     return THINKING_BUDGETS[effort]
 
 
+def _fit_budget(budget: int, client_max: int | None) -> int | None:
+    """The client's max tokens is a hard cap that includes reasoning (OpenAI's max_completion_tokens
+    counts reasoning tokens; Anthropic's max_tokens counts thinking and needs budget_tokens < max_tokens).
+    A budget that does not fit shrinks to half the cap, leaving the other half for the answer; below
+    Anthropic's 1,024-token minimum, thinking is turned off (→ None)."""
+    if client_max is None or budget < client_max:
+        return budget
+    fitted = client_max // 2
+    return fitted if fitted >= MIN_THINKING_BUDGET else None
+
+
+def _refuse_logprobs(body: dict[str, Any]) -> None:
+    # Claude returns no token log probabilities; an answer with `logprobs: null` would crash a client
+    # that asked for them and reads `choices[0].logprobs.content`, so say so up front.
+    if body.get("logprobs") not in (None, False):
+        raise _bad("`logprobs` is not supported: Claude does not return token log probabilities.", "logprobs")
+    if body.get("top_logprobs") not in (None, 0):
+        raise _bad(
+            "`top_logprobs` is not supported: Claude does not return token log probabilities.", "top_logprobs"
+        )
+
+
 def _apply_thinking(turns: list[list[Any]], cache: ThinkingCache | None) -> bool:
     """Re-insert cached thinking; → False if the latest assistant tool turn still has none (E12)."""
     last_assistant = None
@@ -634,6 +657,9 @@ def chat_to_messages(
     requested = body.get("model")
     if not isinstance(requested, str) or not requested.strip():
         raise _bad("`model` is required and must be a non-empty string.", "model")
+    if _CONTROL.search(requested):
+        # Model ids are echoed in headers and shown by `dario-ctl usage`; escape sequences have no place.
+        raise _bad("`model` must not contain control characters.", "model")
     model = models.resolve(requested)
     if model is None:
         raise DarioError(
@@ -698,7 +724,9 @@ def chat_to_messages(
     if ptc is not None and not isinstance(ptc, bool):
         raise _bad("`parallel_tool_calls` must be a boolean.", "parallel_tool_calls")
     json_spec = _json_mode(body.get("response_format"))
-    budget = _thinking_budget(body)
+    _refuse_logprobs(body)
+    wanted = _thinking_budget(body)
+    budget = None if wanted is None else _fit_budget(wanted, max_tokens)
 
     system, turns, client_thinking = _convert_messages(messages)
 
@@ -709,7 +737,7 @@ def chat_to_messages(
         thinking = False  # so is an assistant prefill
     if thinking:
         thinking = _apply_thinking(turns, thinking_cache)
-    if not thinking and (client_thinking or budget is not None):
+    if not thinking and (client_thinking or wanted is not None):
         _strip_thinking(turns)
 
     ctx = ChatContext(
