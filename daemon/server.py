@@ -37,7 +37,7 @@ from dario.daemon.errors import DarioError, anthropic_error_body, openai_error_s
 from dario.daemon.guard import Guard
 from dario.daemon.modelcatalog import ModelCatalog
 from dario.daemon.openai.request import chat_to_messages
-from dario.daemon.openai.thinking import ThinkingCache
+from dario.daemon.openai.thinking import ThinkingCache, thinking_owner
 from dario.daemon.openapi import openapi_json
 from dario.daemon.pool import Estimate
 from dario.daemon.relay import Incoming, Outcome, Relay, model_id_ok
@@ -52,12 +52,13 @@ MAX_HEAD_BYTES = 64 * 1024
 
 
 class RequestInfo:
-    __slots__ = ("client", "request_id", "t_start")
+    __slots__ = ("client", "owner", "request_id", "t_start")
 
-    def __init__(self, t_start: float, request_id: str, client: str) -> None:
+    def __init__(self, t_start: float, request_id: str, client: str, owner: str = "") -> None:
         self.t_start = t_start
         self.request_id = request_id
         self.client = client
+        self.owner = owner  # who this caller is, for state private to a client (thinking blocks)
 
 
 class PublicApp:
@@ -128,6 +129,7 @@ class PublicApp:
                 await _error(send, openai_side, err, request_id)
                 return
         client = ""
+        key_name: str | None = None
         if path != "/health" and not path.startswith("/static/") and path != "/":
             allowed, key_name = self.guard.authenticate(scope)
             if not allowed:
@@ -138,9 +140,12 @@ class PublicApp:
                 ), request_id)
                 return
             client = key_name or ""
+        family = self.state.client_family(header(scope, b"user-agent"))
         if not client:
-            client = self.state.client_family(header(scope, b"user-agent"))
-        await handler(scope, receive, send, RequestInfo(t_start, request_id, client))
+            client = family
+        peer = scope.get("client")
+        owner = thinking_owner(key_name, family, peer[0] if peer else None)
+        await handler(scope, receive, send, RequestInfo(t_start, request_id, client, owner))
 
     # -- Anthropic Messages ------------------------------------------------------------
     async def _read_json(self, scope: Scope, receive: Receive) -> tuple[bytes, Any]:
@@ -225,7 +230,8 @@ class PublicApp:
         created = int(time.time())
         try:
             _, parsed = await self._read_json(scope, receive)
-            anthropic_body, ctx = chat_to_messages(parsed, self.models.table, thinking_cache=self.thinking)
+            anthropic_body, ctx = chat_to_messages(parsed, self.models.table, thinking_cache=self.thinking,
+                                                   thinking_owner=info.owner)
         except DarioError as err:
             await OpenAISink(send, info.request_id, None, created, None).error(err)
             return

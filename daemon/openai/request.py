@@ -75,6 +75,7 @@ class ChatContext:
     json_tool: str | None = None  # name of the injected JSON-mode tool, if response_format was emulated
     json_unwrap: str | None = None  # key wrapping a non-object JSON schema inside the tool input
     thinking: bool = False  # thinking was enabled upstream for this request
+    thinking_owner: str = ""  # whose thinking cache entries this request may read and write
 
 
 def _bad(message: str, param: str | None) -> DarioError:
@@ -614,7 +615,7 @@ def _refuse_logprobs(body: dict[str, Any]) -> None:
         )
 
 
-def _apply_thinking(turns: list[list[Any]], cache: ThinkingCache | None) -> bool:
+def _apply_thinking(turns: list[list[Any]], cache: ThinkingCache | None, owner: str) -> bool:
     """Re-insert cached thinking; → False if the latest assistant tool turn still has none (E12)."""
     last_assistant = None
     for turn in turns:
@@ -625,7 +626,7 @@ def _apply_thinking(turns: list[list[Any]], cache: ThinkingCache | None) -> bool
         if blocks[0]["type"] in ("thinking", "redacted_thinking") or cache is None:
             continue
         for tid in _tool_use_ids(blocks):
-            cached = cache.recall(tid)
+            cached = cache.recall(tid, owner)
             if cached:
                 turn[1] = cached + blocks
                 break
@@ -648,6 +649,7 @@ def chat_to_messages(
     models: ModelTable,
     *,
     thinking_cache: ThinkingCache | None = None,
+    thinking_owner: str = "",
     default_max_tokens: int = 4096,
 ) -> tuple[dict[str, Any], ChatContext]:
     """Parsed /v1/chat/completions JSON → (Anthropic /v1/messages body, ChatContext)."""
@@ -736,12 +738,13 @@ def chat_to_messages(
     if thinking and turns[-1][0] == "assistant":
         thinking = False  # so is an assistant prefill
     if thinking:
-        thinking = _apply_thinking(turns, thinking_cache)
+        thinking = _apply_thinking(turns, thinking_cache, thinking_owner)
     if not thinking and (client_thinking or wanted is not None):
         _strip_thinking(turns)
 
     ctx = ChatContext(
-        requested_model=requested, model=model, stream=stream, include_usage=include_usage, thinking=thinking
+        requested_model=requested, model=model, stream=stream, include_usage=include_usage, thinking=thinking,
+        thinking_owner=thinking_owner,
     )
 
     if json_spec is not None:

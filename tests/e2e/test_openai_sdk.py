@@ -171,6 +171,34 @@ def test_thinking_survives_a_tool_loop_through_a_client_that_drops_it(live: Any)
         assert assistant["content"][0]["signature"]
 
 
+def test_one_client_cannot_get_anothers_thinking_back_by_its_tool_call_id(live: Any) -> None:
+    dariod, upstream, _ = live
+    alice = openai.OpenAI(base_url=dariod.url + "/v1", api_key="anything", max_retries=0,
+                          default_headers={"User-Agent": "tool-a/1.0"})
+    mallory = openai.OpenAI(base_url=dariod.url + "/v1", api_key="anything", max_retries=0,
+                            default_headers={"User-Agent": "tool-b/1.0"})
+    first = alice.chat.completions.create(
+        model="sonnet", reasoning_effort="high", messages=[{"role": "user", "content": "[[thinking]] [[tool]]"}],
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    call = (first.choices[0].message.tool_calls or [])[0]
+    history: Any = [
+        {"role": "user", "content": "[[thinking]]"},
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+    ]
+    mallory.chat.completions.create(model="sonnet", reasoning_effort="high", tools=[WEATHER],  # type: ignore[list-item]
+                                    messages=history)
+    sent = upstream_messages(upstream)[-1]["body"]
+    assert "thinking" not in sent
+    assert all(b["type"] not in ("thinking", "redacted_thinking") for m in sent["messages"] for b in m["content"])
+    alice.chat.completions.create(model="sonnet", reasoning_effort="high", tools=[WEATHER],  # type: ignore[list-item]
+                                  messages=history)
+    sent = upstream_messages(upstream)[-1]["body"]
+    assert sent["thinking"]["type"] == "enabled"
+    assert sent["messages"][1]["content"][0]["type"] == "thinking"
+
+
 def test_unknown_model_is_a_404_in_openai_shape(live: Any) -> None:
     _, _, client = live
     with pytest.raises(openai.NotFoundError) as info:

@@ -955,3 +955,27 @@ def test_valid_histories_obey_anthropic_rules(body: dict[str, Any]) -> None:
         return
     assert out is not None, "schema-shaped requests must translate"
     check_anthropic_rules(out)
+
+
+def test_e12_thinking_is_only_recalled_by_the_client_that_received_it() -> None:
+    from dario.daemon.openai.thinking import thinking_owner
+
+    alice = thinking_owner(None, "tool-a", "127.0.0.1")
+    cache = ThinkingCache()
+    cache.remember(["toolu_01"], [SIGNED], alice)
+    for other in (
+        thinking_owner(None, "tool-b", "127.0.0.1"),
+        thinking_owner(None, "tool-a", "10.0.0.2"),
+        thinking_owner("bob", "tool-a", "127.0.0.1"),
+        thinking_owner(None, "tool-a", "127.0.0.1", peer_uid=1001),
+    ):
+        out, ctx = conv(tool_loop(reasoning_effort="medium"), thinking_cache=cache, thinking_owner=other)
+        assert not ctx.thinking and "thinking" not in out
+        assert all(b["type"] != "thinking" for m in out["messages"] for b in m["content"])
+    out, ctx = conv(tool_loop(reasoning_effort="medium"), thinking_cache=cache, thinking_owner=alice)
+    assert ctx.thinking and out["messages"][1]["content"][0] == SIGNED
+    # A client key names its holder wherever it connects from.
+    cache.remember(["toolu_01"], [SIGNED], thinking_owner("bob", "curl", "127.0.0.1"))
+    out, ctx = conv(tool_loop(reasoning_effort="medium"), thinking_cache=cache,
+                    thinking_owner=thinking_owner("bob", "python", "::1"))
+    assert ctx.thinking
