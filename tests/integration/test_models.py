@@ -37,3 +37,16 @@ def test_pagination_follows_the_anthropic_protocol(dariod: Dariod, upstream: Any
     everything = [m.id for m in a.models.list(limit=3)]  # the SDK follows after_id itself
     assert everything == [m.id for m in a.models.list(limit=1000)]
     assert len(everything) == len(set(everything))
+
+
+def test_dated_and_latest_openai_ids_work_like_their_base_names(dariod: Dariod, upstream: Any) -> None:
+    dariod.login("work", "sk-models", upstream.url)
+    o = openai.OpenAI(base_url=dariod.url + "/v1", api_key="x", max_retries=0)
+    base = o.models.retrieve("gpt-4o")
+    for name in ("gpt-4o-2024-08-06", "chatgpt-4o-latest", "gpt-4o-mini-2024-07-18", "o1-mini", "gpt-5.1"):
+        assert o.models.retrieve(name).id == name
+        reply = o.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}])
+        assert reply.model == name
+    sent = [r["body"]["model"] for r in upstream.requests() if r["path"] == "/v1/messages"]
+    assert sent[0] == sent[1] == (base.model_extra or {})["alias_of"]  # both are gpt-4o
+    assert all(s.startswith("claude-") for s in sent)
