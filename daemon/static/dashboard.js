@@ -167,7 +167,7 @@
       stat("output", compact(num(t.output_tokens))),
       stat("cache write", compact(num(t.cache_write_tokens))),
       stat("cache read", compact(num(t.cache_read_tokens))),
-      stat("cost", money(num(t.cost_usd))));
+      stat("cost", money(t.cost_usd)));  // null: a model without a price was used, so the total is unknown
   }
 
   // Same wording as `dario-ctl usage` (dario.ctl.usage_view.forecast_sentences).
