@@ -234,6 +234,8 @@ class PublicApp:
                                                    thinking_owner=info.owner)
         except DarioError as err:
             await OpenAISink(send, info.request_id, None, created, None).error(err)
+            if err.openai_code == "model_not_found":
+                self._record_unknown_model(info, parsed.get("model"))
             return
         except ClientGone:
             return
@@ -249,6 +251,16 @@ class PublicApp:
             client=info.client, t_start=info.t_start,
         )
         await self._forward(inc, OpenAISink(send, info.request_id, ctx, created, self.thinking), receive)
+
+    def _record_unknown_model(self, info: RequestInfo, model: object) -> None:
+        """An unknown model is answered here, not upstream, but it is still a failed request: usage and
+        the dashboard count it with the other errors (served by no account)."""
+        inc = Incoming(
+            dialect="openai", endpoint="chat", path=upstream.PATH_MESSAGES, query=b"", headers=[], body=b"",
+            stream=False, model=model[:200] if isinstance(model, str) else None, estimate=Estimate(),
+            client=info.client, t_start=info.t_start,
+        )
+        self.state.record(inc, Outcome(status=404, error_type="not_found_error"))
 
     # -- models (both dialects on one path) ---------------------------------------------
     async def list_models(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:

@@ -50,3 +50,18 @@ def test_dated_and_latest_openai_ids_work_like_their_base_names(dariod: Dariod, 
     sent = [r["body"]["model"] for r in upstream.requests() if r["path"] == "/v1/messages"]
     assert sent[0] == sent[1] == (base.model_extra or {})["alias_of"]  # both are gpt-4o
     assert all(s.startswith("claude-") for s in sent)
+
+
+def test_an_unknown_model_on_the_openai_route_counts_as_an_error(dariod: Dariod, upstream: Any) -> None:
+    import httpx
+
+    dariod.login("work", "sk-models", upstream.url)
+    o = openai.OpenAI(base_url=dariod.url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        o.chat.completions.create(model="gpt-no-such-model", messages=[{"role": "user", "content": "hi"}])
+    usage = httpx.get(dariod.url + "/analytics?window=1h").json()
+    assert usage["totals"]["requests"] == 1 and usage["totals"]["errors"] == 1
+    (row,) = usage["by_model"]
+    assert row["key"] == "gpt-no-such-model" and row["errors_by_type"] == {"not_found_error": 1}
+    assert usage["recent"][0]["account"] is None and usage["recent"][0]["status"] == 404
+    assert [a["key"] for a in usage["by_account"]] == ["(none)"]
