@@ -208,6 +208,19 @@ def test_unknown_model_is_a_404_in_openai_shape(live: Any) -> None:
     assert info.value.response.headers.get("x-request-id")
 
 
+def test_model_with_control_characters_is_a_400_and_not_recorded(live: Any) -> None:
+    dariod, upstream, client = live
+    before = len(upstream_messages(upstream))
+    for model in ("gpt-4o\x1b[2J", "\x1b]0;pwned\x07sonnet", "claude-sonnet-4-6\r\n"):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        body: Any = info.value.body
+        assert body["param"] == "model" and "control characters" in body["message"]
+    assert len(upstream_messages(upstream)) == before
+    usage = dariod.ctl("usage", "--json")
+    assert usage.returncode == 0 and "\\u001b" not in usage.stdout and "\x1b" not in usage.stdout
+
+
 def test_n_greater_than_one_is_a_400(live: Any) -> None:
     _, upstream, client = live
     before = len(upstream_messages(upstream))
