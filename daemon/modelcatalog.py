@@ -25,6 +25,8 @@ from dario.daemon.openai.models import KNOWN_MODELS, ModelTable
 log = logging.getLogger("dario.models")
 CACHE_SECONDS = 600.0
 RETRY_SECONDS = 30.0
+# How long a request naming an alias waits for the first model list before resolving with what is known.
+ALIAS_WAIT_SECONDS = 2.0
 # The Anthropic SDK parses created_at as an RFC 3339 datetime; a model whose release date dario does
 # not know gets the epoch (the same instant as OpenAI's `created: 0`), never an empty string.
 UNKNOWN_CREATED_AT = "1970-01-01T00:00:00Z"
@@ -81,6 +83,8 @@ class ModelCatalog:
         async with self._fetch_lock:
             if time.monotonic() < self._next_fetch:
                 return
+            # Until the fetch succeeds, the next try is RETRY_SECONDS away, also when it is cancelled.
+            self._next_fetch = time.monotonic() + RETRY_SECONDS
             try:
                 models = await self.fetch()
             except Exception as exc:  # a model list is never worth failing a request over
@@ -90,8 +94,14 @@ class ModelCatalog:
                 self._upstream = models
                 self._rebuild()
                 self._next_fetch = time.monotonic() + CACHE_SECONDS
-            else:
-                self._next_fetch = time.monotonic() + RETRY_SECONDS
+
+    async def refresh_for_alias(self, name: str) -> None:
+        """Before an alias is resolved for a request, learn the upstream's list if it is stale, so the
+        alias names a model the upstream has; bounded, because a slow list must not hold up the request."""
+        if self.configured.resolve(name) in (None, name.strip()):
+            return
+        with trio.move_on_after(ALIAS_WAIT_SECONDS):
+            await self.refresh_if_stale()
 
     def _rebuild(self) -> None:
         base = self._upstream or KNOWN_MODELS

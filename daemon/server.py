@@ -180,6 +180,7 @@ class PublicApp:
                 raise DarioError(400, "invalid_request_error", "model: field required (a Claude model id)")
             if not model_id_ok(model):
                 raise DarioError(400, "invalid_request_error", "model: must not contain control characters")
+            await self.models.refresh_for_alias(model)
             resolved = self.settings.force_model or self.models.resolve_anthropic(model)
             if resolved != model:
                 parsed["model"] = resolved
@@ -230,6 +231,9 @@ class PublicApp:
         created = int(time.time())
         try:
             _, parsed = await self._read_json(scope, receive)
+            requested = parsed.get("model")
+            if isinstance(requested, str) and model_id_ok(requested):
+                await self.models.refresh_for_alias(requested)
             anthropic_body, ctx = chat_to_messages(parsed, self.models.table, thinking_cache=self.thinking,
                                                    thinking_owner=info.owner)
         except DarioError as err:

@@ -65,3 +65,15 @@ def test_an_unknown_model_on_the_openai_route_counts_as_an_error(dariod: Dariod,
     assert row["key"] == "gpt-no-such-model" and row["errors_by_type"] == {"not_found_error": 1}
     assert usage["recent"][0]["account"] is None and usage["recent"][0]["status"] == 404
     assert [a["key"] for a in usage["by_account"]] == ["(none)"]
+
+
+def test_an_alias_request_learns_the_upstream_list_first(dariod: Dariod, upstream: Any) -> None:
+    dariod.login("work", "sk-models", upstream.url)
+    upstream.clear()  # logging in may have checked the key upstream
+    o = openai.OpenAI(base_url=dariod.url + "/v1", api_key="x", max_retries=0)
+    o.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    paths = [r["path"] for r in upstream.requests()]
+    assert paths.index("/v1/models") < paths.index("/v1/messages"), paths
+    listed = {m.id for m in o.models.list()}
+    sent = [r["body"]["model"] for r in upstream.requests() if r["path"] == "/v1/messages"]
+    assert sent[0] in listed

@@ -208,3 +208,38 @@ def test_dated_and_latest_openai_ids_resolve_like_their_base(name: str, base: st
 
 def test_catalog_refuses_control_characters_in_a_model_id() -> None:
     assert ModelCatalog(ModelTable(), None).get("claude-\x1b[31mx") is None
+
+
+def test_a_request_naming_an_alias_learns_the_upstream_list_first() -> None:
+    fetched: list[int] = []
+    catalog = _catalog(fetched)
+
+    async def main() -> None:
+        await catalog.refresh_for_alias("claude-sonnet-4-5-20250929")  # a Claude id needs no list
+        assert fetched == []
+        await catalog.refresh_for_alias("gpt-4o")
+        assert fetched == [1]
+
+    trio.run(main)
+    assert catalog.resolve_anthropic("sonnet") == "claude-sonnet-4-5-20250929"
+
+
+def test_a_slow_model_list_holds_an_alias_request_only_briefly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(modelcatalog, "ALIAS_WAIT_SECONDS", 0.05)
+    calls: list[int] = []
+
+    async def hang() -> list[dict[str, Any]] | None:
+        calls.append(1)
+        await trio.sleep_forever()
+        return None
+
+    catalog = ModelCatalog(ModelTable(), hang)
+
+    async def main() -> None:
+        with trio.fail_after(5):
+            await catalog.refresh_for_alias("sonnet")
+            await catalog.refresh_for_alias("sonnet")  # not again at once: the retry is RETRY_SECONDS away
+
+    trio.run(main)
+    assert calls == [1]
+    assert catalog.resolve_anthropic("sonnet") == SONNET
