@@ -607,9 +607,10 @@ def _fit_budget(budget: int, client_max: int | None) -> int | None:
 def _refuse_logprobs(body: dict[str, Any]) -> None:
     # Claude returns no token log probabilities; an answer with `logprobs: null` would crash a client
     # that asked for them and reads `choices[0].logprobs.content`, so say so up front.
-    if body.get("logprobs") not in (None, False):
+    logprobs, top = body.get("logprobs"), body.get("top_logprobs")
+    if logprobs is not None and logprobs is not False:
         raise _bad("`logprobs` is not supported: Claude does not return token log probabilities.", "logprobs")
-    if body.get("top_logprobs") not in (None, 0):
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int | float) or top != 0):
         raise _bad(
             "`top_logprobs` is not supported: Claude does not return token log probabilities.", "top_logprobs"
         )

@@ -689,7 +689,8 @@ def test_capped_thinking_off_strips_client_thinking_blocks() -> None:
 @pytest.mark.parametrize(
     ("extra", "param"),
     [({"logprobs": True}, "logprobs"), ({"top_logprobs": 5}, "top_logprobs"),
-     ({"logprobs": True, "top_logprobs": 3}, "logprobs")],
+     ({"logprobs": True, "top_logprobs": 3}, "logprobs"), ({"logprobs": 1}, "logprobs"),
+     ({"logprobs": "yes"}, "logprobs"), ({"top_logprobs": False}, "top_logprobs")],
 )
 def test_logprobs_refused_with_a_clear_400(extra: dict[str, Any], param: str) -> None:
     err = bad(req([user()], **extra), param)
