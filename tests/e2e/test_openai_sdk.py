@@ -171,21 +171,27 @@ def test_thinking_survives_a_tool_loop_through_a_client_that_drops_it(live: Any)
         assert assistant["content"][0]["signature"]
 
 
-def test_one_client_cannot_get_anothers_thinking_back_by_its_tool_call_id(live: Any) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+def test_one_client_cannot_get_anothers_thinking_back_by_its_tool_call_id(live: Any, stream: bool) -> None:
     dariod, upstream, _ = live
     alice = openai.OpenAI(base_url=dariod.url + "/v1", api_key="anything", max_retries=0,
                           default_headers={"User-Agent": "tool-a/1.0"})
     mallory = openai.OpenAI(base_url=dariod.url + "/v1", api_key="anything", max_retries=0,
                             default_headers={"User-Agent": "tool-b/1.0"})
-    first = alice.chat.completions.create(
-        model="sonnet", reasoning_effort="high", messages=[{"role": "user", "content": "[[thinking]] [[tool]]"}],
-        tools=[WEATHER],  # type: ignore[list-item]
-    )
-    call = (first.choices[0].message.tool_calls or [])[0]
+    ask: Any = {"model": "sonnet", "reasoning_effort": "high", "tools": [WEATHER],
+                "messages": [{"role": "user", "content": "[[thinking]] [[tool]]"}]}
+    if stream:
+        calls = [tc for chunk in alice.chat.completions.create(**ask, stream=True)
+                 for choice in chunk.choices for tc in choice.delta.tool_calls or [] if tc.id]
+        call_id, name = calls[0].id, (calls[0].function.name if calls[0].function else "")
+    else:
+        call = (alice.chat.completions.create(**ask).choices[0].message.tool_calls or [])[0]
+        call_id, name = call.id, call.function.name
     history: Any = [
         {"role": "user", "content": "[[thinking]]"},
-        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
-        {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": call_id, "content": "sunny"},
     ]
     mallory.chat.completions.create(model="sonnet", reasoning_effort="high", tools=[WEATHER],  # type: ignore[list-item]
                                     messages=history)
