@@ -65,6 +65,9 @@ def test_an_unknown_model_on_the_openai_route_counts_as_an_error(dariod: Dariod,
     assert row["key"] == "gpt-no-such-model" and row["errors_by_type"] == {"not_found_error": 1}
     assert usage["recent"][0]["account"] is None and usage["recent"][0]["status"] == 404
     assert [a["key"] for a in usage["by_account"]] == ["(none)"]
+    metrics = httpx.get(dariod.url + "/metrics")
+    assert metrics.status_code == 200 and 'status="404"' in metrics.text
+    assert "Traceback" not in dariod.stderr()
 
 
 def test_an_alias_request_learns_the_upstream_list_first(dariod: Dariod, upstream: Any) -> None:
