@@ -59,6 +59,18 @@ def _entry(model_id: str, display_name: str, created_at: str, alias_of: str | No
     return item
 
 
+def _usable(models: object) -> list[dict[str, Any]] | None:
+    """The entries of an upstream's list dario can serve and route to: an object with a string id free
+    of control characters (an id travels into headers, logs and terminals)."""
+    if not isinstance(models, list):
+        return None
+    return [
+        {**m, "display_name": _CONTROL.sub("", str(m.get("display_name") or m["id"]))}
+        for m in models
+        if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"] and not _CONTROL.search(m["id"])
+    ]
+
+
 class ModelCatalog:
     def __init__(self, table: ModelTable, fetch: Fetcher | None = None) -> None:
         self.configured = table
@@ -90,6 +102,7 @@ class ModelCatalog:
             except Exception as exc:  # a model list is never worth failing a request over
                 log.info("could not fetch the upstream model list: %s", type(exc).__name__)
                 models = None
+            models = _usable(models)
             if models:
                 self._upstream = models
                 self._rebuild()

@@ -243,3 +243,18 @@ def test_a_slow_model_list_holds_an_alias_request_only_briefly(monkeypatch: pyte
     trio.run(main)
     assert calls == [1]
     assert catalog.resolve_anthropic("sonnet") == SONNET
+
+
+def test_a_hostile_model_list_cannot_smuggle_control_characters() -> None:
+    hostile: list[Any] = [
+        {"id": "claude-sonnet-9\x1b[31m", "display_name": "x", "created_at": "2030-01-01T00:00:00Z"},
+        {"id": 7}, "claude-haiku-9", None,
+        {"id": "claude-opus-4-5-20251101", "display_name": "Opus\x1b]0;pwned\x07",
+         "created_at": "2025-11-01T00:00:00Z"},
+    ]
+    catalog = _catalog([], hostile)
+    trio.run(catalog.refresh_if_stale)
+    page = catalog.page(limit=None, after_id=None, before_id=None)["data"]
+    assert all("\x1b" not in item["id"] and "\x1b" not in item["display_name"] for item in page)
+    assert catalog.resolve_anthropic("sonnet") == SONNET  # no listed Sonnet to follow: the built-in stays
+    assert catalog.resolve_anthropic("opus") == "claude-opus-4-5-20251101"
