@@ -89,6 +89,9 @@ CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
 """
 _INSERT = f"INSERT INTO usage ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 _IS_ERROR = "(status >= 400 OR error_type IS NOT NULL)"
+# A sum of costs is only known when every row's cost is: a model without a price makes the group's cost
+# unknown (null, shown as "—"), never a silent $0 (SQLite's TOTAL() would count NULL as 0.0).
+_COST_SUM = "CASE WHEN COUNT(cost_usd) < COUNT(*) THEN NULL ELSE TOTAL(cost_usd) END"
 
 
 def _describe_db_error(path: Path, exc: BaseException) -> str:
@@ -187,7 +190,8 @@ class AnalyticsStore:
             # Counting tokens consumes none; the count is not usage.
             tokens = (0, 0, 0, 0, 0)
         model = None if r.model is None else str(r.model)
-        cost = self.prices.cost(model, *tokens) if model else None
+        # Nothing consumed costs nothing, whatever the model (a refusal of an unpriced model is still free).
+        cost = 0.0 if not any(tokens) else self.prices.cost(model, *tokens) if model else None
         return (
             float(r.ts), str(r.client), None if r.account is None else str(r.account), model, str(r.dialect),
             str(r.endpoint), int(bool(r.streaming)), int(r.status),
@@ -376,7 +380,7 @@ class AnalyticsStore:
         args = (since, now)
         sums = (
             f"COUNT(*), TOTAL({_IS_ERROR}), TOTAL(input_tokens), TOTAL(output_tokens), "
-            "TOTAL(cache_write_5m + cache_write_1h), TOTAL(cache_read), TOTAL(cost_usd)"
+            f"TOTAL(cache_write_5m + cache_write_1h), TOTAL(cache_read), {_COST_SUM}"
         )
         row = conn.execute(f"SELECT {sums} FROM usage WHERE {where}", args).fetchone()
         out["totals"] = _counters(row)
@@ -413,7 +417,7 @@ class AnalyticsStore:
 
         series_sql = (
             "SELECT CAST(ts / ? AS INTEGER) * ? AS t, account, model, TOTAL(input_tokens), "
-            "TOTAL(output_tokens), COUNT(*), TOTAL(cost_usd) FROM usage "
+            f"TOTAL(output_tokens), COUNT(*), {_COST_SUM} FROM usage "
             f"WHERE {where} GROUP BY t, account, model ORDER BY t, account, model"
         )
         out["series"]["points"] = [
@@ -424,7 +428,7 @@ class AnalyticsStore:
                 "input_tokens": int(i),
                 "output_tokens": int(o),
                 "requests": n,
-                "cost_usd": round(c, 6),
+                "cost_usd": None if c is None else round(c, 6),
             }
             for t, account, model, i, o, n, c in conn.execute(series_sql, (bucket, bucket, *args))
         ]
@@ -457,7 +461,7 @@ def _counters(row: tuple[Any, ...] | None) -> dict[str, Any]:
         "output_tokens": int(outp),
         "cache_write_tokens": int(cw),
         "cache_read_tokens": int(cr),
-        "cost_usd": round(float(cost), 6),
+        "cost_usd": None if cost is None else round(float(cost), 6),
     }
 
 

@@ -5,20 +5,32 @@ the OpenAI SDK expects `{object:"list",data:[{id,object,created,owned_by}]}`. Bo
 fields they do not know, so every entry carries both sets and the page carries both envelopes.
 The list is the upstream's own (fetched through the pool, cached) when an account can
 serve, else dario's built-in list; the alias table's names (gpt-4o, sonnet, …) follow it.
+The upstream's list is fetched on first use (then every CACHE_SECONDS), not on a timer from boot.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
+import trio
+
 from dario.daemon.openai.models import KNOWN_MODELS, ModelTable
 
 log = logging.getLogger("dario.models")
 CACHE_SECONDS = 600.0
+RETRY_SECONDS = 30.0
+# How long a request naming an alias waits for the first model list before resolving with what is known.
+ALIAS_WAIT_SECONDS = 2.0
+# The Anthropic SDK parses created_at as an RFC 3339 datetime; a model whose release date dario does
+# not know gets the epoch (the same instant as OpenAI's `created: 0`), never an empty string.
+UNKNOWN_CREATED_AT = "1970-01-01T00:00:00Z"
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 Fetcher = Callable[[], Awaitable[list[dict[str, Any]] | None]]
 
@@ -37,7 +49,7 @@ def _entry(model_id: str, display_name: str, created_at: str, alias_of: str | No
         "type": "model",
         "id": model_id,
         "display_name": display_name,
-        "created_at": created_at,
+        "created_at": created_at or UNKNOWN_CREATED_AT,
         "object": "model",
         "created": _created(created_at),
         "owned_by": "anthropic",
@@ -47,12 +59,27 @@ def _entry(model_id: str, display_name: str, created_at: str, alias_of: str | No
     return item
 
 
+def _usable(models: object) -> list[dict[str, Any]] | None:
+    """The entries of an upstream's list dario can serve and route to: an object with a string id free
+    of control characters (an id travels into headers, logs and terminals)."""
+    if not isinstance(models, list):
+        return None
+    return [
+        {**m, "display_name": _CONTROL.sub("", str(m.get("display_name") or m["id"]))}
+        for m in models
+        if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"] and not _CONTROL.search(m["id"])
+    ]
+
+
 class ModelCatalog:
     def __init__(self, table: ModelTable, fetch: Fetcher | None = None) -> None:
-        self.table = table
+        self.configured = table
+        self.table = table  # the configured table, its built-in aliases re-pointed at the upstream's list
         self.fetch = fetch
         self._upstream: list[dict[str, Any]] | None = None
-        self._fetched_at = 0.0
+        # -inf, not 0.0: time.monotonic() counts from boot, so "0.0" looks fresh for the first minutes.
+        self._next_fetch = -math.inf
+        self._fetch_lock = trio.Lock()
         self._items: list[dict[str, Any]] = []
         self._by_id: dict[str, dict[str, Any]] = {}
         self._rebuild()
@@ -62,22 +89,36 @@ class ModelCatalog:
         return self.table.resolve(name) or name
 
     async def refresh_if_stale(self) -> None:
-        if self.fetch is None or time.monotonic() - self._fetched_at < CACHE_SECONDS:
+        if self.fetch is None or time.monotonic() < self._next_fetch:
             return
-        self._fetched_at = time.monotonic()
-        try:
-            models = await self.fetch()
-        except Exception as exc:  # a model list is never worth failing a request over
-            log.info("could not fetch the upstream model list: %s", type(exc).__name__)
-            models = None
-        if models:
-            self._upstream = models
-            self._rebuild()
-        else:
-            self._fetched_at -= CACHE_SECONDS - 30  # try again soon
+        # One fetch at a time; callers arriving meanwhile wait for its answer rather than serve stale data.
+        async with self._fetch_lock:
+            if time.monotonic() < self._next_fetch:
+                return
+            # Until the fetch succeeds, the next try is RETRY_SECONDS away, also when it is cancelled.
+            self._next_fetch = time.monotonic() + RETRY_SECONDS
+            try:
+                models = await self.fetch()
+            except Exception as exc:  # a model list is never worth failing a request over
+                log.info("could not fetch the upstream model list: %s", type(exc).__name__)
+                models = None
+            models = _usable(models)
+            if models:
+                self._upstream = models
+                self._rebuild()
+                self._next_fetch = time.monotonic() + CACHE_SECONDS
+
+    async def refresh_for_alias(self, name: str) -> None:
+        """Before an alias is resolved for a request, learn the upstream's list if it is stale, so the
+        alias names a model the upstream has; bounded, because a slow list must not hold up the request."""
+        if self.configured.resolve(name) in (None, name.strip()):
+            return
+        with trio.move_on_after(ALIAS_WAIT_SECONDS):
+            await self.refresh_if_stale()
 
     def _rebuild(self) -> None:
         base = self._upstream or KNOWN_MODELS
+        self.table = self.configured if self._upstream is None else self.configured.retargeted(self._upstream)
         items = [
             _entry(str(m["id"]), str(m.get("display_name") or m["id"]), str(m.get("created_at") or ""))
             for m in base
@@ -95,12 +136,17 @@ class ModelCatalog:
         item = self._by_id.get(model_id)
         if item is not None:
             return item
+        if _CONTROL.search(model_id):
+            return None
         resolved = self.table.resolve(model_id)
         if resolved is None:
             return None
         known = self._by_id.get(resolved)
         if known is not None:
-            return known
+            if resolved == model_id or model_id.lower().startswith("claude-"):
+                return known
+            # A variant of an alias (gpt-4o-2024-08-06): answered under the name asked for, as OpenAI does.
+            return _entry(model_id, f"{model_id} → {resolved}", known["created_at"], alias_of=resolved)
         # With the upstream's own list at hand, an id it does not have does not exist (Claude Code
         # relies on a 404 here). Without it, dario cannot tell, so a Claude id is given the benefit.
         if self._upstream is not None:

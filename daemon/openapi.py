@@ -270,7 +270,7 @@ def _openai_schemas() -> dict[str, Schema]:
         }, closed=False),
     ]}
     request = _object(["model", "messages"], {
-        "model": {**_NONEMPTY, "description": "a Claude model id (claude-…) or a configured alias (gpt-4o, sonnet, …); "
+        "model": {**_MODEL_ID, "description": "a Claude model id (claude-…) or a configured alias (gpt-4o, sonnet, …); "
                   "any other name is a 404", "examples": ["claude-sonnet-4-5", "gpt-4o"]},
         "messages": {"type": "array", "minItems": 1, "items": _ref("ChatMessage")},
         "max_tokens": {"type": ["integer", "null"], "minimum": 1},
@@ -286,7 +286,10 @@ def _openai_schemas() -> dict[str, Schema]:
         "tool_choice": tool_choice,
         "parallel_tool_calls": {"type": "boolean"},
         "response_format": response_format,
-        "reasoning_effort": {"enum": ["minimal", "low", "medium", "high", "xhigh", "none"]},
+        "reasoning_effort": {"enum": ["minimal", "low", "medium", "high", "xhigh", "none"],
+                             "description": "thinking budget; shrunk to fit max_completion_tokens, or off"},
+        "logprobs": {"enum": [False, None], "description": "Claude returns no log probabilities"},
+        "top_logprobs": {"enum": [0, None]},
         "user": {"type": "string"},
     }, closed=False)
     completion = _object(["object", "choices"], {

@@ -37,7 +37,7 @@ from dario.daemon.errors import DarioError, anthropic_error_body, openai_error_s
 from dario.daemon.guard import Guard
 from dario.daemon.modelcatalog import ModelCatalog
 from dario.daemon.openai.request import chat_to_messages
-from dario.daemon.openai.thinking import ThinkingCache
+from dario.daemon.openai.thinking import ThinkingCache, thinking_owner
 from dario.daemon.openapi import openapi_json
 from dario.daemon.pool import Estimate
 from dario.daemon.relay import Incoming, Outcome, Relay, model_id_ok
@@ -52,12 +52,13 @@ MAX_HEAD_BYTES = 64 * 1024
 
 
 class RequestInfo:
-    __slots__ = ("client", "request_id", "t_start")
+    __slots__ = ("client", "owner", "request_id", "t_start")
 
-    def __init__(self, t_start: float, request_id: str, client: str) -> None:
+    def __init__(self, t_start: float, request_id: str, client: str, owner: str = "") -> None:
         self.t_start = t_start
         self.request_id = request_id
         self.client = client
+        self.owner = owner  # who this caller is, for state private to a client (thinking blocks)
 
 
 class PublicApp:
@@ -128,6 +129,7 @@ class PublicApp:
                 await _error(send, openai_side, err, request_id)
                 return
         client = ""
+        key_name: str | None = None
         if path != "/health" and not path.startswith("/static/") and path != "/":
             allowed, key_name = self.guard.authenticate(scope)
             if not allowed:
@@ -142,9 +144,12 @@ class PublicApp:
                 await _error(send, openai_side, DarioError(403, "permission_error", peer_problem), request_id)
                 return
             client = key_name or ""
+        family = self.state.client_family(header(scope, b"user-agent"))
         if not client:
-            client = self.state.client_family(header(scope, b"user-agent"))
-        await handler(scope, receive, send, RequestInfo(t_start, request_id, client))
+            client = family
+        peer = scope.get("client")
+        owner = thinking_owner(key_name, family, peer[0] if peer else None)
+        await handler(scope, receive, send, RequestInfo(t_start, request_id, client, owner))
 
     # -- Anthropic Messages ------------------------------------------------------------
     async def _read_json(self, scope: Scope, receive: Receive) -> tuple[bytes, Any]:
@@ -179,6 +184,7 @@ class PublicApp:
                 raise DarioError(400, "invalid_request_error", "model: field required (a Claude model id)")
             if not model_id_ok(model):
                 raise DarioError(400, "invalid_request_error", "model: must not contain control characters")
+            await self.models.refresh_for_alias(model)
             resolved = self.settings.force_model or self.models.resolve_anthropic(model)
             if resolved != model:
                 parsed["model"] = resolved
@@ -229,9 +235,15 @@ class PublicApp:
         created = int(time.time())
         try:
             _, parsed = await self._read_json(scope, receive)
-            anthropic_body, ctx = chat_to_messages(parsed, self.models.table, thinking_cache=self.thinking)
+            requested = parsed.get("model")
+            if isinstance(requested, str) and model_id_ok(requested):
+                await self.models.refresh_for_alias(requested)
+            anthropic_body, ctx = chat_to_messages(parsed, self.models.table, thinking_cache=self.thinking,
+                                                   thinking_owner=info.owner)
         except DarioError as err:
             await OpenAISink(send, info.request_id, None, created, None).error(err)
+            if err.openai_code == "model_not_found":
+                self._record_unknown_model(info, parsed.get("model"))
             return
         except ClientGone:
             return
@@ -247,6 +259,16 @@ class PublicApp:
             client=info.client, t_start=info.t_start,
         )
         await self._forward(inc, OpenAISink(send, info.request_id, ctx, created, self.thinking), receive)
+
+    def _record_unknown_model(self, info: RequestInfo, model: object) -> None:
+        """An unknown model is answered here, not upstream, but it is still a failed request: usage and
+        the dashboard count it with the other errors (served by no account)."""
+        inc = Incoming(
+            dialect="openai", endpoint="chat", path=upstream.PATH_MESSAGES, query=b"", headers=[], body=b"",
+            stream=False, model=model[:200] if isinstance(model, str) else None, estimate=Estimate(),
+            client=info.client, t_start=info.t_start,
+        )
+        self.state.record(inc, Outcome(status=404, error_type="not_found_error"))
 
     # -- models (both dialects on one path) ---------------------------------------------
     async def list_models(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import datetime
 import pathlib
+import re
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from dario.daemon.atomicfile import read_config_json
@@ -37,7 +40,13 @@ DEFAULT_ALIASES: dict[str, str] = {
     "o4-mini": HAIKU,
     "gpt-5-mini": HAIKU,
     "gpt-5-nano": HAIKU,
+    "o1-mini": HAIKU,
+    "chatgpt-4o": SONNET,
 }
+# dario's own guesses; once the upstream's list is known, an alias whose guess the upstream lacks follows
+# the newest model of the same tier instead (a user's explicit Claude id is left as written).
+_TIERS = ("opus", "sonnet", "haiku")
+_BUILT_IN_TARGETS = frozenset(DEFAULT_ALIASES.values())
 
 # dario's fallback list when no account can fetch the upstream's own. Release dates are given
 # only where they are published in the SDK; the others list with created 0.
@@ -64,6 +73,34 @@ def _epoch(rfc3339: str) -> int:
 
 
 _CREATED: dict[str, int] = {m["id"]: _epoch(m["created_at"]) for m in KNOWN_MODELS}
+
+
+# OpenAI publishes dated snapshots (gpt-4o-2024-08-06, gpt-4-0613, gpt-3.5-turbo-0125), moving pointers
+# (chatgpt-4o-latest), previews (gpt-4-1106-preview) and point releases (gpt-5.1) of its base models;
+# each is the same model for a client's purposes, so it resolves like its base name.
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
+_POINT_RELEASE = re.compile(r"^(gpt-\d+)\.\d+(?=-|$)")
+
+
+def _openai_base_names(key: str) -> Iterator[str]:
+    """Lower-case name → ever more general names it may be a variant of (not including itself)."""
+    steps = (
+        lambda k: k.removesuffix("-latest"),
+        lambda k: k.removesuffix("-preview"),
+        lambda k: _SNAPSHOT.sub("", k),
+        lambda k: "gpt-" + k[len("chatgpt-"):] if k.startswith("chatgpt-") else k,
+        lambda k: _POINT_RELEASE.sub(r"\1", k),
+    )
+    for step in steps:
+        shorter = step(key)
+        if shorter != key and shorter:
+            key = shorter
+            yield key
+
+
+def _tier(model_id: str) -> str | None:
+    low = model_id.lower()
+    return next((t for t in _TIERS if t in low), None)
 
 
 def _strip_provider(name: str) -> str:
@@ -121,8 +158,33 @@ class ModelTable:
         """Alias (lower-case) → resolved Claude id."""
         return dict(self._aliases)
 
+    def retargeted(self, available: Iterable[dict[str, Any]]) -> ModelTable:
+        """A copy whose built-in aliases point at models in `available` (the upstream's own list).
+
+        An alias whose built-in target the upstream lacks follows the newest listed model of its tier
+        (newest by created_at; ties keep the upstream's order, which the Models API gives newest first).
+        """
+        listed = [m for m in available if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"]]
+        ids = {m["id"] for m in listed}
+        newest = sorted(listed, key=lambda m: str(m.get("created_at") or ""), reverse=True)
+        by_tier: dict[str, str] = {}
+        for m in newest:
+            tier = _tier(m["id"])
+            if tier is not None:
+                by_tier.setdefault(tier, m["id"])
+        out = copy.copy(self)
+        out._aliases = {}
+        for key, target in self._aliases.items():
+            tier = _tier(target)
+            if target not in ids and target in _BUILT_IN_TARGETS and tier in by_tier:
+                target = by_tier[tier]
+            out._aliases[key] = target
+        return out
+
     def resolve(self, name: str) -> str | None:
-        """Alias → Claude id; any "claude-…" id passes through unchanged; unknown → None."""
+        """Alias → Claude id; any "claude-…" id passes through unchanged; unknown → None.
+
+        OpenAI snapshot, -latest, -preview and point-release names resolve like their base alias."""
         if not isinstance(name, str):
             return None
         name = name.strip()
@@ -137,6 +199,10 @@ class ModelTable:
                 return hit
         if bare.lower().startswith("claude-"):
             return bare
+        for key in _openai_base_names(bare.lower()):
+            hit = self._aliases.get(key)
+            if hit is not None:
+                return hit
         return None
 
     def _entry(self, id: str, target: str) -> dict[str, Any]:

@@ -50,6 +50,7 @@ THINKING_BUDGETS: dict[str, int] = {
     "xhigh": 32768,
 }
 MIN_THINKING_BUDGET = 1024
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 # Bounds numbers we emit ourselves so they always serialise (orjson refuses ints beyond 64 bits).
 MAX_TOKENS_CAP = 2**31 - 1
 JSON_TOOL_NAME = "json_response"
@@ -74,6 +75,7 @@ class ChatContext:
     json_tool: str | None = None  # name of the injected JSON-mode tool, if response_format was emulated
     json_unwrap: str | None = None  # key wrapping a non-object JSON schema inside the tool input
     thinking: bool = False  # thinking was enabled upstream for this request
+    thinking_owner: str = ""  # whose thinking cache entries this request may read and write
 
 
 def _bad(message: str, param: str | None) -> DarioError:
@@ -591,7 +593,30 @@ def _thinking_budget(body: dict[str, Any]) -> int | None:
     return THINKING_BUDGETS[effort]
 
 
-def _apply_thinking(turns: list[list[Any]], cache: ThinkingCache | None) -> bool:
+def _fit_budget(budget: int, client_max: int | None) -> int | None:
+    """The client's max tokens is a hard cap that includes reasoning (OpenAI's max_completion_tokens
+    counts reasoning tokens; Anthropic's max_tokens counts thinking and needs budget_tokens < max_tokens).
+    A budget that does not fit shrinks to half the cap, leaving the other half for the answer; below
+    Anthropic's 1,024-token minimum, thinking is turned off (→ None)."""
+    if client_max is None or budget < client_max:
+        return budget
+    fitted = client_max // 2
+    return fitted if fitted >= MIN_THINKING_BUDGET else None
+
+
+def _refuse_logprobs(body: dict[str, Any]) -> None:
+    # Claude returns no token log probabilities; an answer with `logprobs: null` would crash a client
+    # that asked for them and reads `choices[0].logprobs.content`, so say so up front.
+    logprobs, top = body.get("logprobs"), body.get("top_logprobs")
+    if logprobs is not None and logprobs is not False:
+        raise _bad("`logprobs` is not supported: Claude does not return token log probabilities.", "logprobs")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int | float) or top != 0):
+        raise _bad(
+            "`top_logprobs` is not supported: Claude does not return token log probabilities.", "top_logprobs"
+        )
+
+
+def _apply_thinking(turns: list[list[Any]], cache: ThinkingCache | None, owner: str) -> bool:
     """Re-insert cached thinking; → False if the latest assistant tool turn still has none (E12)."""
     last_assistant = None
     for turn in turns:
@@ -602,7 +627,7 @@ def _apply_thinking(turns: list[list[Any]], cache: ThinkingCache | None) -> bool
         if blocks[0]["type"] in ("thinking", "redacted_thinking") or cache is None:
             continue
         for tid in _tool_use_ids(blocks):
-            cached = cache.recall(tid)
+            cached = cache.recall(tid, owner)
             if cached:
                 turn[1] = cached + blocks
                 break
@@ -625,6 +650,7 @@ def chat_to_messages(
     models: ModelTable,
     *,
     thinking_cache: ThinkingCache | None = None,
+    thinking_owner: str = "",
     default_max_tokens: int = 4096,
 ) -> tuple[dict[str, Any], ChatContext]:
     """Parsed /v1/chat/completions JSON → (Anthropic /v1/messages body, ChatContext)."""
@@ -634,6 +660,9 @@ def chat_to_messages(
     requested = body.get("model")
     if not isinstance(requested, str) or not requested.strip():
         raise _bad("`model` is required and must be a non-empty string.", "model")
+    if _CONTROL.search(requested):
+        # Model ids are echoed in headers and shown by `dario-ctl usage`; escape sequences have no place.
+        raise _bad("`model` must not contain control characters.", "model")
     model = models.resolve(requested)
     if model is None:
         raise DarioError(
@@ -698,7 +727,9 @@ def chat_to_messages(
     if ptc is not None and not isinstance(ptc, bool):
         raise _bad("`parallel_tool_calls` must be a boolean.", "parallel_tool_calls")
     json_spec = _json_mode(body.get("response_format"))
-    budget = _thinking_budget(body)
+    _refuse_logprobs(body)
+    wanted = _thinking_budget(body)
+    budget = None if wanted is None else _fit_budget(wanted, max_tokens)
 
     system, turns, client_thinking = _convert_messages(messages)
 
@@ -708,12 +739,13 @@ def chat_to_messages(
     if thinking and turns[-1][0] == "assistant":
         thinking = False  # so is an assistant prefill
     if thinking:
-        thinking = _apply_thinking(turns, thinking_cache)
-    if not thinking and (client_thinking or budget is not None):
+        thinking = _apply_thinking(turns, thinking_cache, thinking_owner)
+    if not thinking and (client_thinking or wanted is not None):
         _strip_thinking(turns)
 
     ctx = ChatContext(
-        requested_model=requested, model=model, stream=stream, include_usage=include_usage, thinking=thinking
+        requested_model=requested, model=model, stream=stream, include_usage=include_usage, thinking=thinking,
+        thinking_owner=thinking_owner,
     )
 
     if json_spec is not None:

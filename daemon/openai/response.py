@@ -114,7 +114,7 @@ def message_to_chat(
     if tool_calls:
         msg["tool_calls"] = tool_calls
         if thinking_cache is not None and thinking_blocks:
-            thinking_cache.remember([tc["id"] for tc in tool_calls], thinking_blocks)
+            thinking_cache.remember([tc["id"] for tc in tool_calls], thinking_blocks, ctx.thinking_owner)
 
     mid = message.get("id")
     return {

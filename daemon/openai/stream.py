@@ -98,7 +98,7 @@ class ChatStreamTranslator:
                 elif b.raw is not None:
                     blocks.append(b.raw)
             if blocks:
-                self._cache.remember(self._tool_ids, blocks)
+                self._cache.remember(self._tool_ids, blocks, self.ctx.thinking_owner)
         return [self._chunk({}, finish_reason(self._stop_reason, bool(self._tool_ids)))]
 
     def _block(self, ev: dict[str, Any]) -> _Block | None:

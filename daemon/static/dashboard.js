@@ -8,6 +8,9 @@
   const WINDOW_SHORT = { "requests": "req", "tokens": "tok", "input-tokens": "in", "output-tokens": "out" };
   const STATUSES = new Set(["ok", "cooling", "exhausted", "needs_login", "disabled", "waiting_for_keyring"]);
   const SERVING = new Set(["ok", "cooling", "exhausted"]);  // the others cannot serve: no headroom bar
+  // The analytics group key of requests no account served (refused before routing, e.g. an unknown model).
+  const NO_ACCOUNT = "(none)";
+  const accountLabel = (a) => (a === null || a === undefined || a === NO_ACCOUNT ? "no account" : String(a));
 
   const $ = (id) => document.getElementById(id);
   const state = { window: "1h", group: "account", data: null, timer: null, inflight: false, chart: null, needKey: false };
@@ -170,7 +173,7 @@
       stat("output", compact(num(t.output_tokens))),
       stat("cache write", compact(num(t.cache_write_tokens))),
       stat("cache read", compact(num(t.cache_read_tokens))),
-      stat("cost", money(num(t.cost_usd))));
+      stat("cost", money(t.cost_usd)));  // null: a model without a price was used, so the total is unknown
   }
 
   // Same wording as `dario-ctl usage` (dario.ctl.usage_view.forecast_sentences).
@@ -216,15 +219,19 @@
   function renderByModel(rows) {
     const table = $("bymodel");
     if (!rows.length) { table.replaceChildren(el("tbody", {}, el("tr", {}, el("td", { class: "empty l" }, "No requests in this window.")))); return; }
+    // "opt" columns give way on a narrow window, so model, errors and cost stay on screen (dashboard.css).
+    const optional = new Set(["cache w", "cache r", "p95", "ttft p50"]);
     const head = el("thead", {}, el("tr", {}, ...["model", "requests", "errors", "input", "output", "cache w", "cache r", "cost", "p50", "p95", "ttft p50"]
-      .map((h, i) => el("th", { class: i ? "" : "l" }, h))));
+      .map((h, i) => el("th", { class: i ? (optional.has(h) ? "opt" : "") : "l" }, h))));
     const body = el("tbody", {}, ...rows.map((r) => el("tr", {},
-      el("td", { class: "l" }, String(r.key ?? "")),
+      el("td", { class: "l model" }, String(r.key ?? "")),
       el("td", {}, compact(num(r.requests))),
       el("td", { class: num(r.errors) ? "err" : "" }, compact(num(r.errors))),
-      ...[r.input_tokens, r.output_tokens, r.cache_write_tokens, r.cache_read_tokens].map((v) => el("td", {}, compact(num(v)))),
+      ...[r.input_tokens, r.output_tokens].map((v) => el("td", {}, compact(num(v)))),
+      ...[r.cache_write_tokens, r.cache_read_tokens].map((v) => el("td", { class: "opt" }, compact(num(v)))),
       el("td", {}, money(r.cost_usd)),
-      ...[r.p50_latency_ms, r.p95_latency_ms, r.p50_ttft_ms].map((v) => el("td", {}, ms(v))))));
+      el("td", {}, ms(r.p50_latency_ms)),
+      ...[r.p95_latency_ms, r.p50_ttft_ms].map((v) => el("td", { class: "opt" }, ms(v))))));
     table.replaceChildren(head, body);
   }
 
@@ -232,20 +239,22 @@
     const table = $("recent");
     if (!rows.length) { table.replaceChildren(el("tbody", {}, el("tr", {}, el("td", { class: "empty l" }, "No requests yet.")))); return; }
     const cols = ["time", "client", "account", "model", "status", "in", "out", "cache", "latency", "ttft", "cost"];
-    const head = el("thead", {}, el("tr", {}, ...cols.map((h, i) => el("th", { class: i < 4 ? "l" : "" }, h))));
+    const optional = new Set(["client", "cache", "latency", "ttft"]);
+    const head = el("thead", {}, el("tr", {}, ...cols.map((h, i) =>
+      el("th", { class: (i < 4 ? "l" : "") + (optional.has(h) ? " opt" : "") }, h))));
     const body = el("tbody", {}, ...rows.map((r) => {
       const bad = num(r.status) >= 400 || r.error_type;
       return el("tr", {},
         el("td", { class: "l" }, typeof r.ts === "number" ? clock(r.ts, state.window === "7d") + ":" + pad2(new Date(r.ts * 1000).getSeconds()) : "—"),
-        el("td", { class: "l" }, String(r.client ?? "—")),
-        el("td", { class: "l" }, String(r.account ?? "—")),
-        el("td", { class: "l" }, String(r.model ?? "—")),
+        el("td", { class: "l opt" }, String(r.client ?? "—")),
+        el("td", { class: r.account === null || r.account === undefined ? "l meta" : "l" }, accountLabel(r.account)),
+        el("td", { class: "l model" }, String(r.model ?? "—")),
         el("td", { class: bad ? "err" : "" }, r.error_type ? `${r.status} ${r.error_type}` : String(r.status ?? "")),
         el("td", {}, compact(num(r.input_tokens))),
         el("td", {}, compact(num(r.output_tokens))),
-        el("td", {}, compact(num(r.cache_write_5m) + num(r.cache_write_1h) + num(r.cache_read))),
-        el("td", {}, ms(r.latency_ms)),
-        el("td", {}, ms(r.ttft_ms)),
+        el("td", { class: "opt" }, compact(num(r.cache_write_5m) + num(r.cache_write_1h) + num(r.cache_read))),
+        el("td", { class: "opt" }, ms(r.latency_ms)),
+        el("td", { class: "opt" }, ms(r.ttft_ms)),
         el("td", {}, money(r.cost_usd)));
     }));
     table.replaceChildren(head, body);
@@ -265,6 +274,9 @@
     for (const p of points) {
       const i = Math.floor((num(p.t) - start) / bucket);
       if (i < 0 || i >= n) continue;
+      // Requests no account served used no tokens; a band for them would only draw a line over the stack.
+      if (p.account === NO_ACCOUNT || p.account === null || p.account === undefined) continue;
+      if (!(num(p.input_tokens) + num(p.output_tokens) > 0)) continue;
       const key = String((state.group === "model" ? p.model : p.account) ?? "—");
       if (!groups.has(key)) groups.set(key, new Array(n).fill(0));
       groups.get(key)[i] += num(p.input_tokens) + num(p.output_tokens);

@@ -171,6 +171,40 @@ def test_thinking_survives_a_tool_loop_through_a_client_that_drops_it(live: Any)
         assert assistant["content"][0]["signature"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_one_client_cannot_get_anothers_thinking_back_by_its_tool_call_id(live: Any, stream: bool) -> None:
+    dariod, upstream, _ = live
+    alice = openai.OpenAI(base_url=dariod.url + "/v1", api_key="anything", max_retries=0,
+                          default_headers={"User-Agent": "tool-a/1.0"})
+    mallory = openai.OpenAI(base_url=dariod.url + "/v1", api_key="anything", max_retries=0,
+                            default_headers={"User-Agent": "tool-b/1.0"})
+    ask: Any = {"model": "sonnet", "reasoning_effort": "high", "tools": [WEATHER],
+                "messages": [{"role": "user", "content": "[[thinking]] [[tool]]"}]}
+    if stream:
+        calls = [tc for chunk in alice.chat.completions.create(**ask, stream=True)
+                 for choice in chunk.choices for tc in choice.delta.tool_calls or [] if tc.id]
+        call_id, name = calls[0].id, (calls[0].function.name if calls[0].function else "")
+    else:
+        call = (alice.chat.completions.create(**ask).choices[0].message.tool_calls or [])[0]
+        call_id, name = call.id, call.function.name
+    history: Any = [
+        {"role": "user", "content": "[[thinking]]"},
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": call_id, "content": "sunny"},
+    ]
+    mallory.chat.completions.create(model="sonnet", reasoning_effort="high", tools=[WEATHER],  # type: ignore[list-item]
+                                    messages=history)
+    sent = upstream_messages(upstream)[-1]["body"]
+    assert "thinking" not in sent
+    assert all(b["type"] not in ("thinking", "redacted_thinking") for m in sent["messages"] for b in m["content"])
+    alice.chat.completions.create(model="sonnet", reasoning_effort="high", tools=[WEATHER],  # type: ignore[list-item]
+                                  messages=history)
+    sent = upstream_messages(upstream)[-1]["body"]
+    assert sent["thinking"]["type"] == "enabled"
+    assert sent["messages"][1]["content"][0]["type"] == "thinking"
+
+
 def test_unknown_model_is_a_404_in_openai_shape(live: Any) -> None:
     _, _, client = live
     with pytest.raises(openai.NotFoundError) as info:
@@ -178,6 +212,19 @@ def test_unknown_model_is_a_404_in_openai_shape(live: Any) -> None:
     body: Any = info.value.body
     assert body["code"] == "model_not_found" and body["param"] == "model"
     assert info.value.response.headers.get("x-request-id")
+
+
+def test_model_with_control_characters_is_a_400_and_not_recorded(live: Any) -> None:
+    dariod, upstream, client = live
+    before = len(upstream_messages(upstream))
+    for model in ("gpt-4o\x1b[2J", "\x1b]0;pwned\x07sonnet", "claude-sonnet-4-6\r\n"):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        body: Any = info.value.body
+        assert body["param"] == "model" and "control characters" in body["message"]
+    assert len(upstream_messages(upstream)) == before
+    usage = dariod.ctl("usage", "--json")
+    assert usage.returncode == 0 and "\\u001b" not in usage.stdout and "\x1b" not in usage.stdout
 
 
 def test_n_greater_than_one_is_a_400(live: Any) -> None:

@@ -365,3 +365,68 @@ def test_dashboard_with_api_key_asks_for_it(dariod_factory: Callable[..., Dariod
     assert page.responses("/analytics")[-1] == 200
     page.browser.pump(0.3)
     assert unexpected() == []
+
+
+def post_chat(d: Dariod, model: str) -> int:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+    try:
+        conn.request("POST", "/v1/chat/completions", headers={"content-type": "application/json"},
+                     body=orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+NARROW = 500
+
+
+def test_dashboard_at_500px_unserved_requests_and_unknown_costs(dariod: Dariod, upstream: Any, page: Page) -> None:
+    dariod.login("work", KEYS["work"], upstream.url)
+    # claude-opus-5-5 (the default "opus") has no price, so the cost of the window is unknown.
+    assert post(dariod, ask(SONNET, "a [[long:40]]")) == 200
+    assert post(dariod, ask("opus", "b [[long:40]]")) == 200
+    assert post_chat(dariod, "gpt-no-such-model") == 404  # refused here: served by no account
+
+    page.send("Emulation.setDeviceMetricsOverride", {"width": NARROW, "height": 1500, "deviceScaleFactor": 1,
+                                                     "mobile": False})
+    try:
+        page.navigate(dariod.url + "/")
+        page.wait_for("document.getElementById('status').textContent.startsWith('updated')")
+        # No sideways scrolling: the page is no wider than the window.
+        sizes = page.eval(
+            "({scroll: document.documentElement.scrollWidth, client: document.documentElement.clientWidth})")
+        assert sizes["scroll"] <= sizes["client"] <= NARROW, sizes
+        # Cost and status are on screen, not past the right edge, and no table needs scrolling sideways.
+        for selector in ("#status", "#totals .stat:last-child", "#bymodel tbody tr td:nth-child(8)",
+                         "#recent tbody tr td:last-child", "#recent tbody tr td:nth-child(5)"):
+            right = page.eval(f"document.querySelector('{selector}').getBoundingClientRect().right")
+            assert 0 < right <= NARROW, (selector, right)
+        wide = page.eval("[...document.querySelectorAll('.scroll')].filter(s => s.scrollWidth > s.clientWidth).length")
+        assert wide == 0
+
+        totals = page.eval("""Object.fromEntries([...document.querySelectorAll('#totals .stat')].map(
+            s => [s.querySelector('.k').textContent, s.querySelector('.v').textContent]))""")
+        assert totals["requests"] == "3" and totals["errors"] == "1", totals  # the 404 counts
+        assert totals["cost"] == "—", totals  # unknown, not $0.0000
+        costs = page.eval("""Object.fromEntries([...document.querySelectorAll('#bymodel tbody tr')].map(
+            tr => [tr.cells[0].textContent, tr.cells[7].textContent]))""")
+        assert costs["claude-opus-5-5"] == "—" and costs[SONNET].startswith("$"), costs
+
+        accounts = page.eval("[...document.querySelectorAll('#recent tbody tr')].map(tr => tr.cells[2].textContent)")
+        assert accounts.count("work") == 2 and accounts.count("no account") == 1, accounts
+        legend = page.eval("[...document.querySelectorAll('#legend span')].map(s => s.textContent)")
+        assert [item.split()[0] for item in legend] == ["work"], legend  # nothing stacked for "no account"
+        page.eval("document.querySelector('#groupby button[data-group=model]').click()")
+        legend = page.eval("[...document.querySelectorAll('#legend span')].map(s => s.textContent)")
+        assert sorted(item.split()[0] for item in legend) == sorted([SONNET, "claude-opus-5-5"]), legend
+        page.screenshot(ARTIFACTS / "dashboard-500px.png")
+        page.browser.pump(0.3)
+        assert page.problems() == []
+    finally:
+        w, h = VIEWPORT
+        page.send("Emulation.setDeviceMetricsOverride", {"width": w, "height": h, "deviceScaleFactor": 1,
+                                                         "mobile": False})

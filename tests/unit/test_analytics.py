@@ -108,12 +108,40 @@ def test_cost_includes_cache_writes_and_reads(tmp_path: Path) -> None:
     u = store.query("1h", now=NOW)
     sonnet = (1000 * 3 + 2000 * 15 + 10_000 * 3.75 + 20_000 * 6 + 100_000 * 0.3) / 1e6
     assert sonnet == pytest.approx(0.2205)
-    assert u["totals"]["cost_usd"] == pytest.approx(sonnet + 5.0)
+    # A model without a price makes any sum that includes it unknown, never a silent $0.
+    assert u["totals"]["cost_usd"] is None
     by_model = {g["key"]: g["cost_usd"] for g in u["by_model"]}
     assert by_model["claude-sonnet-4-5"] == pytest.approx(sonnet)
-    assert by_model["mystery-model"] == 0.0
+    assert by_model["claude-opus-4-5-20251101"] == pytest.approx(5.0)
+    assert by_model["mystery-model"] is None
     recent = u["recent"]
     assert recent[0]["model"] == "mystery-model" and recent[0]["cost_usd"] is None  # unknown, not free
+    points = {p["model"]: p["cost_usd"] for p in u["series"]["points"]}
+    assert points["mystery-model"] is None and points["claude-sonnet-4-5"] == pytest.approx(sonnet)
+
+
+def test_default_alias_targets_without_a_price_cost_unknown_not_zero(tmp_path: Path) -> None:
+    from dario.daemon.openai.models import DEFAULT_ALIASES
+
+    store = make_store(tmp_path)
+    targets = sorted(set(DEFAULT_ALIASES.values()))
+    unpriced = [m for m in targets if PriceTable().rates(m) is None]
+    persist(store, [rec(model=m, input_tokens=100, output_tokens=10, ts=NOW - 20 - i)
+                    for i, m in enumerate(targets)])
+    u = store.query("1h", now=NOW)
+    for g in u["by_model"]:
+        assert (g["cost_usd"] is None) == (g["key"] in unpriced), g
+        assert g["cost_usd"] is None or g["cost_usd"] > 0
+    assert (u["totals"]["cost_usd"] is None) == bool(unpriced)
+
+
+def test_a_request_that_used_no_tokens_costs_nothing_even_without_a_price(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    persist(store, [rec(model="claude-mystery-9", status=404, error_type="not_found_error", input_tokens=0,
+                        output_tokens=0), rec(model="claude-sonnet-4-5", input_tokens=1000, ts=NOW - 30)])
+    u = store.query("1h", now=NOW)
+    assert u["totals"]["cost_usd"] == pytest.approx(0.003)
+    assert {g["key"]: g["cost_usd"] for g in u["by_model"]}["claude-mystery-9"] == 0.0
 
 
 def test_percentiles_use_successful_requests(tmp_path: Path) -> None:

@@ -114,8 +114,7 @@ def test_ignored_params_silently() -> None:
     out, _ = conv(
         req(
             [user()],
-            logprobs=True,
-            top_logprobs=3,
+            logprobs=False,
             logit_bias={"1": 2},
             presence_penalty=1,
             frequency_penalty=1,
@@ -656,14 +655,57 @@ def test_reasoning_effort_none_and_invalid() -> None:
     bad(req([user()], reasoning_effort="extreme"), "reasoning_effort")
 
 
-def test_max_tokens_raised_above_budget_only_when_needed() -> None:
+def test_max_tokens_raised_above_budget_only_without_a_client_cap() -> None:
     assert conv(req([user()], reasoning_effort="high"))[0]["max_tokens"] == 16384 + 4096
-    assert (
-        conv(req([user()], reasoning_effort="high", max_completion_tokens=2000))[0]["max_tokens"]
-        == 16384 + 4096
-    )
     assert conv(req([user()], reasoning_effort="high", max_completion_tokens=30000))[0]["max_tokens"] == 30000
     assert conv(req([user()], reasoning_effort="low"))[0]["max_tokens"] == 4096
+
+
+@pytest.mark.parametrize("key", ["max_completion_tokens", "max_tokens"])
+def test_client_max_tokens_is_a_hard_cap_with_reasoning_effort(key: str) -> None:
+    # Too small for the 1,024 minimum budget: thinking goes off, the cap stays.
+    out, ctx = conv(req([user()], reasoning_effort="high", **{key: 1000}))
+    assert out["max_tokens"] == 1000 and "thinking" not in out and not ctx.thinking
+    out, ctx = conv(req([user()], reasoning_effort="high", **{key: 2000}))
+    assert out["max_tokens"] == 2000 and "thinking" not in out
+    # Room for a smaller budget: it shrinks to half the cap, the cap stays.
+    out, ctx = conv(req([user()], reasoning_effort="high", **{key: 4000}))
+    assert out["max_tokens"] == 4000 and out["thinking"]["budget_tokens"] == 2000 and ctx.thinking
+    out, _ = conv(req([user()], thinking={"type": "enabled", "budget_tokens": 8000}, **{key: 3000}))
+    assert out["max_tokens"] == 3000 and out["thinking"]["budget_tokens"] == 1500
+    # A budget that already fits is left alone.
+    out, _ = conv(req([user()], reasoning_effort="medium", **{key: 5000}))
+    assert out["max_tokens"] == 5000 and out["thinking"]["budget_tokens"] == 4096
+
+
+def test_capped_thinking_off_strips_client_thinking_blocks() -> None:
+    body = tool_loop(reasoning_effort="high", max_completion_tokens=1000)
+    body["messages"][1]["thinking_blocks"] = [SIGNED]
+    out, ctx = conv(body)
+    assert not ctx.thinking and out["max_tokens"] == 1000
+    assert all(b["type"] != "thinking" for m in out["messages"] for b in m["content"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [({"logprobs": True}, "logprobs"), ({"top_logprobs": 5}, "top_logprobs"),
+     ({"logprobs": True, "top_logprobs": 3}, "logprobs"), ({"logprobs": 1}, "logprobs"),
+     ({"logprobs": "yes"}, "logprobs"), ({"top_logprobs": False}, "top_logprobs")],
+)
+def test_logprobs_refused_with_a_clear_400(extra: dict[str, Any], param: str) -> None:
+    err = bad(req([user()], **extra), param)
+    assert "log probabilities" in err.message
+
+
+def test_logprobs_off_is_accepted() -> None:
+    conv(req([user()], logprobs=False, top_logprobs=None))
+    conv(req([user()], logprobs=None, top_logprobs=0))
+
+
+@pytest.mark.parametrize("model", ["sonnet\x1b[31m", "\x1b]0;title\x07claude-x", "claude-\x00", "gpt-4o\x7f"])
+def test_model_with_control_characters_refused(model: str) -> None:
+    err = bad({"model": model, "messages": [user()]}, "model")
+    assert "control characters" in err.message
 
 
 def test_forced_tool_choice_drops_thinking() -> None:
@@ -914,3 +956,27 @@ def test_valid_histories_obey_anthropic_rules(body: dict[str, Any]) -> None:
         return
     assert out is not None, "schema-shaped requests must translate"
     check_anthropic_rules(out)
+
+
+def test_e12_thinking_is_only_recalled_by_the_client_that_received_it() -> None:
+    from dario.daemon.openai.thinking import thinking_owner
+
+    alice = thinking_owner(None, "tool-a", "127.0.0.1")
+    cache = ThinkingCache()
+    cache.remember(["toolu_01"], [SIGNED], alice)
+    for other in (
+        thinking_owner(None, "tool-b", "127.0.0.1"),
+        thinking_owner(None, "tool-a", "10.0.0.2"),
+        thinking_owner("bob", "tool-a", "127.0.0.1"),
+        thinking_owner(None, "tool-a", "127.0.0.1", peer_uid=1001),
+    ):
+        out, ctx = conv(tool_loop(reasoning_effort="medium"), thinking_cache=cache, thinking_owner=other)
+        assert not ctx.thinking and "thinking" not in out
+        assert all(b["type"] != "thinking" for m in out["messages"] for b in m["content"])
+    out, ctx = conv(tool_loop(reasoning_effort="medium"), thinking_cache=cache, thinking_owner=alice)
+    assert ctx.thinking and out["messages"][1]["content"][0] == SIGNED
+    # A client key names its holder wherever it connects from.
+    cache.remember(["toolu_01"], [SIGNED], thinking_owner("bob", "curl", "127.0.0.1"))
+    out, ctx = conv(tool_loop(reasoning_effort="medium"), thinking_cache=cache,
+                    thinking_owner=thinking_owner("bob", "python", "::1"))
+    assert ctx.thinking
