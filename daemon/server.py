@@ -21,6 +21,7 @@ import trio
 
 from dario.daemon import __version__
 from dario.daemon.asgi import (
+    BodyTimeout,
     BodyTooLarge,
     ClientGone,
     Receive,
@@ -145,7 +146,17 @@ class PublicApp:
     # -- Anthropic Messages ------------------------------------------------------------
     async def _read_json(self, scope: Scope, receive: Receive) -> tuple[bytes, Any]:
         try:
-            body = await read_body(scope, receive, self.settings.max_body)
+            body = await read_body(scope, receive, self.settings.max_body,
+                                   idle_timeout=self.settings.body_idle_timeout,
+                                   deadline=self.settings.body_deadline)
+        except BodyTimeout:
+            # 408 and a closed connection, as RFC 9110 §15.5.9 describes for a request not completed in time.
+            raise DarioError(
+                408, "invalid_request_error",
+                f"the request body did not arrive in time (nothing for {self.settings.body_idle_timeout:g} s, "
+                f"or not all of it within {self.settings.body_deadline:g} s); send the whole body at once",
+                headers=[(b"connection", b"close")],
+            ) from None
         except BodyTooLarge:
             raise DarioError(
                 413, "request_too_large",
