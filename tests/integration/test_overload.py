@@ -145,3 +145,21 @@ def test_health_answers_while_many_bodies_stall(dariod_factory: Any) -> None:
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_odd_bytes_in_a_path_or_query_get_4xx_never_5xx(dariod: Dariod) -> None:
+    for target, expected in (
+        (b"/static/a%00.js", 404),  # a NUL once reached open(): ValueError, 500
+        (b"/static/a%ff.js", 404),
+        (b"/static/%2e%2e%2fx.js", 404),
+        (b"/static/dashboard.js", 200),
+        (b"/v1/models?after_id=%00%ff", 200),
+        (b"/v1/models?limit=%ff", 400),
+        (b"/analytics?window=%00", 400),
+        (b"/health?\x7f=1", 400),
+        (b"/v1/models?after_id=\xff\xfe", 400),
+        (b"/v1/models/%00", 404),
+    ):
+        response = exchange(dariod, b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert status_of(response) == expected, (target, response[:300])
+    assert "Traceback" not in dariod.stderr()
