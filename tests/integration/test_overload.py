@@ -163,3 +163,35 @@ def test_odd_bytes_in_a_path_or_query_get_4xx_never_5xx(dariod: Dariod) -> None:
         response = exchange(dariod, b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         assert status_of(response) == expected, (target, response[:300])
     assert "Traceback" not in dariod.stderr()
+
+
+def rss_mb(dariod: Dariod) -> float:
+    assert dariod.proc is not None
+    with open(f"/proc/{dariod.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_long_user_agents_do_not_grow_memory_for_good(dariod: Dariod) -> None:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", dariod.port, timeout=30)
+    try:
+        def models(user_agent: str) -> None:
+            conn.request("GET", "/v1/models", headers={"user-agent": user_agent})
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200
+
+        for i in range(50):  # warm up: allocator, model catalogue, first responses
+            models(f"warm{i}/1.0")
+        before = rss_mb(dariod)
+        for i in range(1100):  # each a distinct 60 KB User-Agent
+            models(f"tool{i}/1.0 " + "x" * 60_000)
+        grown = rss_mb(dariod) - before
+    finally:
+        conn.close()
+    print(f"RSS grew {grown:.1f} MB")
+    assert grown < 20, f"RSS grew {grown:.1f} MB"  # it was ~60 MB when every agent was kept whole
