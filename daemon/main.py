@@ -126,7 +126,7 @@ def serve_http1_only() -> None:
     async def check_protocol(self: H11Protocol, event: object) -> None:
         return None
 
-    H11Protocol._check_protocol = check_protocol  # type: ignore[method-assign,assignment]
+    H11Protocol._check_protocol = check_protocol  # type: ignore[method-assign]
 
 
 async def run(settings: Settings) -> None:
