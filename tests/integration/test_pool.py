@@ -348,3 +348,20 @@ def test_overload_on_both_accounts_fails_over_once_then_passes_the_529_through(d
         assert sorted(alias_of(r["key"]) for r in attempts(upstream, marker)) == ["a", "b"], i
     log = dariod.stderr()
     assert "retrying on" in log and "no other account to try" in log
+
+
+def test_openai_clients_get_503_at_once_while_the_lone_account_is_overloaded(dariod: Dariod,
+                                                                             upstream: Any) -> None:
+    import openai
+
+    pool_of(dariod, upstream, "a")
+    upstream.script(*[{"status": 529}] * 6, key=KEYS["a"])
+    client = openai.OpenAI(base_url=dariod.url + "/v1", api_key="x", max_retries=0)
+    started = time.monotonic()
+    for _ in range(6):
+        with pytest.raises(openai.APIStatusError) as info:
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        assert info.value.status_code == 503
+    assert time.monotonic() - started < 4.0  # none of them queued behind the growing cooldown
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content
