@@ -208,7 +208,8 @@ class Relay:
                 await self._give_up(sink, out, last, self._queue_deadline_error(exc))
                 return
             if last is not None:
-                # Logged only now: a failover is claimed once another attempt really starts.
+                # Counted and logged only now: a failover is claimed once another attempt really starts.
+                out.failovers += 1
                 log.info("failover: %s on %s; retrying on %s", _describe(last), out.account, lease.account.alias)
             out.queue_wait_ms += waited * 1000.0
             out.account = lease.account.alias
@@ -217,7 +218,6 @@ class Relay:
                 return
             except _Retry as retry:
                 last = retry
-                out.failovers += 1
                 if not retry.rate_limited:
                     excluded.append(lease.account.alias)
             finally:

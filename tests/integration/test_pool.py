@@ -332,6 +332,13 @@ def test_repeated_overloads_on_a_lone_account_are_passed_through_at_once(dariod_
     assert status == 200, body
     assert account(dariod, "a")["status"] == "ok"
     assert "trying another account" not in dariod.stderr()
+    assert failovers_total(dariod) == 0  # none of the eight moved to another account
+
+
+def failovers_total(dariod: Dariod) -> float:
+    with urllib.request.urlopen(dariod.url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("dario_failovers_total "))
 
 
 def test_overload_on_both_accounts_fails_over_once_then_passes_the_529_through(dariod: Dariod,
@@ -348,6 +355,7 @@ def test_overload_on_both_accounts_fails_over_once_then_passes_the_529_through(d
         assert sorted(alias_of(r["key"]) for r in attempts(upstream, marker)) == ["a", "b"], i
     log = dariod.stderr()
     assert "retrying on" in log and "no other account to try" in log
+    assert failovers_total(dariod) == 3  # one move per request, from the first account to the second
 
 
 def test_openai_clients_get_503_at_once_while_the_lone_account_is_overloaded(dariod: Dariod,
