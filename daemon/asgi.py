@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
+import trio
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -23,6 +25,10 @@ class ClientGone(Exception):
     pass
 
 
+class BodyTimeout(Exception):
+    """The client stopped sending its body (or sent it too slowly)."""
+
+
 def header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -30,8 +36,24 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """Read the whole request body, refusing more than `limit` bytes as early as possible."""
+async def read_body(scope: Scope, receive: Receive, limit: int, *, idle_timeout: float = math.inf,
+                    deadline: float = math.inf) -> bytes:
+    """Read the whole request body, refusing more than `limit` bytes as early as possible.
+
+    hypercorn times out a connection only while it is idle between requests; once a head has
+    arrived nothing bounds the body. A client that stalls (or drips a byte at a time) would hold
+    its connection and file descriptor for ever, so each read gets `idle_timeout` seconds and
+    the whole body `deadline` seconds from now.
+    """
+    body: bytes | None = None
+    with trio.move_on_after(deadline):
+        body = await _read_body(scope, receive, limit, idle_timeout)
+    if body is None:
+        raise BodyTimeout()
+    return body
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int, idle_timeout: float) -> bytes:
     length = header(scope, b"content-length")
     if length is not None:
         try:
@@ -43,7 +65,11 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] | None = None
     size = 0
     while True:
-        message = await receive()
+        message: Message | None = None
+        with trio.move_on_after(idle_timeout):
+            message = await receive()
+        if message is None:
+            raise BodyTimeout()
         if message["type"] == "http.disconnect":
             raise ClientGone()
         chunk = message.get("body", b"")

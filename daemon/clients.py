@@ -39,3 +39,33 @@ def client_family(user_agent: str | None) -> str:
     token = re.split(r"[/\s(;]", ua, maxsplit=1)[0]
     token = _UNSAFE.sub("", token)[:_MAX_LEN]
     return token or UNKNOWN
+
+
+class FamilyCache:
+    """User-Agent → family, remembered for the few agents a machine's tools send.
+
+    The key is the client's own string, up to the 64 KB a request head may carry: a cap on
+    entries alone let 1,024 long agents hold 64 MB for good. Only the first MAX_KEY bytes
+    are looked at and kept (a real agent names its tool within its first few dozen), so the
+    cache is bounded by bytes too, and a long agent costs no more to classify than a short one.
+    """
+
+    MAX_ENTRIES = 1024
+    MAX_KEY = 512
+
+    def __init__(self) -> None:
+        self._names: dict[bytes | None, str] = {}
+        self.key_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def family(self, user_agent: bytes | None) -> str:
+        key = user_agent[: self.MAX_KEY] if user_agent is not None else None
+        name = self._names.get(key)
+        if name is None:
+            name = client_family(key.decode("latin-1") if key else None)
+            if len(self._names) < self.MAX_ENTRIES:
+                self._names[key] = name
+                self.key_bytes += len(key or b"")
+        return name

@@ -138,9 +138,27 @@ def _hypercorn_config(bind: str, settings: Settings) -> Config:
     return config
 
 
+def serve_http1_only() -> None:
+    """Turn hypercorn's cleartext HTTP/2 off: no `Upgrade: h2c` switch, no prior-knowledge preface.
+
+    hypercorn serves h2c whenever the h2 package is installed and has no setting for it. No
+    client of dario needs HTTP/2 without TLS (the SDKs and curl speak HTTP/1.1 to http:// URLs),
+    and it is a second, larger parser exposed to every local process. RFC 9110 §7.8 lets a
+    server ignore Upgrade; a prior-knowledge preface is then just a request HTTP/1.1 refuses.
+    """
+    from hypercorn.protocol.h11 import H11Protocol
+
+    async def check_protocol(self: H11Protocol, event: object) -> None:
+        return None
+
+    H11Protocol._check_protocol = check_protocol  # type: ignore[method-assign]
+
+
 async def run(settings: Settings) -> None:
     # Take SIGINT/SIGTERM over before anything else, so a signal during start-up still
     # leads to an orderly shutdown (socket removed, state saved).
+    if not settings.http2_cleartext:
+        serve_http1_only()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         await _run(settings, signals)
 

@@ -417,6 +417,7 @@ _ANTHROPIC_TYPES: dict[str, list[str]] = {
     "402": ["billing_error"],
     "403": ["permission_error"],
     "404": ["not_found_error"],
+    "408": ["invalid_request_error"],
     "413": ["request_too_large"],
     "429": ["rate_limit_error"],
     "431": ["invalid_request_error"],
@@ -426,6 +427,7 @@ _OPENAI_TYPES: dict[str, list[str]] = {
     "401": ["authentication_error", "invalid_request_error"],
     "403": ["permission_error"],
     "404": ["invalid_request_error"],
+    "408": ["invalid_request_error"],
     "413": ["invalid_request_error"],
     "429": ["rate_limit_error", "insufficient_quota"],
     "431": ["invalid_request_error"],
@@ -437,12 +439,14 @@ _WHY: dict[str, str] = {
     "402": "the upstream account's billing refused the request",
     "403": "Host or Origin not allowed (DNS rebinding and cross-site protection); or the upstream refused",
     "404": "not found",
+    "408": "the request body stalled (nothing for DARIO_BODY_IDLE_TIMEOUT s, or not all of it within "
+           "DARIO_BODY_DEADLINE s); the connection is closed",
     "413": "request body over 32 MB",
     "431": "request head (request line and headers) over 64 KB",
     "429": "every account is rate limited (dario waited its queue timeout), or the upstream's 429",
     "503": "no account can serve (none logged in, all disabled or cooling down); or the upstream is overloaded",
     "5XX": "an upstream failure passed through (carries x-dario-account), or the upstream could not be reached "
-           "(502) or timed out (504)",
+           "(502) or timed out (504), or every account was cooling after overloads at the queue deadline (529)",
 }
 
 
@@ -504,7 +508,7 @@ _BETA_QUERY: Schema = {
     "name": "beta", "in": "query", "required": False, "description": "the SDKs' ?beta=true; the query is forwarded",
     "schema": {"type": "boolean"},
 }
-_FORWARDED = ("400", "401", "402", "403", "404", "413", "429", "503", "5XX")
+_FORWARDED = ("400", "401", "402", "403", "404", "408", "413", "429", "503", "5XX")
 
 
 def _paths() -> dict[str, Schema]:
@@ -541,7 +545,7 @@ def _paths() -> dict[str, Schema]:
                         "headers": _ACCOUNT_HEADER,
                         "content": {_JSON: {"schema": _ref("ChatCompletion")},
                                     _SSE: {"schema": _ref("ChatCompletionStreamEvent")}}},
-                **_errors("openai", "400", "401", "403", "404", "413", "429", "503", "5XX"),
+                **_errors("openai", "400", "401", "403", "404", "408", "413", "429", "503", "5XX"),
             },
         }},
         "/v1/models": {"get": {

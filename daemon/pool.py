@@ -27,6 +27,8 @@ from dario.daemon.ratelimits import WINDOWS, Snapshot, Window
 from dario.daemon.redact import redact
 
 COOLDOWN_BASE = 0.5  # first 529/5xx cooldown, doubled on each repeat (failover already spares the request)
+# A cooldown only orders the choice: when no account is "ok", the cooling one whose cooldown
+# ends first serves at once (Envoy's panic routing), so overload is passed through, not held.
 COOLDOWN_MAX = 60.0
 DEFAULT_429_COOLDOWN = 30.0  # a 429 that names no reset at all
 SPEND_LIMIT_RECHECK = 3600.0  # a spend-limited account is tried again after this long
@@ -172,12 +174,17 @@ class NoAccounts(Exception):
 
 
 class PoolExhausted(Exception):
-    """Every usable account stayed exhausted past the queue deadline."""
+    """Every usable account stayed blocked past the queue deadline.
 
-    def __init__(self, retry_after: float | None, detail: str) -> None:
+    `rate_limited`: at least one of them was exhausted (a 429 or a window at zero); False when
+    they were only cooling after overloads or outages, so the client is not told "rate limited".
+    """
+
+    def __init__(self, retry_after: float | None, detail: str, *, rate_limited: bool = True) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
         self.detail = detail
+        self.rate_limited = rate_limited
 
 
 class Pool:
@@ -188,6 +195,8 @@ class Pool:
         self._seq = itertools.count(1)
         self._uids = itertools.count(1)
         self._ready: list[tuple[float, int, int, int, int, AccountState]] = []
+        # Cooling accounts by when their cooldown ends: the panic choice when none is ready.
+        self._cooling: list[tuple[float, int, int, AccountState]] = []
         self._timers: list[tuple[float, int, AccountState]] = []
         self._queue: deque[_Waiter] = deque()
         self._dispatching = False
@@ -275,6 +284,10 @@ class Pool:
             heapq.heappush(self._ready, (key, acc.in_flight, acc.last_chosen, acc.uid, acc.version, acc))
             if len(self._ready) > 4 * len(self.accounts) + 64:
                 self._compact()
+        elif status == "cooling" and acc.block_until is not None and _panic_eligible(acc, now):
+            heapq.heappush(self._cooling, (acc.block_until, acc.uid, acc.version, acc))
+            if len(self._cooling) > 4 * len(self.accounts) + 64:
+                self._compact()
         # One timer per account, for the next moment its standing changes by itself: a cooldown
         # ends, or a window resets (headroom jumps back up).
         due = acc.next_free(now) if status in ("cooling", "exhausted") else None
@@ -289,6 +302,8 @@ class Pool:
         """Drop stale entries (kept only the current one per account)."""
         self._ready = [e for e in self._ready if e[4] == e[5].version and self.accounts.get(e[5].alias) is e[5]]
         heapq.heapify(self._ready)
+        self._cooling = [e for e in self._cooling if e[2] == e[3].version and self.accounts.get(e[3].alias) is e[3]]
+        heapq.heapify(self._cooling)
 
     def _run_timers(self, now: float) -> None:
         timers = self._timers
@@ -338,6 +353,8 @@ class Pool:
                 else:
                     chosen = fallback
             if chosen is None:
+                chosen = self._panic_choice(excluded, now)
+            if chosen is None:
                 return None
         chosen.in_flight += 1
         chosen.reserved_input += est.input_tokens
@@ -345,6 +362,36 @@ class Pool:
         chosen.last_chosen = next(self._seq)
         self._touch(chosen)
         return Lease(chosen, est, now, chosen.last_chosen)
+
+    def _panic_choice(self, excluded: set[str] | frozenset[str], now: float) -> AccountState | None:
+        """No account is ready: the cooling one whose cooldown ends first, if any.
+
+        A cooldown after 529/5xx/transport errors is a guess that the account is unwell, not a
+        limit the upstream set; holding requests for it would turn a brief overload into long
+        waits. Like Envoy's panic threshold, route anyway and let the upstream answer. Accounts
+        exhausted by a 429, or with a window at zero, never take part.
+        """
+        heap = self._cooling
+        set_aside: list[tuple[float, int, int, AccountState]] = []
+        chosen: AccountState | None = None
+        while heap:
+            entry = heap[0]
+            acc = entry[3]
+            if entry[2] != acc.version or self.accounts.get(acc.alias) is not acc:
+                heapq.heappop(heap)  # stale
+                continue
+            if not _panic_eligible(acc, now):
+                heapq.heappop(heap)
+                self._touch(acc)  # re-judged: ready, exhausted or back in this heap
+                continue
+            if acc.alias in excluded:
+                set_aside.append(heapq.heappop(heap))
+                continue
+            chosen = acc
+            break
+        for entry in set_aside:
+            heapq.heappush(heap, entry)
+        return chosen
 
     def release(self, lease: Lease) -> None:
         if lease.released:
@@ -425,7 +472,17 @@ class Pool:
         free = self.earliest_free(excluded)
         now = self.clock()
         retry_after = max(1.0, free - now) if free is not None else None
-        raise PoolExhausted(retry_after, self.describe_resets(now))
+        raise PoolExhausted(retry_after, self.describe_resets(now), rate_limited=self.any_exhausted(excluded))
+
+    def any_exhausted(self, exclude: Iterable[str] = ()) -> bool:
+        """Whether a not-excluded account is held back by a rate limit (429 or a window at zero)."""
+        now = self.clock()
+        excluded = set(exclude)
+        return any(
+            acc.alias not in excluded and acc.status(now) != "disabled" and not acc.needs_login
+            and (acc.block_kind == "exhausted" or acc.zero_window_reset(now) is not None)
+            for acc in self.accounts.values()
+        )
 
     def _dispatch(self) -> None:
         """Hand accounts that can serve to waiting requests, in arrival order."""
@@ -436,7 +493,7 @@ class Pool:
             for waiter in list(self._queue):
                 lease = self.choose(waiter.est, waiter.excluded)
                 if lease is None:
-                    if not self._ready:
+                    if not self._ready and not self._cooling:
                         break  # no account can serve anyone right now
                     continue
                 waiter.lease = lease
@@ -711,6 +768,11 @@ class Pool:
                 if name in WINDOWS and isinstance(w, dict):
                     acc.windows[name] = Window(w.get("limit"), w.get("remaining"), w.get("reset"))
             self._touch(acc)
+
+
+def _panic_eligible(acc: AccountState, now: float) -> bool:
+    """Cooling after overloads or outages only: not exhausted, no window at zero."""
+    return acc.status(now) == "cooling" and acc.zero_window_reset(now) is None
 
 
 @dataclass(eq=False, slots=True)

@@ -207,16 +207,12 @@ class Relay:
                 await self._give_up(sink, out, last, self._no_accounts_error())
                 return
             except PoolExhausted as exc:
-                headers = []
-                if exc.retry_after is not None:
-                    headers.append((b"retry-after", str(math.ceil(exc.retry_after)).encode()))
-                err = DarioError(
-                    429, "rate_limit_error",
-                    f"every dario account is rate limited; waited {self.queue_timeout:g} s. {exc.detail}",
-                    headers=headers,
-                )
-                await self._give_up(sink, out, last, err)
+                await self._give_up(sink, out, last, self._queue_deadline_error(exc))
                 return
+            if last is not None:
+                # Counted and logged only now: a failover is claimed once another attempt really starts.
+                out.failovers += 1
+                log.info("failover: %s on %s; retrying on %s", _describe(last), out.account, lease.account.alias)
             out.queue_wait_ms += waited * 1000.0
             out.account = lease.account.alias
             try:
@@ -224,10 +220,8 @@ class Relay:
                 return
             except _Retry as retry:
                 last = retry
-                out.failovers += 1
                 if not retry.rate_limited:
                     excluded.append(lease.account.alias)
-                log.info("failover: %s on %s; trying another account", _describe(retry), lease.account.alias)
             finally:
                 self.pool.release(lease)
             if trio.current_time() >= failover_deadline:
@@ -257,6 +251,21 @@ class Relay:
             raise _HungUp()
         return result
 
+    def _queue_deadline_error(self, exc: PoolExhausted) -> DarioError:
+        """Say why nothing could serve: rate limits (429) or overloads and outages (529)."""
+        headers = []
+        if exc.retry_after is not None:
+            headers.append((b"retry-after", str(math.ceil(exc.retry_after)).encode()))
+        waited = f"waited {self.queue_timeout:g} s. {exc.detail}"
+        if exc.rate_limited:
+            return DarioError(429, "rate_limit_error", f"every dario account is rate limited; {waited}",
+                              headers=headers)
+        # 529 overloaded_error is what the Anthropic API itself answers when it is overloaded;
+        # the OpenAI dialect maps it to 503.
+        return DarioError(529, "overloaded_error",
+                          f"every dario account is cooling down after upstream overloads or errors; {waited}",
+                          headers=headers)
+
     def _no_accounts_error(self) -> DarioError:
         if not self.pool.accounts:
             return DarioError(
@@ -271,6 +280,8 @@ class Relay:
 
     async def _give_up(self, sink: Sink, out: Outcome, last: _Retry | None, fallback: DarioError | None) -> None:
         """No more accounts to try: the client gets the last upstream failure, or dario's own error."""
+        if last is not None:
+            log.info("%s on %s; no other account to try, passing it to the client", _describe(last), out.account)
         if last is not None and last.answer is not None:
             out.status = last.answer.status
             out.error_type = _error_type_of(last.answer.body)

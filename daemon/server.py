@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -21,6 +22,7 @@ import trio
 
 from dario.daemon import __version__
 from dario.daemon.asgi import (
+    BodyTimeout,
     BodyTooLarge,
     ClientGone,
     Receive,
@@ -154,7 +156,17 @@ class PublicApp:
     # -- Anthropic Messages ------------------------------------------------------------
     async def _read_json(self, scope: Scope, receive: Receive) -> tuple[bytes, Any]:
         try:
-            body = await read_body(scope, receive, self.settings.max_body)
+            body = await read_body(scope, receive, self.settings.max_body,
+                                   idle_timeout=self.settings.body_idle_timeout,
+                                   deadline=self.settings.body_deadline)
+        except BodyTimeout:
+            # 408 and a closed connection, as RFC 9110 §15.5.9 describes for a request not completed in time.
+            raise DarioError(
+                408, "invalid_request_error",
+                f"the request body did not arrive in time (nothing for {self.settings.body_idle_timeout:g} s, "
+                f"or not all of it within {self.settings.body_deadline:g} s); send the whole body at once",
+                headers=[(b"connection", b"close")],
+            ) from None
         except BodyTooLarge:
             raise DarioError(
                 413, "request_too_large",
@@ -344,14 +356,15 @@ class PublicApp:
         types = {"html": b"text/html; charset=utf-8", "js": b"text/javascript; charset=utf-8",
                  "css": b"text/css; charset=utf-8", "svg": b"image/svg+xml"}
         ext = name.rsplit(".", 1)[-1]
-        if "/" in name or name.startswith(".") or ext not in types:
+        # Only plain file names: a NUL or other odd character (from %-decoding) is a 404, not an error.
+        if not _STATIC_NAME.fullmatch(name) or ext not in types:
             await send_response(send, 404, b"not found", content_type=b"text/plain")
             return
         body = self._dashboard_cache.get(name)
         if body is None:
             try:
                 body = resources.files("dario.daemon").joinpath("static", name).read_bytes()
-            except (FileNotFoundError, OSError):
+            except (OSError, ValueError):
                 await send_response(send, 404, b"not found", content_type=b"text/plain")
                 return
             self._dashboard_cache[name] = body
@@ -362,6 +375,9 @@ class PublicApp:
             (b"x-content-type-options", b"nosniff"),
             (b"cache-control", b"no-cache"),
         ], content_type=types[ext])
+
+
+_STATIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,100}")
 
 
 async def _cancel_on_hangup(receive: Receive, link: ClientLink, scope: trio.CancelScope) -> None:

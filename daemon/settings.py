@@ -39,6 +39,9 @@ class Settings:
     analytics_retention_days: float = 30.0
     max_upstream_connections: int = 10_000
     analytics: bool = True
+    http2_cleartext: bool = False  # serve h2c (prior knowledge, Upgrade: h2c); off: HTTP/1.1 only
+    body_idle_timeout: float = 30.0  # a request body that sends nothing for this long is cut off
+    body_deadline: float = 120.0  # and one that takes longer than this in all
 
     @property
     def is_loopback(self) -> bool:
@@ -94,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--grace-period", type=float, help="seconds in-flight streams get on shutdown (default 10)")
     p.add_argument("--no-analytics", action="store_true", help="do not record usage in SQLite")
+    p.add_argument("--http2-cleartext", action="store_true",
+                   help="also serve HTTP/2 without TLS (h2c); off by default, as no client needs it")
     p.add_argument("--version", action="version", version=f"dariod {__version__}")
     return p
 
@@ -124,6 +129,9 @@ def from_args(argv: list[str] | None = None) -> Settings:
         upstream_read_timeout=_env_float("DARIO_UPSTREAM_TIMEOUT", 300.0),
         hold_message_start=_env_float("DARIO_HOLD_MESSAGE_START", 2.0),
         analytics=not args.no_analytics,
+        http2_cleartext=args.http2_cleartext,
+        body_idle_timeout=_env_float("DARIO_BODY_IDLE_TIMEOUT", 30.0),
+        body_deadline=_env_float("DARIO_BODY_DEADLINE", 120.0),
     )
     settings.check()
     return settings

@@ -18,7 +18,7 @@ import trio
 from dario.daemon import __version__, accounts, atomicfile, paths
 from dario.daemon.analytics import AnalyticsStore, UsageRecord
 from dario.daemon.clientkeys import ClientKeyStore
-from dario.daemon.clients import client_family
+from dario.daemon.clients import FamilyCache
 from dario.daemon.commands import command
 from dario.daemon.controlapi import AccountView, RefreshResult, Status
 from dario.daemon.httpclient import HttpClient, UpstreamError
@@ -57,7 +57,7 @@ class DaemonState:
         self.pool = Pool()
         self.pool.on_change = self._mark_dirty
         self._dirty = trio.Event()
-        self._ua_cache: dict[bytes | None, str] = {}
+        self.families = FamilyCache()
         prices = _load_or_default(PriceTable.load, paths.prices_file(), PriceTable)
         self.analytics: AnalyticsStore | None = (
             AnalyticsStore(paths.analytics_db(), prices=prices, retention_days=settings.analytics_retention_days)
@@ -216,12 +216,7 @@ class DaemonState:
         }
 
     def client_family(self, user_agent: bytes | None) -> str:
-        name = self._ua_cache.get(user_agent)
-        if name is None:
-            name = client_family(user_agent.decode("latin-1") if user_agent else None)
-            if len(self._ua_cache) < 1024:
-                self._ua_cache[user_agent] = name
-        return name
+        return self.families.family(user_agent)
 
     def record(self, inc: Incoming, out: Outcome) -> None:
         rec = UsageRecord(

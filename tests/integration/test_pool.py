@@ -308,3 +308,68 @@ def test_a_pool_reports_its_combined_windows_to_clients(dariod: Dariod, upstream
     _, headers, _ = post(dariod.url, ask("two accounts"))
     assert headers["anthropic-ratelimit-requests-limit"] == "2000"
     assert 1000 < int(headers["anthropic-ratelimit-requests-remaining"]) <= 1200
+
+
+def test_repeated_overloads_on_a_lone_account_are_passed_through_at_once(dariod_factory: Any,
+                                                                          upstream: Any) -> None:
+    """Six 529s in a row used to hold the seventh request 16 s, then answer a false 429."""
+    dariod = dariod_factory(args=["--queue-timeout", "5"])
+    pool_of(dariod, upstream, "a")
+    upstream.script(*[{"status": 529}] * 7, key=KEYS["a"])
+    marker = uuid.uuid4().hex
+    started = time.monotonic()
+    for i in range(7):
+        status, headers, body = post(dariod.url, ask(f"{marker} {i}"))
+        assert status == 529, body
+        assert orjson.loads(body)["error"]["type"] == "overloaded_error"
+        assert headers["x-dario-account"] == "a"
+    elapsed = time.monotonic() - started
+    assert elapsed < 4.0, elapsed  # each was sent at once, not queued behind the cooldown
+    assert len(attempts(upstream, marker)) == 7
+    assert account(dariod, "a")["status"] == "cooling"
+    # The account answers again: the next request goes through and lifts the cooldown.
+    status, _, body = post(dariod.url, ask(marker + " ok"))
+    assert status == 200, body
+    assert account(dariod, "a")["status"] == "ok"
+    assert "trying another account" not in dariod.stderr()
+    assert failovers_total(dariod) == 0  # none of the eight moved to another account
+
+
+def failovers_total(dariod: Dariod) -> float:
+    with urllib.request.urlopen(dariod.url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("dario_failovers_total "))
+
+
+def test_overload_on_both_accounts_fails_over_once_then_passes_the_529_through(dariod: Dariod,
+                                                                                upstream: Any) -> None:
+    pool_of(dariod, upstream, "a", "b")
+    upstream.script(*[{"status": 529}] * 4, key=KEYS["a"])
+    upstream.script(*[{"status": 529}] * 4, key=KEYS["b"])
+    for i in range(3):
+        marker = uuid.uuid4().hex
+        started = time.monotonic()
+        status, _, body = post(dariod.url, ask(marker))
+        assert status == 529, body
+        assert time.monotonic() - started < 3.0
+        assert sorted(alias_of(r["key"]) for r in attempts(upstream, marker)) == ["a", "b"], i
+    log = dariod.stderr()
+    assert "retrying on" in log and "no other account to try" in log
+    assert failovers_total(dariod) == 3  # one move per request, from the first account to the second
+
+
+def test_openai_clients_get_503_at_once_while_the_lone_account_is_overloaded(dariod: Dariod,
+                                                                             upstream: Any) -> None:
+    import openai
+
+    pool_of(dariod, upstream, "a")
+    upstream.script(*[{"status": 529}] * 6, key=KEYS["a"])
+    client = openai.OpenAI(base_url=dariod.url + "/v1", api_key="x", max_retries=0)
+    started = time.monotonic()
+    for _ in range(6):
+        with pytest.raises(openai.APIStatusError) as info:
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        assert info.value.status_code == 503
+    assert time.monotonic() - started < 4.0  # none of them queued behind the growing cooldown
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content

@@ -112,3 +112,8 @@ def test_served_as_built() -> None:
     assert start["status"] == 200
     assert (b"content-type", b"application/json") in start["headers"]
     assert body["body"] == openapi_json(__version__)
+
+
+def test_body_timeouts_are_documented_on_every_route_that_reads_a_body(doc: dict[str, Any]) -> None:
+    for path in ("/v1/messages", "/v1/messages/count_tokens", "/v1/chat/completions"):
+        assert "408" in doc["paths"][path]["post"]["responses"], path

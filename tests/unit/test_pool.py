@@ -331,3 +331,65 @@ def test_queued_request_gets_no_accounts_once_the_keyring_is_overdue() -> None:
         assert outcome == ["no accounts"]
 
     trio.run(main)
+
+
+def test_a_lone_cooling_account_still_serves_at_once_after_repeated_overloads() -> None:
+    pool, clock = make_pool("a")
+    acc = pool.accounts["a"]
+    for _ in range(7):  # six 529s in a row used to leave the seventh request queued for 16 s
+        lease = pool.choose(Estimate())
+        assert lease is not None and lease.account is acc
+        clock.now += 0.01
+        pool.observe_transient(acc, "upstream 529", lease.started)
+        pool.release(lease)
+        assert acc.status(clock.now) == "cooling"
+    assert acc.failures == 7
+    # It was tried in this attempt already: not again (the relay passes the 529 through).
+    assert pool.choose(Estimate(), exclude=["a"]) is None
+
+
+def test_when_none_is_ready_the_cooldown_that_ends_first_serves_and_429s_still_hold() -> None:
+    pool, clock = make_pool("a", "b", "c", "d")
+    pool.observe_rate_limited(pool.accounts["a"], Snapshot({}, 120.0), spend_limit=False, message="x")
+    for alias, times in (("b", 3), ("c", 1), ("d", 2)):
+        for _ in range(times):
+            clock.now += 0.01
+            pool.observe_transient(pool.accounts[alias], "upstream 529")
+    # Only d has a window at zero: it waits for its reset like a 429.
+    pool.observe_headers(pool.accounts["d"], Snapshot({"requests": Window(10, 0, clock.now + 30)}, None))
+    assert {a.alias: a.status(clock.now) for a in pool.accounts.values()} == {
+        "a": "exhausted", "b": "cooling", "c": "cooling", "d": "cooling"}
+    first = pool.choose(Estimate())
+    assert first is not None and first.account.alias == "c"  # its cooldown (0.5 s) ends first
+    second = pool.choose(Estimate(), exclude=["c"])
+    assert second is not None and second.account.alias == "b"
+    assert pool.choose(Estimate(), exclude=["b", "c"]) is None  # never the exhausted a, nor d
+    assert pool.any_exhausted(["b", "c"]) and not pool.any_exhausted(["a", "d"])
+
+
+def test_a_waiter_is_handed_a_cooling_account_and_the_deadline_says_why() -> None:
+    async def main() -> None:
+        pool, _ = make_pool("a", "b")
+        pool.observe_rate_limited(pool.accounts["a"], Snapshot({}, 60.0), spend_limit=False, message="x")
+        pool.observe_rate_limited(pool.accounts["b"], Snapshot({}, 60.0), spend_limit=False, message="x")
+        got: list[str] = []
+
+        async def waiter() -> None:
+            lease, _ = await pool.acquire(Estimate(), (), trio.current_time() + 30)
+            got.append(lease.account.alias)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            assert pool.queue_depth == 1
+            pool.clear_block("b")
+            pool.observe_transient(pool.accounts["b"], "upstream 503")  # cooling, not rate limited
+        assert got == ["b"]
+        try:
+            await pool.acquire(Estimate(), ["b"], trio.current_time() + 1)
+        except PoolExhausted as exc:
+            assert exc.rate_limited
+        else:
+            raise AssertionError("expected PoolExhausted")
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
