@@ -19,7 +19,8 @@ Hostile upstream actions (each a key of a scripted action; they combine):
     (one socket write) each, sleeping S seconds between pieces.
 ``malformed: N``
     stream: after N events, one ``content_block_delta`` event whose ``data`` is not JSON (an
-    unterminated string), then the rest of the stream as normal.
+    unterminated string), then the rest of the stream as normal. Without ``drip``, these stream
+    actions send one HTTP chunk per event, ``event_delay`` seconds apart.
 ``late_bytes: true | "text"`` (with ``late_delay: S``)
     after the complete response, S seconds later, write unsolicited bytes on the idle keep-alive
     connection (by default a whole second HTTP response with a ``{"late": true}`` body). A client
@@ -1124,9 +1125,18 @@ class App:
             events = [*events[:k], bad, *events[k:]]
         if "truncate" in action:
             events = events[: int(action["truncate"])]
-        body = b"".join(events) + open_tail
-        if not await self._send_pieces(req, body, action):
-            return
+        if open_tail:
+            events.append(open_tail)
+        if action.get("drip"):
+            if not await self._send_pieces(req, b"".join(events), action):
+                return
+        else:
+            gap = float(action.get("event_delay") or 0)
+            for i, ev in enumerate(events):  # one HTTP chunk per event, as in a normal stream
+                if gap and i and not await _sleep_unless_disconnected(req.receive, gap):
+                    req.entry["disconnected"] = True
+                    return
+                await req.send({"type": "http.response.body", "body": ev, "more_body": True})
         await req.send({"type": "http.response.body", "body": b"", "more_body": False})
         await self._late_bytes(req, action)
 
