@@ -447,6 +447,10 @@ class Response:
         return f"<Response {self.status} from {self._pool.label}>"
 
 
+def _joined(parts: list[bytes]) -> bytes:
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 class _BodyIterator:
     __slots__ = ("_resp",)
 
@@ -472,22 +476,30 @@ class _BodyIterator:
             # Never let a truncated body look complete.
             raise RemoteProtocolError(f"response from {resp._pool.label} was closed before its body ended")
         h = conn.h11
+        # Everything h11 can parse from what was already received goes out as one chunk: an
+        # upstream that sends many tiny HTTP chunks (1 byte each, say) then costs one hand-over
+        # per socket read, not one per HTTP chunk.
+        parts: list[bytes] = []
         try:
             while True:
                 event = h.next_event()
                 if isinstance(event, h11.Data):
                     if event.data:
-                        return event.data
+                        parts.append(event.data)
                 elif isinstance(event, h11.EndOfMessage):
-                    resp._finish()
-                    return None
+                    resp._finish()  # a later call returns None
+                    return _joined(parts) if parts else None
                 elif event is h11.NEED_DATA:
+                    if parts:
+                        return _joined(parts)
                     if not await self._receive(conn, hold_until):
                         return b""
                 else:
                     what = getattr(event, "__name__", type(event).__name__)
                     raise RemoteProtocolError(f"unexpected {what} in response from {resp._pool.label}")
         except h11.RemoteProtocolError:
+            if parts:
+                return _joined(parts)  # the data before the error first; h11 raises again next time
             resp._abort()
             closed = h.trailing_data[1]
             what = "connection closed before the response body ended" if closed else "invalid body framing"

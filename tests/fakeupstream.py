@@ -29,8 +29,9 @@ Hostile upstream actions (each a key of a scripted action; they combine):
     stream: after the first text block starts, one text delta of N bytes; with ``huge_event_open``
     it is an N-byte ``data:`` line that never ends (no newline, no blank line) and the body then
     ends.
-``huge_body: N``
-    non-streaming: the answer's text is N bytes of ``x`` (sent in 1 MiB pieces, Content-Length set).
+``huge_body: N`` (with ``huge_body_chunked: true``)
+    non-streaming: the answer's text is N bytes of ``x``, sent in 1 MiB pieces with Content-Length
+    set (or chunked, with no length announced).
 
 The server is deliberately independent of dario's own code so that the two cannot share a bug.
 It is also the "direct path" floor in benchmarks, so the per-request work is kept small: a plain
@@ -225,7 +226,7 @@ _ACTION_KEYS = frozenset(
         "reset_connection",
         # hostile upstream (streaming part): see App._messages
         "truncate", "drip", "drip_delay", "malformed", "late_bytes", "late_delay", "huge_event",
-        "huge_event_open", "huge_body",
+        "huge_event_open", "huge_body", "huge_body_chunked",
     }
 )  # fmt: skip
 
@@ -1148,7 +1149,8 @@ class App:
             head, _, tail = plan.message().partition(b'"content":[')
             head += b'"content":[{"type":"text","text":"'
             tail = b'"}],' + tail.split(b"],", 1)[1]
-            h.append((b"content-length", b"%d" % (len(head) + size + len(tail))))
+            if not action.get("huge_body_chunked"):
+                h.append((b"content-length", b"%d" % (len(head) + size + len(tail))))
             await req.send({"type": "http.response.start", "status": 200, "headers": h})
             await req.send({"type": "http.response.body", "body": head, "more_body": True})
             piece = b"x" * (1 << 20)
