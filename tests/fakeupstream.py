@@ -16,7 +16,9 @@ Hostile upstream actions (each a key of a scripted action; they combine):
     HTTP level.
 ``drip: N`` (with ``drip_delay: S``)
     send the body (the SSE bytes, or the JSON of a whole answer) in N-byte pieces, one HTTP chunk
-    (one socket write) each, sleeping S seconds between pieces.
+    (one socket write) each, sleeping S seconds between pieces. A stream without ``drip_delay`` is
+    sent as N-byte HTTP chunks packed as tightly as the socket takes them (thousands of chunks per
+    TCP segment), as a fast hostile server would.
 ``malformed: N``
     stream: after N events, one ``content_block_delta`` event whose ``data`` is not JSON (an
     unterminated string), then the rest of the stream as normal. Without ``drip``, these stream
@@ -1129,8 +1131,12 @@ class App:
         if open_tail:
             events.append(open_tail)
         if action.get("drip"):
-            if not await self._send_pieces(req, b"".join(events), action):
-                return
+            body = b"".join(events)
+            if action.get("drip_delay"):
+                if not await self._send_pieces(req, body, action):
+                    return
+            else:
+                await self._fast_drip(req, body, int(action["drip"]))
         else:
             gap = float(action.get("event_delay") or 0)
             for i, ev in enumerate(events):  # one HTTP chunk per event, as in a normal stream
@@ -1179,6 +1185,30 @@ class App:
                 return False
             await req.send({"type": "http.response.body", "body": body[k : k + size], "more_body": True})
         return True
+
+    async def _fast_drip(self, req: _Req, body: bytes, size: int) -> None:
+        """A chunked body as `size`-byte HTTP chunks, written as fast as the socket takes them.
+
+        Sent through hypercorn, each chunk would cost a write (and the fake's CPU would set the
+        pace); a fast hostile server packs thousands of tiny chunks into each TCP segment, so
+        the framing is written straight to the socket here, between hypercorn's first and last
+        body messages (hypercorn then ends the body with its own zero-size chunk).
+        """
+        await req.send({"type": "http.response.body", "body": body[:size], "more_body": True})
+        transport = _transport_of(req.send)
+        if transport is None:
+            raise RuntimeError("drip: cannot reach the socket (hypercorn internals changed?)")
+        batch: list[bytes] = []
+        framed = 0
+        for k in range(size, len(body), size):
+            piece = body[k : k + size]
+            batch.append(b"%x\r\n%s\r\n" % (len(piece), piece))
+            framed += len(batch[-1])
+            if framed >= 65536:
+                await transport.send_all(b"".join(batch))
+                batch, framed = [], 0
+        if batch:
+            await transport.send_all(b"".join(batch))
 
     async def _late_bytes(self, req: _Req, action: dict[str, Any]) -> None:
         late = action.get("late_bytes")
