@@ -447,6 +447,12 @@ class Response:
         return f"<Response {self.status} from {self._pool.label}>"
 
 
+# h11 parses an HTTP chunk in tens of microseconds; one 64 KiB read of 1-byte chunks holds
+# ~11,000 of them. Handing over at most this many per call keeps each step near a millisecond,
+# so the relay yields to other requests often (a 1-byte-chunk drip held /health for seconds).
+_MAX_PARTS = 32
+
+
 def _joined(parts: list[bytes]) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -486,6 +492,8 @@ class _BodyIterator:
                 if isinstance(event, h11.Data):
                     if event.data:
                         parts.append(event.data)
+                        if len(parts) >= _MAX_PARTS:
+                            return _joined(parts)  # bounded work per call: the caller can yield
                 elif isinstance(event, h11.EndOfMessage):
                     resp._finish()  # a later call returns None
                     return _joined(parts) if parts else None

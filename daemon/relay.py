@@ -631,14 +631,14 @@ async def _read_capped(response: Response, cap: int) -> bytes:
     declared = response.header(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
         raise _BodyTooLarge()
-    chunks: list[bytes] = []
-    size = 0
+    # One growing buffer rather than a list of pieces: a large one lives in its own mapping that
+    # goes back to the OS when freed, where many 64 KiB pieces would stay in the heap.
+    buf = bytearray()
     while (chunk := await response.next_chunk()) is not None:
-        size += len(chunk)
-        if size > cap:
+        if len(buf) + len(chunk) > cap:
             raise _BodyTooLarge()
-        chunks.append(chunk)
-    return b"".join(chunks)
+        buf += chunk
+    return bytes(buf)
 
 
 def _tap_json_usage(body: bytes, usage: Usage) -> Any:

@@ -8,6 +8,8 @@ finished" to the tools people use.
 from __future__ import annotations
 
 import http.client
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -199,16 +201,46 @@ def test_a_dripping_stream_arrives_whole(one: Any) -> None:
         assert s.get_final_text() == " lorem ipsum dolor sit amet"
 
 
+def test_a_1_byte_chunk_drip_does_not_hold_up_another_client(one: Any) -> None:
+    d, upstream = one
+    # 60 KB of text as 1-byte HTTP chunks, packed tightly: once, this held /health for 3.6 s.
+    upstream.script({"huge_event": 60_000, "drip": 1}, key=KEYS["a"])
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def poll_health() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+        while not done.is_set():
+            t0 = time.perf_counter()
+            conn.request("GET", "/health")
+            conn.getresponse().read()
+            latencies.append(time.perf_counter() - t0)
+            done.wait(0.02)
+        conn.close()
+
+    poller = threading.Thread(target=poll_health, daemon=True)
+    poller.start()
+    try:
+        status, body = raw_post(d, "/v1/messages", ask("hi"))
+    finally:
+        done.set()
+        poller.join(30)
+    assert status == 200 and sse_events(body)[-1][0] == "message_stop"
+    assert b"x" * 60_000 in body
+    assert latencies and max(latencies) < 0.5, f"/health took up to {max(latencies):.2f} s during the drip"
+
+
 # --- A4: a whole answer is capped -----------------------------------------------------------------
 
 
 def test_a_huge_non_streaming_answer_is_refused(one: Any) -> None:
     d, upstream = one
-    upstream.script({"huge_body": 65 * 1024 * 1024}, key=KEYS["a"])
-    status, body = raw_post(d, "/v1/messages", ask("hi", stream=False))
-    assert status == 502
-    err = orjson.loads(body)
-    assert err["type"] == "error" and err["error"]["type"] == "api_error"
-    assert "larger than 64 MiB" in err["error"]["message"]
+    for chunked in (False, True):  # refused from Content-Length, or once 64 MiB were read
+        upstream.script({"huge_body": 65 * 1024 * 1024, "huge_body_chunked": chunked}, key=KEYS["a"])
+        status, body = raw_post(d, "/v1/messages", ask("hi", stream=False))
+        assert status == 502
+        err = orjson.loads(body)
+        assert err["type"] == "error" and err["error"]["type"] == "api_error"
+        assert "larger than 64 MiB" in err["error"]["message"]
     status, body = raw_post(d, "/v1/messages", ask("hi", stream=False))  # a normal one still works
     assert status == 200, body

@@ -106,7 +106,7 @@ def test_a_1_byte_drip_of_a_60kb_event_is_cheap_and_does_not_hold_up_health(
             conn.request("GET", "/health")
             conn.getresponse().read()
             latencies.append(time.perf_counter() - t0)
-            done.wait(0.05)  # a monitor's pace, so its own cost barely shows in dariod's CPU
+            done.wait(0.02)  # a monitor's pace, so its own cost barely shows in dariod's CPU
         conn.close()
 
     cpu0 = _cpu_seconds(pid)
@@ -124,13 +124,13 @@ def test_a_1_byte_drip_of_a_60kb_event_is_cheap_and_does_not_hold_up_health(
     assert b"x" * 60_000 in data
     worst = max(latencies)
     assert len(latencies) > 5
-    assert cpu < 3.0, f"dariod spent {cpu:.2f} s of CPU on one 60 KB event"
-    assert worst < 0.5, f"/health took up to {worst:.2f} s while the drip was relayed"
+    assert cpu < 2.0, f"dariod spent {cpu:.2f} s of CPU on one 60 KB event"
+    assert worst < 0.25, f"/health took up to {worst:.2f} s while the drip was relayed"
     harness.report(
         f"hostile upstream, 1-byte drip of one 60 KB event ({len(data) / 1024:.0f} KiB streamed in "
-        f"{took:.1f} s): dariod CPU {cpu:.2f} s (was 3.5 s before the linear splitter); "
+        f"{took:.1f} s): dariod CPU {cpu:.2f} s (1.63 s before this fix); "
         f"/health during it: {len(latencies)} requests, median {sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms, "
-        f"worst {worst * 1000:.1f} ms (was 2.5-3.3 s)\n")
+        f"worst {worst * 1000:.1f} ms (3.6 s before this fix)\n")
 
 
 def test_a_huge_answer_is_refused_without_holding_it(fake: load.BigLogFake, one: Dariod) -> None:
@@ -150,7 +150,8 @@ def test_a_huge_answer_is_refused_without_holding_it(fake: load.BigLogFake, one:
                     f"dariod peak RSS so far {peak / 1024:.0f} MB\n")
     rss_after = harness.rss_kb(pid)
     assert load.proc_status_kb(pid, "VmHWM") / 1024 < 300  # was 656 MB for one 200 MB answer
-    assert (rss_after - rss_before) / 1024 < 64  # was 452 MB kept afterwards
+    # glibc may keep freed heap pages for reuse; before the cap it kept 452 MB.
+    assert (rss_after - rss_before) / 1024 < 96
     harness.report(
         f"hostile upstream, a 200 MiB whole answer (cap 64 MiB): dariod RSS {rss_before / 1024:.0f} MB before, "
         f"{rss_after / 1024:.0f} MB after\n" + "".join(rows))
