@@ -231,10 +231,34 @@ class _Connection:
     def looks_dead(self) -> bool:
         # An idle HTTP/1.1 connection has nothing to read; readable means the server sent
         # FIN/RST (or junk). One poll() syscall saves a doomed send in the common case.
+        # Unsolicited bytes (a late response) must never be read as the next request's answer.
         try:
-            return self.sock.is_readable()
+            if self.sock.is_readable():
+                return True
         except (OSError, ValueError):
             return True
+        return _tls_buffered(self.stream)
+
+
+def _tls_buffered(stream: trio.abc.Stream) -> bool:
+    """Whether a TLS layer holds received bytes the socket no longer shows.
+
+    OpenSSL hands over one TLS record per read; a record that came in the same TCP segment as the
+    end of a response stays in trio's incoming BIO (or, decrypted, in the SSLObject) where a poll
+    of the socket cannot see it. Any such byte on an idle connection is unsolicited.
+    """
+    while isinstance(stream, trio.SSLStream):
+        ssl_object = getattr(stream, "_ssl_object", None)  # trio internals, read defensively
+        incoming = getattr(stream, "_incoming", None)
+        try:
+            if ssl_object is not None and ssl_object.pending():
+                return True
+            if incoming is not None and incoming.pending:
+                return True
+        except (ssl.SSLError, ValueError, AttributeError):
+            return True
+        stream = stream.transport_stream
+    return False
 
 
 class _Pool:

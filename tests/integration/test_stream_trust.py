@@ -19,7 +19,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Dariod
+from tests.support import Dariod, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -244,3 +244,18 @@ def test_a_huge_non_streaming_answer_is_refused(one: Any) -> None:
         assert "larger than 64 MiB" in err["error"]["message"]
     status, body = raw_post(d, "/v1/messages", ask("hi", stream=False))  # a normal one still works
     assert status == 200, body
+
+
+# --- E19: unsolicited bytes on an idle upstream connection ------------------------------------------
+
+
+def test_a_late_response_on_an_idle_upstream_connection_reaches_no_one(one: Any) -> None:
+    d, upstream = one
+    for stream in (False, True):
+        upstream.script({"late_bytes": True, "late_delay": 0.05}, key=KEYS["a"])
+        status, body = raw_post(d, "/v1/messages", ask("first", stream=stream))
+        assert status == 200
+        wait_until(lambda: upstream.requests()[-1].get("late_bytes_sent"), 10, "the fake's late bytes")
+        status, body = raw_post(d, "/v1/messages", ask("second", stream=False))
+        assert status == 200 and b"late" not in body
+        assert orjson.loads(body)["content"][0]["text"] == "Hello from the fake upstream."
