@@ -404,7 +404,12 @@ class Relay:
             for name, data in iter_events(block):
                 if not _event_data_ok(data):
                     self._broken_before_commit(acc, lease, f"a {_event_label(name)} event whose data is not JSON")
-                if name == b"error":
+                if committed:
+                    # After content, even in the same read: the upstream did the work, so an error
+                    # here goes to the client (as it would a moment later), never to another account.
+                    if name == b"error":
+                        out.error_type = _error_type_of(data)
+                elif name == b"error":
                     self._stream_error_before_content(acc, data, response, inc, lease)
                 elif name in CONTENT_EVENTS:
                     committed = True
