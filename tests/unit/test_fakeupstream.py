@@ -718,6 +718,10 @@ def test_huge_body(fake: FakeUpstream) -> None:
     message = json.loads(whole)
     assert message["content"] == [{"type": "text", "text": "x" * (3 * 1024 * 1024 + 5)}]
     assert message["stop_reason"] == "end_turn" and message["usage"]["output_tokens"] >= 1
+    fake.script({"huge_body": 2 * 1024 * 1024, "huge_body_chunked": True})
+    head, whole = raw_exchange(fake, {**stream_body("hi"), "stream": False})
+    assert b"transfer-encoding: chunked" in head.lower() and b"content-length" not in head.lower()
+    assert json.loads(whole.replace(b"\x00", b""))["content"][0]["text"] == "x" * (2 * 1024 * 1024)
 
 
 def test_late_bytes_arrive_on_the_idle_connection(fake: FakeUpstream) -> None:
