@@ -381,6 +381,7 @@ class Relay:
         # in-band error before any content can still go to another account.
         hold_until = trio.current_time() + self.hold_message_start
         while not committed:
+            await trio.lowlevel.checkpoint()  # as in phase 2: a drip before content must not hog the loop
             try:
                 item = await response.next_chunk(hold_until)
             except UpstreamError as exc:
