@@ -246,10 +246,34 @@ class _Connection:
     def looks_dead(self) -> bool:
         # An idle HTTP/1.1 connection has nothing to read; readable means the server sent
         # FIN/RST (or junk). One poll() syscall saves a doomed send in the common case.
+        # Unsolicited bytes (a late response) must never be read as the next request's answer.
         try:
-            return self.sock.is_readable()
+            if self.sock.is_readable():
+                return True
         except (OSError, ValueError):
             return True
+        return _tls_buffered(self.stream)
+
+
+def _tls_buffered(stream: trio.abc.Stream) -> bool:
+    """Whether a TLS layer holds received bytes the socket no longer shows.
+
+    OpenSSL hands over one TLS record per read; a record that came in the same TCP segment as the
+    end of a response stays in trio's incoming BIO (or, decrypted, in the SSLObject) where a poll
+    of the socket cannot see it. Any such byte on an idle connection is unsolicited.
+    """
+    while isinstance(stream, trio.SSLStream):
+        ssl_object = getattr(stream, "_ssl_object", None)  # trio internals, read defensively
+        incoming = getattr(stream, "_incoming", None)
+        try:
+            if ssl_object is not None and ssl_object.pending():
+                return True
+            if incoming is not None and incoming.pending:
+                return True
+        except (ssl.SSLError, ValueError, AttributeError):
+            return True
+        stream = stream.transport_stream
+    return False
 
 
 class _Pool:
@@ -454,6 +478,16 @@ class Response:
         return f"<Response {self.status} from {self._pool.label}>"
 
 
+# h11 parses an HTTP chunk in tens of microseconds; one 64 KiB read of 1-byte chunks holds
+# ~11,000 of them. Handing over at most this many per call keeps each step near a millisecond,
+# so the relay yields to other requests often (a 1-byte-chunk drip held /health for seconds).
+_MAX_PARTS = 32
+
+
+def _joined(parts: list[bytes]) -> bytes:
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 class _BodyIterator:
     __slots__ = ("_resp",)
 
@@ -479,22 +513,32 @@ class _BodyIterator:
             # Never let a truncated body look complete.
             raise RemoteProtocolError(f"response from {resp._pool.label} was closed before its body ended")
         h = conn.h11
+        # Everything h11 can parse from what was already received goes out as one chunk: an
+        # upstream that sends many tiny HTTP chunks (1 byte each, say) then costs one hand-over
+        # per socket read, not one per HTTP chunk.
+        parts: list[bytes] = []
         try:
             while True:
                 event = h.next_event()
                 if isinstance(event, h11.Data):
                     if event.data:
-                        return event.data
+                        parts.append(event.data)
+                        if len(parts) >= _MAX_PARTS:
+                            return _joined(parts)  # bounded work per call: the caller can yield
                 elif isinstance(event, h11.EndOfMessage):
-                    resp._finish()
-                    return None
+                    resp._finish()  # a later call returns None
+                    return _joined(parts) if parts else None
                 elif event is h11.NEED_DATA:
+                    if parts:
+                        return _joined(parts)
                     if not await self._receive(conn, hold_until):
                         return b""
                 else:
                     what = getattr(event, "__name__", type(event).__name__)
                     raise RemoteProtocolError(f"unexpected {what} in response from {resp._pool.label}")
         except h11.RemoteProtocolError:
+            if parts:
+                return _joined(parts)  # the data before the error first; h11 raises again next time
             resp._abort()
             closed = h.trailing_data[1]
             what = "connection closed before the response body ended" if closed else "invalid body framing"

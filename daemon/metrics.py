@@ -22,6 +22,12 @@ OTHER_LABEL = "other"
 # client cannot grow the label set (and the daemon's memory) without bound.
 MAX_MODELS = 64
 _LABEL_SAFE = re.compile(r"[^A-Za-z0-9._:/-]+")
+# Anthropic's error types (https://docs.anthropic.com/en/api/errors) and dario's own.
+_ERROR_TYPES = frozenset({
+    "invalid_request_error", "authentication_error", "billing_error", "permission_error",
+    "not_found_error", "request_too_large", "rate_limit_error", "api_error", "overloaded_error",
+    "timeout_error", "conflict_error", "client_closed_request",
+})  # fmt: skip
 
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 60)
@@ -101,6 +107,12 @@ class Metrics:
             "dario_requests_total", "Proxied requests", ["account", "model", "dialect", "status"],
             registry=self.registry,
         )  # fmt: skip
+        # Errors include streams that started with 200 and then failed (cut off, malformed, an
+        # in-band error event): their status label alone would count them as successes.
+        self.errors = Counter(
+            "dario_request_errors_total", "Proxied requests that ended in an error, by error type",
+            ["account", "dialect", "type"], registry=self.registry,
+        )  # fmt: skip
         self.tokens = Counter(
             "dario_tokens_total", "Tokens by kind", ["account", "model", "kind"], registry=self.registry
         )
@@ -142,6 +154,11 @@ class Metrics:
             account = rec.account or NONE_LABEL
             model = self._model_label(rec.model)
             self._child(self.requests, account, model, rec.dialect, str(rec.status)).inc()
+            if rec.status >= 400 or rec.error_type is not None:
+                etype = rec.error_type or f"http_{rec.status}"
+                if etype not in _ERROR_TYPES and not etype.startswith("http_"):
+                    etype = OTHER_LABEL  # an upstream's free text must not grow the label set
+                self._child(self.errors, account, rec.dialect, etype).inc()
             counts = (
                 rec.input_tokens,
                 rec.output_tokens,

@@ -43,7 +43,7 @@ from dario.daemon.httpclient import (
 )
 from dario.daemon.pool import Estimate, Lease, NoAccounts, Pool, PoolExhausted
 from dario.daemon.redact import redact_body, redact_sse
-from dario.daemon.sse import EventSplitter, iter_events
+from dario.daemon.sse import EventSplitter, EventTooLarge, iter_events
 from dario.daemon.upstreams import anthropic as upstream
 
 log = logging.getLogger("dario.relay")
@@ -54,6 +54,12 @@ CONTENT_EVENTS = frozenset({b"content_block_start", b"content_block_delta"})
 FORWARD_RESPONSE_HEADERS = (b"request-id", b"retry-after", b"retry-after-ms", b"x-should-retry")
 _RL_PREFIX = b"anthropic-ratelimit-"
 MAX_ERROR_BODY = 1024 * 1024
+# A whole (non-streaming) answer is held in memory before it is passed on. Real answers are at
+# most a few MB (max_tokens output plus JSON framing); anything past this is a broken upstream.
+MAX_BODY = 64 * 1024 * 1024
+# Events after which an Anthropic stream is over: message_stop ends it, an error event aborts it
+# (https://docs.anthropic.com/en/api/messages-streaming). Anything else last means it was cut off.
+TERMINAL_EVENTS = frozenset({b"message_stop", b"error"})
 
 
 @dataclass(slots=True)
@@ -325,10 +331,16 @@ class Relay:
                 await self._stream(response, acc, lease, inc, sink, out, t0)
                 return
             try:
-                body = await response.read()
+                body = await _read_capped(response, MAX_BODY)
             except UpstreamError as exc:
                 self.pool.observe_transient(acc, _transport_reason(exc), lease.started)
                 raise _Retry(None, _transport_error(exc, acc.alias)) from None
+            except _BodyTooLarge:
+                reason = f"upstream answer larger than {MAX_BODY // (1024 * 1024)} MiB"
+                self.pool.observe_transient(acc, reason, lease.started)
+                raise _Retry(None, DarioError(
+                    502, "api_error", f"the upstream of account {acc.alias} sent an {reason}; dario refused it",
+                )) from None
             out.upstream_ms += (time.perf_counter() - t0) * 1000.0
             self.pool.observe_success(acc, out.upstream_ms, lease.started)
             out.status = status
@@ -383,6 +395,7 @@ class Relay:
         # in-band error before any content can still go to another account.
         hold_until = trio.current_time() + self.hold_message_start
         while not committed:
+            await trio.lowlevel.checkpoint()  # as in phase 2: a drip before content must not hog the loop
             try:
                 item = await response.next_chunk(hold_until)
             except UpstreamError as exc:
@@ -392,18 +405,28 @@ class Relay:
                 break  # the timer: commit with what we have
             if item is None:
                 ended = True
-                if not any(b"message_stop" in b for b in held):
+                if not any(_ends_stream(b) for b in held):
                     # Ended before a whole message: nothing reached the client, so retry.
                     self.pool.observe_transient(acc, "upstream stream ended early", lease.started)
                     raise _Retry(None, DarioError(502, "api_error", "upstream stream ended early"))
                 break
-            block = splitter.feed(item)
+            try:
+                block = splitter.feed(item)
+            except EventTooLarge as exc:
+                self._broken_before_commit(acc, lease, str(exc))
             if not block:
                 continue
             if block.find(b"error") >= 0:  # any spelling of an error event ("event:error" too)
                 block = redact_sse(block, (acc.secret,))
             for name, data in iter_events(block):
-                if name == b"error":
+                if not _event_data_ok(data):
+                    self._broken_before_commit(acc, lease, f"a {_event_label(name)} event whose data is not JSON")
+                if committed:
+                    # After content, even in the same read: the upstream did the work, so an error
+                    # here goes to the client (as it would a moment later), never to another account.
+                    if name == b"error":
+                        out.error_type = _error_type_of(data)
+                elif name == b"error":
                     self._stream_error_before_content(acc, data, response, inc, lease)
                 elif name in CONTENT_EVENTS:
                     committed = True
@@ -419,33 +442,57 @@ class Relay:
                 await sink.stream_data(prefix)
                 out.bytes_to_client += len(prefix)
             out.ttft_ms = (time.perf_counter() - inc.t_start) * 1000.0
+            terminal = any(_ends_stream(b) for b in held)
             # Phase 2: relay each complete event as it arrives.
             while not ended:
+                # Yield between upstream chunks: h11 can hand over many buffered chunks without
+                # any I/O, and a dripping upstream must not starve other requests.
+                await trio.lowlevel.checkpoint()
                 try:
                     item = await response.next_chunk()
                 except UpstreamError as exc:
-                    self.pool.observe_transient(acc, _transport_reason(exc), lease.started)
-                    out.error_type = "api_error"
-                    await sink.stream_abort(
-                        "api_error",
+                    await self._abort_stream(
+                        sink, out, acc, lease, _transport_reason(exc),
                         f"the upstream connection of account {acc.alias} failed mid-stream "
                         f"({type(exc).__name__}); the response is incomplete",
                     )
                     return
                 if item is None:
                     break
-                block = splitter.feed(item)
+                try:
+                    block = splitter.feed(item)
+                except EventTooLarge as exc:
+                    await self._abort_stream(
+                        sink, out, acc, lease, str(exc),
+                        f"the upstream of account {acc.alias} sent an event larger than dario accepts "
+                        f"({exc}); the response is incomplete",
+                    )
+                    return
                 if not block:
                     continue
                 if block.find(b"error") >= 0:
                     block = redact_sse(block, (acc.secret,))
-                if block.find(b"event: message_") >= 0 or block.find(b"event: error") >= 0:
-                    for name, data in iter_events(block):
-                        _tap_event_usage(name, data, out.usage)
-                        if name == b"error":
-                            out.error_type = _error_type_of(data)
-                await sink.stream_data(block)
-                out.bytes_to_client += len(block)
+                good, bad, ends = _scan_events(block, out)
+                terminal = terminal or ends
+                if good:
+                    await sink.stream_data(good)
+                    out.bytes_to_client += len(good)
+                if bad is not None:
+                    await self._abort_stream(
+                        sink, out, acc, lease, f"malformed {bad} event",
+                        f"the upstream of account {acc.alias} sent a {bad} event whose data is not JSON; "
+                        "the response is incomplete",
+                    )
+                    return
+            if not terminal:
+                # A stream that ends cleanly without message_stop was cut off (a proxy timeout, a
+                # crashed upstream): never let it pass as a complete answer.
+                await self._abort_stream(
+                    sink, out, acc, lease, "upstream stream ended before message_stop",
+                    f"the upstream of account {acc.alias} ended the stream before message_stop; "
+                    "the response is incomplete",
+                )
+                return
         except trio.Cancelled:
             # Shutdown's grace period ran out (or the client left): end the stream well-formed
             # rather than cut mid-event. Shielded, briefly.
@@ -456,6 +503,26 @@ class Relay:
             raise
         self.pool.observe_success(acc, out.upstream_ms, lease.started)
         await sink.stream_end()
+
+    def _broken_before_commit(self, acc: object, lease: Lease, what: str) -> None:
+        """Garbage from the upstream before the client got anything: this account failed; try another."""
+        from dario.daemon.pool import AccountState
+
+        assert isinstance(acc, AccountState)
+        self.pool.observe_transient(acc, f"upstream stream broken: {what}"[:200], lease.started)
+        raise _Retry(None, DarioError(
+            502, "api_error", f"the upstream of account {acc.alias} sent a broken stream: {what}",
+        ))
+
+    async def _abort_stream(self, sink: Sink, out: Outcome, acc: object, lease: Lease, reason: str,
+                            message: str) -> None:
+        """The client owns the stream and it cannot be completed: end it with an error, count it as one."""
+        from dario.daemon.pool import AccountState
+
+        assert isinstance(acc, AccountState)
+        self.pool.observe_transient(acc, reason[:200], lease.started)
+        out.error_type = "api_error"
+        await sink.stream_abort("api_error", message)
 
     def _stream_error_before_content(self, acc: object, data: bytes, response: Response, inc: Incoming,
                                      lease: Lease) -> None:
@@ -532,6 +599,70 @@ def _tap_event_usage(name: bytes, data: bytes, usage: Usage) -> None:
             usage.update(orjson.loads(data).get("usage"))
         except (orjson.JSONDecodeError, AttributeError):
             pass
+
+
+def _event_data_ok(data: bytes) -> bool:
+    """Every Anthropic event carries a JSON object; an event with no data is never dispatched (SSE)."""
+    if not data:
+        return True
+    try:
+        return isinstance(orjson.loads(data), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def _event_label(name: bytes) -> str:
+    label = name[:40].decode("ascii", "replace")
+    return label if label.isprintable() else "malformed"
+
+
+def _ends_stream(block: bytes) -> bool:
+    return any(name in TERMINAL_EVENTS for name, _ in iter_events(block))
+
+
+def _scan_events(block: bytes, out: Outcome) -> tuple[bytes, str | None, bool]:
+    """Check a block of complete events before it goes to the client.
+
+    Returns (bytes to relay, the name of the first malformed event or None, whether a terminal
+    event was seen). Usage is tapped and an in-band error is noted on `out` on the way.
+    """
+    events = iter_events(block)
+    ends = False
+    for i, (name, data) in enumerate(events):
+        if not _event_data_ok(data):
+            # Relay the good events before it, re-framed (rare path), then stop.
+            good = b"".join(_frame(n, d) for n, d in events[:i])
+            return good, _event_label(name), ends
+        if name == b"message_start" or name == b"message_delta":
+            _tap_event_usage(name, data, out.usage)
+        elif name == b"error":
+            out.error_type = _error_type_of(data)
+        if name in TERMINAL_EVENTS:
+            ends = True
+    return block, None, ends
+
+
+def _frame(name: bytes, data: bytes) -> bytes:
+    return b"event: " + name + b"\ndata: " + data.replace(b"\n", b"\ndata: ") + b"\n\n"
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_capped(response: Response, cap: int) -> bytes:
+    """The whole body, refusing one larger than `cap` (checked against Content-Length first)."""
+    declared = response.header(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise _BodyTooLarge()
+    # One growing buffer rather than a list of pieces: a large one lives in its own mapping that
+    # goes back to the OS when freed, where many 64 KiB pieces would stay in the heap.
+    buf = bytearray()
+    while (chunk := await response.next_chunk()) is not None:
+        if len(buf) + len(chunk) > cap:
+            raise _BodyTooLarge()
+        buf += chunk
+    return bytes(buf)
 
 
 def _tap_json_usage(body: bytes, usage: Usage) -> Any:

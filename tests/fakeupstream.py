@@ -9,6 +9,33 @@ What a /v1/messages reply contains is chosen by directives in the text of the la
 are set with ``POST /_fake/limits``, ``POST /_fake/clock {"offset": s}`` makes the ``Date`` header run
 ``s`` seconds off, and ``GET /_fake/requests`` returns what was received.
 
+Hostile upstream actions (each a key of a scripted action; they combine):
+
+``truncate: N``
+    stream: send the first N events, then end the chunked body cleanly (a terminated body, no
+    ``message_stop``): an answer cut off by a proxy or a crashed server, with nothing wrong at the
+    HTTP level.
+``drip: N`` (with ``drip_delay: S``)
+    send the body (the SSE bytes, or the JSON of a whole answer) in N-byte pieces, one HTTP chunk
+    (one socket write) each, sleeping S seconds between pieces. A stream without ``drip_delay`` is
+    sent as N-byte HTTP chunks packed as tightly as the socket takes them (thousands of chunks per
+    TCP segment), as a fast hostile server would.
+``malformed: N``
+    stream: after N events, one ``content_block_delta`` event whose ``data`` is not JSON (an
+    unterminated string), then the rest of the stream as normal. Without ``drip``, these stream
+    actions send one HTTP chunk per event, ``event_delay`` seconds apart.
+``late_bytes: true | "text"`` (with ``late_delay: S``)
+    after the complete response, S seconds later, write unsolicited bytes on the idle keep-alive
+    connection (by default a whole second HTTP response with a ``{"late": true}`` body). A client
+    that reused the connection would hand that response to its next request.
+``huge_event: N`` (with ``huge_event_open: true``)
+    stream: after the first text block starts, one text delta of N bytes; with ``huge_event_open``
+    it is an N-byte ``data:`` line that never ends (no newline, no blank line) and the body then
+    ends.
+``huge_body: N`` (with ``huge_body_chunked: true``)
+    non-streaming: the answer's text is N bytes of ``x``, sent in 1 MiB pieces with Content-Length
+    set (or chunked, with no length announced).
+
 The server is deliberately independent of dario's own code so that the two cannot share a bug.
 It is also the "direct path" floor in benchmarks, so the per-request work is kept small: a plain
 ASGI callable, orjson, and pre-encoded SSE fragments.
@@ -201,8 +228,18 @@ _ACTION_KEYS = frozenset(
         "status", "retry_after", "spend_limit", "error_type", "message", "headers",
         "stream_error", "after_events", "cut_after_events", "delay", "event_delay", "stall",
         "reset_connection", "echo_key",
+        # hostile upstream (streaming part): see App._messages
+        "truncate", "drip", "drip_delay", "malformed", "late_bytes", "late_delay", "huge_event",
+        "huge_event_open", "huge_body", "huge_body_chunked",
     }
 )  # fmt: skip
+
+_HOSTILE_STREAM = frozenset({"truncate", "drip", "malformed", "late_bytes", "huge_event"})
+_HOSTILE_BODY = frozenset({"drip", "late_bytes", "huge_body"})
+_LATE_BODY = b'{"late":true,"note":"unsolicited bytes from the fake upstream"}'
+LATE_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(_LATE_BODY) + _LATE_BODY
+)
 
 # ---------------------------------------------------------------------------------------------
 # Pre-encoded SSE fragments
@@ -1054,6 +1091,9 @@ class App:
             w.remaining -= c
         action = action or {}
         if not stream:
+            if _HOSTILE_BODY & action.keys():
+                await self._hostile_json(req, plan, self._headers(req, b"application/json", ws), action)
+                return
             await self._json(req, 200, plan.message(), self._headers(req, b"application/json", ws),
                              cut="cut_after_events" in action)  # fmt: skip
             return
@@ -1073,6 +1113,9 @@ class App:
                 "message": action.get("message") or ERROR_MESSAGES.get(etype, "Error"),
             }
             events.append(_sse({"type": "error", "error": err_payload}))
+        if _HOSTILE_STREAM & action.keys():
+            await self._hostile_stream(req, events, action)
+            return
         gap = float(action.get("event_delay") or 0)
         for i, ev in enumerate(events):
             if gap and i and not await _sleep_unless_disconnected(req.receive, gap):
@@ -1083,6 +1126,123 @@ class App:
         if "cut_after_events" in action:
             return  # leave the chunked body unterminated; hypercorn then drops the connection
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    # -- hostile upstream ------------------------------------------------------------------------
+
+    async def _hostile_stream(self, req: _Req, events: list[bytes], action: dict[str, Any]) -> None:
+        """The SSE body under the hostile actions (truncate, malformed, huge_event, drip, late_bytes)."""
+        open_tail = b""
+        if "huge_event" in action:
+            size = int(action["huge_event"])
+            if action.get("huge_event_open"):
+                # A line that never ends: everything after it is never reached.
+                events, open_tail = events[:3], b"data: " + b"x" * size
+            else:
+                events = [*events[:3], _delta(0, "text", "x" * size), *events[3:]]
+        if "malformed" in action:
+            k = int(action["malformed"])
+            bad = _DELTA_HEAD + b'0,"delta":{"type":"text_delta","text":"unterminated\n\n'
+            events = [*events[:k], bad, *events[k:]]
+        if "truncate" in action:
+            events = events[: int(action["truncate"])]
+        if open_tail:
+            events.append(open_tail)
+        if action.get("drip"):
+            body = b"".join(events)
+            if action.get("drip_delay"):
+                if not await self._send_pieces(req, body, action):
+                    return
+            else:
+                await self._fast_drip(req, body, int(action["drip"]))
+        else:
+            gap = float(action.get("event_delay") or 0)
+            for i, ev in enumerate(events):  # one HTTP chunk per event, as in a normal stream
+                if gap and i and not await _sleep_unless_disconnected(req.receive, gap):
+                    req.entry["disconnected"] = True
+                    return
+                await req.send({"type": "http.response.body", "body": ev, "more_body": True})
+        await req.send({"type": "http.response.body", "body": b"", "more_body": False})
+        await self._late_bytes(req, action)
+
+    async def _hostile_json(self, req: _Req, plan: _Plan, h: list[tuple[bytes, bytes]], action: dict[str, Any]) -> None:
+        """A whole answer under the hostile actions (huge_body, drip, late_bytes)."""
+        req.entry["status"] = 200
+        if "huge_body" in action:
+            size = int(action["huge_body"])
+            head, _, tail = plan.message().partition(b'"content":[')
+            head += b'"content":[{"type":"text","text":"'
+            tail = b'"}],' + tail.split(b"],", 1)[1]
+            if not action.get("huge_body_chunked"):
+                h.append((b"content-length", b"%d" % (len(head) + size + len(tail))))
+            await req.send({"type": "http.response.start", "status": 200, "headers": h})
+            await req.send({"type": "http.response.body", "body": head, "more_body": True})
+            piece = b"x" * (1 << 20)
+            left = size
+            while left > 0:
+                part = piece[: min(left, len(piece))]
+                await req.send({"type": "http.response.body", "body": part, "more_body": True})
+                left -= len(part)
+            await req.send({"type": "http.response.body", "body": tail, "more_body": False})
+        else:
+            payload = plan.message()
+            h.append((b"content-length", b"%d" % len(payload)))
+            await req.send({"type": "http.response.start", "status": 200, "headers": h})
+            if not await self._send_pieces(req, payload, action):
+                return
+            await req.send({"type": "http.response.body", "body": b"", "more_body": False})
+        await self._late_bytes(req, action)
+
+    async def _send_pieces(self, req: _Req, body: bytes, action: dict[str, Any]) -> bool:
+        """Send `body` in `drip`-sized pieces (or whole); False if the client left meanwhile."""
+        size = int(action.get("drip") or 0) or max(1, len(body))
+        gap = float(action.get("drip_delay") or 0)
+        for k in range(0, len(body), size):
+            if gap and k and not await _sleep_unless_disconnected(req.receive, gap):
+                req.entry["disconnected"] = True
+                return False
+            await req.send({"type": "http.response.body", "body": body[k : k + size], "more_body": True})
+        return True
+
+    async def _fast_drip(self, req: _Req, body: bytes, size: int) -> None:
+        """A chunked body as `size`-byte HTTP chunks, written as fast as the socket takes them.
+
+        Sent through hypercorn, each chunk would cost a write (and the fake's CPU would set the
+        pace); a fast hostile server packs thousands of tiny chunks into each TCP segment, so
+        the framing is written straight to the socket here, between hypercorn's first and last
+        body messages (hypercorn then ends the body with its own zero-size chunk).
+        """
+        await req.send({"type": "http.response.body", "body": body[:size], "more_body": True})
+        transport = _transport_of(req.send)
+        if transport is None:
+            raise RuntimeError("drip: cannot reach the socket (hypercorn internals changed?)")
+        batch: list[bytes] = []
+        framed = 0
+        for k in range(size, len(body), size):
+            piece = body[k : k + size]
+            batch.append(b"%x\r\n%s\r\n" % (len(piece), piece))
+            framed += len(batch[-1])
+            if framed >= 65536:
+                await transport.send_all(b"".join(batch))
+                batch, framed = [], 0
+        if batch:
+            await transport.send_all(b"".join(batch))
+
+    async def _late_bytes(self, req: _Req, action: dict[str, Any]) -> None:
+        late = action.get("late_bytes")
+        if not late:
+            return
+        data = LATE_RESPONSE if late is True else str(late).encode()
+        delay = float(action.get("late_delay") or 0)
+        if delay:
+            await trio.sleep(delay)
+        transport = _transport_of(req.send)
+        if transport is None:
+            raise RuntimeError("late_bytes: cannot reach the socket (hypercorn internals changed?)")
+        try:
+            await transport.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the client already closed the connection: nothing to be late on
+        req.entry["late_bytes_sent"] = True
 
     async def _count_tokens(self, req: _Req) -> None:
         err = _validate(req.body, count=True)

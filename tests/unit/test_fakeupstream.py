@@ -21,7 +21,8 @@ import anthropic
 import httpx2
 import pytest
 
-from tests.fakeupstream import MODEL_IDS, FakeUpstream
+from tests.fakeupstream import LATE_RESPONSE, MODEL_IDS, FakeUpstream
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -624,3 +625,117 @@ def test_server_stderr_has_no_tracebacks(fake: FakeUpstream) -> None:
     # Runs last in file order: cuts, resets, stalls and disconnects above must not crash handlers.
     assert "Traceback" not in fake.stderr() and "Error in ASGI" not in fake.stderr()
     assert "Running on http://127.0.0.1:" in fake.stderr()  # proves stderr is really captured
+
+
+# --- hostile upstream actions ---------------------------------------------------------------------
+
+
+def raw_exchange(fake: FakeUpstream, body: dict[str, Any], *, keep_open_for_late: bool = False) -> tuple[bytes, bytes]:
+    """One request on a raw socket; returns (response head, de-chunked or whole body) exactly as sent."""
+    payload = json.dumps(body).encode()
+    request = (
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"x-api-key: %s\r\nanthropic-version: 2023-06-01\r\ncontent-length: %d\r\n\r\n%s"
+        % (KEY.encode(), len(payload), payload)
+    )
+    with socket.create_connection(("127.0.0.1", fake.port), timeout=10) as sock:
+        sock.sendall(request)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += sock.recv(65536)
+        head, _, rest = received.partition(b"\r\n\r\n")
+        if b"transfer-encoding: chunked" in head.lower():
+            chunks = []
+            while True:
+                while b"\r\n" not in rest:
+                    rest += sock.recv(65536)
+                size_line, _, rest = rest.partition(b"\r\n")
+                size = int(size_line, 16)
+                while len(rest) < size + 2:
+                    more = sock.recv(65536)
+                    assert more, "connection closed mid-chunk"
+                    rest += more
+                if size == 0:
+                    break
+                chunks.append(rest[:size])
+                rest = rest[size + 2 :]
+            body_out = b"\x00".join(chunks)  # NUL-separated so tests can see the piece sizes
+        else:
+            length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))  # type: ignore[union-attr]
+            while len(rest) < length:
+                rest += sock.recv(65536)
+            body_out, rest = rest[:length], rest[length:]
+        if keep_open_for_late:
+            while len(rest) < len(LATE_RESPONSE):
+                more = sock.recv(65536)
+                if not more:
+                    break
+                rest += more
+            return head, rest
+        return head, body_out
+
+
+def test_truncate_ends_the_body_cleanly_without_message_stop(fake: FakeUpstream) -> None:
+    fake.script({"truncate": 4})
+    _, body = raw_exchange(fake, stream_body("hi"))
+    events = sse(body.replace(b"\x00", b""))
+    assert [name for name, _ in events] == [
+        "message_start", "content_block_start", "ping", "content_block_delta",
+    ]  # fmt: skip
+    # The SDK sees a stream that just stops (no error, no message_stop): what dario must catch.
+    fake.script({"truncate": 5})
+    client = anthropic.Anthropic(base_url=fake.url, api_key=KEY, max_retries=0)
+    seen = [e.type for e in client.messages.create(model=MODEL, max_tokens=16, messages=user("hi"), stream=True)]
+    assert "message_stop" not in seen and seen[-1] == "content_block_delta"
+
+
+def test_drip_sends_n_byte_pieces(fake: FakeUpstream) -> None:
+    fake.script({"drip": 7})
+    _, body = raw_exchange(fake, stream_body("hi"))
+    pieces = body.split(b"\x00")
+    assert all(len(p) == 7 for p in pieces[:-1]) and 1 <= len(pieces[-1]) <= 7
+    assert [n for n, _ in sse(b"".join(pieces))][-1] == "message_stop"  # same content, cut finer
+    fake.script({"drip": 5})
+    _, whole = raw_exchange(fake, {**stream_body("hi"), "stream": False})
+    assert json.loads(whole)["content"][0]["text"] == "Hello from the fake upstream."
+
+
+def test_malformed_event_data_after_n_events(fake: FakeUpstream) -> None:
+    fake.script({"malformed": 3})
+    _, body = raw_exchange(fake, stream_body("hi"))
+    blocks = body.replace(b"\x00", b"").decode().split("\n\n")
+    assert blocks[3].startswith("event: content_block_delta\ndata: ")
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(blocks[3].split("data: ", 1)[1])
+    assert "event: message_stop" in blocks[-2]  # the rest of the stream follows as normal
+
+
+def test_huge_event_and_open_line(fake: FakeUpstream) -> None:
+    fake.script({"huge_event": 100_000})
+    _, body = raw_exchange(fake, stream_body("hi"))
+    events = sse(body.replace(b"\x00", b""))
+    assert events[3][1]["delta"]["text"] == "x" * 100_000
+    assert events[-1][0] == "message_stop"
+    fake.script({"huge_event": 50_000, "huge_event_open": True})
+    _, body = raw_exchange(fake, stream_body("hi"))
+    flat = body.replace(b"\x00", b"")
+    assert flat.endswith(b"data: " + b"x" * 50_000) and b"message_stop" not in flat
+
+
+def test_huge_body(fake: FakeUpstream) -> None:
+    fake.script({"huge_body": 3 * 1024 * 1024 + 5})
+    _, whole = raw_exchange(fake, {**stream_body("hi"), "stream": False})
+    message = json.loads(whole)
+    assert message["content"] == [{"type": "text", "text": "x" * (3 * 1024 * 1024 + 5)}]
+    assert message["stop_reason"] == "end_turn" and message["usage"]["output_tokens"] >= 1
+    fake.script({"huge_body": 2 * 1024 * 1024, "huge_body_chunked": True})
+    head, whole = raw_exchange(fake, {**stream_body("hi"), "stream": False})
+    assert b"transfer-encoding: chunked" in head.lower() and b"content-length" not in head.lower()
+    assert json.loads(whole.replace(b"\x00", b""))["content"][0]["text"] == "x" * (2 * 1024 * 1024)
+
+
+def test_late_bytes_arrive_on_the_idle_connection(fake: FakeUpstream) -> None:
+    fake.script({"late_bytes": True, "late_delay": 0.05})
+    _, late = raw_exchange(fake, {**stream_body("hi"), "stream": False}, keep_open_for_late=True)
+    assert late == LATE_RESPONSE
+    wait_until(lambda: fake.requests()[-1].get("late_bytes_sent"), 5, "the fake to log the late bytes")

@@ -1214,3 +1214,79 @@ def test_no_proxy_star() -> None:
 def test_errors_share_a_base_class() -> None:
     for cls in (ConnectError, WriteError, ReadTimeout, RemoteProtocolError, PoolTimeout):
         assert issubclass(cls, UpstreamError)
+
+
+# ----------------------------------------------------------------------------- unsolicited bytes
+
+
+class _Corked(trio.abc.Stream):
+    """A TCP stream that can hold writes back and send them as one: two TLS records, one segment."""
+
+    def __init__(self, inner: trio.SocketStream) -> None:
+        self.inner = inner
+        self.held: list[bytes] | None = None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.held is not None:
+            self.held.append(bytes(data))
+        else:
+            await self.inner.send_all(data)
+
+    async def flush(self) -> None:
+        held, self.held = self.held or [], None
+        await self.inner.send_all(b"".join(held))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+LATE = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlate"
+
+
+async def _answer_then_late_bytes(stream: trio.SocketStream, tls: ssl.SSLContext | None,
+                                  answers: list[bytes]) -> None:
+    """Answer the first request and, in the same TCP write, send a stray second response."""
+    corked = _Corked(stream)
+    s: trio.abc.Stream = corked
+    if tls is not None:
+        s = trio.SSLStream(corked, tls, server_side=True, https_compatible=True)
+        await s.do_handshake()
+    h = h11.Connection(h11.SERVER)
+    try:
+        while await read_request(h, s) is not None:
+            corked.held = []
+            await send_response(h, s, body=answers.pop(0))
+            if len(answers) == 1:  # after the first answer only
+                await s.send_all(LATE)  # its own TLS record, in the same segment
+            await corked.flush()
+            h.start_next_cycle()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+        pass
+    finally:
+        await trio.aclose_forcefully(s)
+
+
+@pytest.mark.parametrize("use_tls", [False, True])
+@trio_test
+async def test_unsolicited_bytes_on_an_idle_connection_never_reach_the_next_request(
+        use_tls: bool, http_server_tls: ssl.SSLContext, http_client_tls: ssl.SSLContext) -> None:
+    answers = [b"first", b"second"]
+    async with trio.open_nursery() as n:
+        handler = functools.partial(_answer_then_late_bytes, tls=http_server_tls if use_tls else None,
+                                    answers=answers)
+        listeners = await n.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        url = f"{'https' if use_tls else 'http'}://127.0.0.1:{port}/"
+        async with HttpClient(trust_env=False, ssl_context=http_client_tls) as client:
+            resp = await client.request("GET", url, [])
+            assert await resp.read() == b"first"
+            resp = await client.request("GET", url, [])
+            # The stray response was discarded with its connection; this one is the server's answer.
+            assert await resp.read() == b"second"
+        n.cancel_scope.cancel()
