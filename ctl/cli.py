@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dario.daemon import __version__
-from dario.daemon.controlapi import ACCOUNT_KINDS
+from dario.daemon.control.api import ACCOUNT_KINDS
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -25,13 +25,7 @@ import orjson
 
 from dario.daemon import paths, peercred
 from dario.daemon.commands import command
-from dario.daemon.controlapi import (
-    CONTROL_HOST,
-    AccountView,
-    ClientKeyView,
-    RefreshResult,
-    Status,
-)
+from dario.daemon.control.api import CONTROL_HOST, AccountView, ClientKeyView, RefreshResult, Status
 
 
 def start_hint() -> str:

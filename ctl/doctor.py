@@ -27,7 +27,7 @@ from dario.ctl.client import START_HINT, ControlAPIError, ControlClient, DaemonN
 from dario.ctl.toolenv import client_address
 
 if TYPE_CHECKING:
-    from dario.daemon.controlapi import Status
+    from dario.daemon.control.api import Status
 
 Verdict = Literal["ok", "warn", "fail", "skip"]
 CHECK_TIMEOUT_S = 10.0

@@ -20,7 +20,7 @@ from dario.daemon.commands import command
 
 if TYPE_CHECKING:
     from dario.ctl.client import ControlClient
-    from dario.daemon.controlapi import Status
+    from dario.daemon.control.api import Status
 
 # What POSIX shells return for a command that cannot be found / cannot be executed.
 EXIT_NOT_FOUND = 127

@@ -1,4 +1,4 @@
-"""How `dario-ctl usage` shows the analytics Usage shape (see dario.daemon.analytics).
+"""How `dario-ctl usage` shows the analytics Usage shape (see dario.daemon.recording.analytics).
 
 Pure functions of data and a rich Console. Daemon-supplied strings (aliases, models,
 client names, error types) always go in as `Text`, never as markup, and pass through

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
 
-    from dario.daemon.controlapi import AccountView, ClientKeyView, RefreshResult, Status, WindowView
+    from dario.daemon.control.api import AccountView, ClientKeyView, RefreshResult, Status, WindowView
 
 from dario.daemon.commands import command
 

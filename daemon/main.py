@@ -17,18 +17,20 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from dario.daemon import __version__, accounts, activation, paths, peercred
+from dario.daemon import __version__, paths, peercred
+from dario.daemon.accounts import registry as accounts
 from dario.daemon.atomicfile import write_json_atomic
-from dario.daemon.control import ControlApp
-from dario.daemon.guard import Guard
-from dario.daemon.httpclient import HttpClient, Timeouts
-from dario.daemon.modelcatalog import ModelCatalog
-from dario.daemon.openai.models import ModelTable
-from dario.daemon.peergate import PeerGate
-from dario.daemon.relay import Relay
-from dario.daemon.server import PublicApp
+from dario.daemon.control.server import ControlApp
+from dario.daemon.edge import activation
+from dario.daemon.edge.guard import Guard
+from dario.daemon.edge.peergate import PeerGate
+from dario.daemon.edge.public import PublicApp
+from dario.daemon.routing.catalog import ModelCatalog
+from dario.daemon.routing.models import ModelTable
+from dario.daemon.routing.relay import Relay
 from dario.daemon.settings import Settings, SettingsError, from_args, is_loopback_host
 from dario.daemon.state import DaemonState
+from dario.daemon.upstream.httpclient import HttpClient, Timeouts
 
 log = logging.getLogger("dario")
 

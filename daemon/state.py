@@ -15,21 +15,22 @@ from typing import Any
 import orjson
 import trio
 
-from dario.daemon import __version__, accounts, atomicfile, paths
-from dario.daemon.analytics import AnalyticsStore, UsageRecord
-from dario.daemon.clientkeys import ClientKeyStore
-from dario.daemon.clients import FamilyCache
+from dario.daemon import __version__, atomicfile, paths
+from dario.daemon.accounts import registry as accounts
+from dario.daemon.accounts.clientkeys import ClientKeyStore
 from dario.daemon.commands import command
-from dario.daemon.controlapi import AccountView, RefreshResult, Status
-from dario.daemon.httpclient import HttpClient, UpstreamError
-from dario.daemon.metrics import Metrics
-from dario.daemon.pool import Pool
-from dario.daemon.prices import PriceTable
-from dario.daemon.ratelimits import parse as parse_ratelimits
+from dario.daemon.control.api import AccountView, RefreshResult, Status
+from dario.daemon.exchange import Incoming, Outcome
+from dario.daemon.recording.analytics import AnalyticsStore, UsageRecord
+from dario.daemon.recording.clients import FamilyCache
+from dario.daemon.recording.metrics import Metrics
+from dario.daemon.recording.prices import PriceTable
 from dario.daemon.redact import redact
-from dario.daemon.relay import Incoming, Outcome
+from dario.daemon.routing.pool import Pool
+from dario.daemon.routing.ratelimits import parse as parse_ratelimits
 from dario.daemon.settings import Settings
-from dario.daemon.upstreams import anthropic as upstream
+from dario.daemon.upstream import anthropic as upstream
+from dario.daemon.upstream.httpclient import HttpClient, UpstreamError
 
 log = logging.getLogger("dario.state")
 
@@ -372,7 +373,7 @@ class DaemonState:
 
     async def fetch_upstream_models(self) -> list[dict[str, Any]] | None:
         """The upstream's model list, through any account that can serve right now."""
-        from dario.daemon.pool import Estimate
+        from dario.daemon.exchange import Estimate
 
         lease = self.pool.choose(Estimate())
         if lease is None:

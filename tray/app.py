@@ -31,7 +31,7 @@ from dario.ctl.autostart import daemon_command
 from dario.ctl.client import ControlAPIError, ControlClient, DaemonNotRunning
 from dario.ctl.views import printable
 from dario.daemon import __version__
-from dario.daemon.controlapi import RefreshResult, Status
+from dario.daemon.control.api import RefreshResult, Status
 from dario.daemon.paths import ensure_private_dir, state_dir
 from dario.tray.model import MenuEntry, TrayHealth, health, menu_model, settings_text, tooltip
 

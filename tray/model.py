@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dario.ctl.views import printable
-from dario.daemon.controlapi import AccountView, Status
+from dario.daemon.control.api import AccountView, Status
 
 DEFAULT_LISTEN = "http://127.0.0.1:3456"
 LOW_HEADROOM = 0.20  # below this an account still serves, but the pool is called degraded

@@ -14,8 +14,9 @@ import time
 
 import orjson
 
-from dario.daemon.pool import Estimate, Pool
-from dario.daemon.ratelimits import WINDOWS, Window
+from dario.daemon.exchange import Estimate
+from dario.daemon.routing.pool import Pool
+from dario.daemon.routing.ratelimits import WINDOWS, Window
 
 LIMITS = {"requests": 4000, "tokens": 2_000_000, "input-tokens": 1_600_000, "output-tokens": 400_000}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dario.daemon import activation
+from dario.daemon.edge import activation
 from tests.support import ROOT, base_env, stop_process, wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX fds")

@@ -40,7 +40,7 @@ from schemathesis.engine import Status, events
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from dario.daemon import __version__
-from dario.daemon.openapi import openapi_document
+from dario.daemon.edge.openapi import openapi_document
 from tests.fakeupstream import FakeUpstream
 from tests.support import Dariod
 

@@ -9,9 +9,9 @@ import orjson
 import pytest
 import trio
 
-from dario.daemon import analytics
-from dario.daemon.analytics import AnalyticsStore, UsageRecord
-from dario.daemon.prices import PriceTable
+from dario.daemon.recording import analytics
+from dario.daemon.recording.analytics import AnalyticsStore, UsageRecord
+from dario.daemon.recording.prices import PriceTable
 
 NOW = 1_700_000_000.0
 
@@ -121,7 +121,7 @@ def test_cost_includes_cache_writes_and_reads(tmp_path: Path) -> None:
 
 
 def test_default_alias_targets_without_a_price_cost_unknown_not_zero(tmp_path: Path) -> None:
-    from dario.daemon.openai.models import DEFAULT_ALIASES
+    from dario.daemon.routing.models import DEFAULT_ALIASES
 
     store = make_store(tmp_path)
     targets = sorted(set(DEFAULT_ALIASES.values()))

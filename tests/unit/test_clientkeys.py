@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from dario.daemon.clientkeys import ClientKeyStore
-from dario.daemon.clients import client_family
+from dario.daemon.accounts.clientkeys import ClientKeyStore
+from dario.daemon.recording.clients import client_family
 
 
 def test_create_verify_list_revoke(tmp_path: Path) -> None:

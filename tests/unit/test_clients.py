@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dario.daemon.clients import FamilyCache
+from dario.daemon.recording.clients import FamilyCache
 
 
 def test_family_cache_is_bounded_by_bytes_not_only_by_count() -> None:

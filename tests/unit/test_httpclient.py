@@ -1,4 +1,4 @@
-"""dario.daemon.httpclient against real servers on 127.0.0.1.
+"""dario.daemon.upstream.httpclient against real servers on 127.0.0.1.
 
 Every server here is started by its test (trio + h11, or raw bytes). Synchronisation
 between client and server is by trio Events, never by sleeping; the only timers are
@@ -25,8 +25,8 @@ import trio
 import trio.testing
 import trustme
 
-from dario.daemon import httpclient
-from dario.daemon.httpclient import (
+from dario.daemon.upstream import httpclient
+from dario.daemon.upstream.httpclient import (
     ConnectError,
     HttpClient,
     PoolTimeout,

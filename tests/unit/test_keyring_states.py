@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, get_args
 
-from dario.daemon.controlapi import AccountStatus, PoolHealth
-from dario.daemon.metrics import STATUSES
-from dario.daemon.openapi import openapi_document
+from dario.daemon.control.api import AccountStatus, PoolHealth
+from dario.daemon.edge.openapi import openapi_document
+from dario.daemon.recording.metrics import STATUSES
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "daemon" / "static" / "dashboard.js"
+DASHBOARD = Path(__file__).resolve().parents[2] / "daemon" / "edge" / "static" / "dashboard.js"
 
 
 def _health_enums(node: Any) -> list[list[str]]:

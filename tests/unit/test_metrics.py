@@ -5,9 +5,9 @@ from typing import Any, cast
 
 from prometheus_client import REGISTRY
 
-from dario.daemon import metrics as metrics_mod
-from dario.daemon.analytics import UsageRecord
-from dario.daemon.metrics import Metrics
+from dario.daemon.recording import metrics as metrics_mod
+from dario.daemon.recording.analytics import UsageRecord
+from dario.daemon.recording.metrics import Metrics
 
 
 def rec(**kw: Any) -> UsageRecord:

@@ -1,4 +1,4 @@
-"""Model aliases/listings and the thinking cache (dario.daemon.openai.models/thinking)."""
+"""Model aliases/listings and the thinking cache (dario.daemon.routing.models/thinking)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 import trio
 from openai.types import Model
 
-from dario.daemon import modelcatalog
-from dario.daemon.modelcatalog import ModelCatalog
-from dario.daemon.openai.models import DEFAULT_ALIASES, HAIKU, KNOWN_MODELS, OPUS, SONNET, ModelTable
-from dario.daemon.openai.thinking import ThinkingCache
+from dario.daemon.dialects.openai.thinking import ThinkingCache
+from dario.daemon.routing import catalog as modelcatalog
+from dario.daemon.routing.catalog import ModelCatalog
+from dario.daemon.routing.models import DEFAULT_ALIASES, HAIKU, KNOWN_MODELS, OPUS, SONNET, ModelTable
 
 
 def test_default_aliases_cover_openai_names() -> None:

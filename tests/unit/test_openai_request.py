@@ -1,4 +1,4 @@
-"""OpenAI chat request → Anthropic Messages request (dario.daemon.openai.request)."""
+"""OpenAI chat request → Anthropic Messages request (dario.daemon.dialects.openai.request)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dario.daemon.errors import DarioError, openai_error_status_and_body
-from dario.daemon.openai.models import HAIKU, OPUS, SONNET, ModelTable
-from dario.daemon.openai.request import (
+from dario.daemon.dialects.openai.request import (
     JSON_TOOL_NAME,
     MISSING_RESULT_TEXT,
     PLACEHOLDER_USER_TEXT,
     THINKING_BUDGETS,
     chat_to_messages,
 )
-from dario.daemon.openai.thinking import ThinkingCache
+from dario.daemon.dialects.openai.thinking import ThinkingCache
+from dario.daemon.errors import DarioError, openai_error_status_and_body
+from dario.daemon.routing.models import HAIKU, OPUS, SONNET, ModelTable
 
 MODELS = ModelTable()
 
@@ -959,7 +959,7 @@ def test_valid_histories_obey_anthropic_rules(body: dict[str, Any]) -> None:
 
 
 def test_e12_thinking_is_only_recalled_by_the_client_that_received_it() -> None:
-    from dario.daemon.openai.thinking import thinking_owner
+    from dario.daemon.dialects.openai.thinking import thinking_owner
 
     alice = thinking_owner(None, "tool-a", "127.0.0.1")
     cache = ThinkingCache()

@@ -1,4 +1,4 @@
-"""Anthropic message → chat.completion, and upstream error mapping (dario.daemon.openai.response/errors)."""
+"""Anthropic message → chat.completion, and upstream error mapping (dario.daemon.dialects.openai.response/errors)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion
 
-from dario.daemon.openai.errors import openai_error_from_anthropic
-from dario.daemon.openai.request import ChatContext
-from dario.daemon.openai.response import message_to_chat
-from dario.daemon.openai.thinking import ThinkingCache
+from dario.daemon.dialects.openai.errors import openai_error_from_anthropic
+from dario.daemon.dialects.openai.request import ChatContext
+from dario.daemon.dialects.openai.response import message_to_chat
+from dario.daemon.dialects.openai.thinking import ThinkingCache
 
 CTX = ChatContext(requested_model="gpt-4o", model="claude-sonnet-4-5-20250929")
 USAGE = {

@@ -1,4 +1,4 @@
-"""Anthropic SSE → chat.completion.chunk frames (dario.daemon.openai.stream), checked with the openai SDK."""
+"""Anthropic SSE → chat.completion.chunk frames (dario.daemon.dialects.openai.stream), checked with the openai SDK."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 
-from dario.daemon.openai.request import ChatContext
-from dario.daemon.openai.stream import ChatStreamTranslator
-from dario.daemon.openai.thinking import ThinkingCache
+from dario.daemon.dialects.openai.request import ChatContext
+from dario.daemon.dialects.openai.stream import ChatStreamTranslator
+from dario.daemon.dialects.openai.thinking import ThinkingCache
 
 Event = tuple[str, dict[str, Any]]
 

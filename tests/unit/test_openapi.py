@@ -12,8 +12,8 @@ import pytest
 import trio
 
 from dario.daemon import __version__
-from dario.daemon.openapi import openapi_document, openapi_json
-from dario.daemon.server import PublicApp, RequestInfo
+from dario.daemon.edge.openapi import openapi_document, openapi_json
+from dario.daemon.edge.public import PublicApp, RequestInfo
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 # Routes the table matches by prefix rather than exactly, and how the document names them.

@@ -14,7 +14,7 @@ from hypercorn.trio import serve
 
 from dario.daemon import peercred
 from dario.daemon.asgi import Receive, Scope, Send, lifespan, send_response
-from dario.daemon.peergate import PeerGate
+from dario.daemon.edge.peergate import PeerGate
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel socket table is Linux's")
 

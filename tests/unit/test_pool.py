@@ -3,9 +3,10 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from dario.daemon import ratelimits
-from dario.daemon.pool import Estimate, NoAccounts, Pool, PoolExhausted
-from dario.daemon.ratelimits import Snapshot, Window
+from dario.daemon.exchange import Estimate
+from dario.daemon.routing import ratelimits
+from dario.daemon.routing.pool import NoAccounts, Pool, PoolExhausted
+from dario.daemon.routing.ratelimits import Snapshot, Window
 
 
 class Clock:

@@ -5,7 +5,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from dario.daemon.prices import DEFAULT_PRICES, PriceTable
+from dario.daemon.recording.prices import DEFAULT_PRICES, PriceTable
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, cast
 
 from dario.daemon.errors import openai_error_status_and_body
-from dario.daemon.pool import Pool, PoolExhausted
-from dario.daemon.relay import Relay
+from dario.daemon.routing.pool import Pool, PoolExhausted
+from dario.daemon.routing.relay import Relay
 
 
 def relay() -> Relay:

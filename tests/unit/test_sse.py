@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from dario.daemon.sse import EventSplitter, EventTooLarge, iter_events
+from dario.daemon.upstream.sse import EventSplitter, EventTooLarge, iter_events
 
 EVENTS = [
     b'event: message_start\ndata: {"type":"message_start"}\n\n',

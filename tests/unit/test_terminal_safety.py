@@ -16,9 +16,9 @@ from rich.console import Console
 from dario.ctl import cli, views
 from dario.ctl.usage_view import render_usage
 from dario.ctl.views import printable, printable_data
-from dario.daemon.analytics import AnalyticsStore, UsageRecord
-from dario.daemon.controlapi import ClientKeyView, RefreshResult
-from dario.daemon.prices import PriceTable
+from dario.daemon.control.api import ClientKeyView, RefreshResult
+from dario.daemon.recording.analytics import AnalyticsStore, UsageRecord
+from dario.daemon.recording.prices import PriceTable
 from dario.tray.model import account_state, menu_model, settings_text, tooltip
 from tests.unit.test_tray_model import FakeClient, make_app, make_status, pystray_dummy  # noqa: F401
 from tests.unit.test_tray_model import account as tray_account

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dario.ctl.client import ControlAPIError, DaemonNotRunning
-from dario.daemon.controlapi import AccountStatus, AccountView, RefreshResult, Status
+from dario.daemon.control.api import AccountStatus, AccountView, RefreshResult, Status
 from dario.tray import app
 from dario.tray.model import (
     MenuEntry,

@@ -7,8 +7,8 @@ import trio
 from rich.console import Console
 
 from dario.ctl.usage_view import duration, forecast_sentences, render_usage, sparkline
-from dario.daemon.analytics import AnalyticsStore, UsageRecord
-from dario.daemon.prices import PriceTable
+from dario.daemon.recording.analytics import AnalyticsStore, UsageRecord
+from dario.daemon.recording.prices import PriceTable
 
 NOW = 1_700_000_000.0
 
@@ -136,7 +136,7 @@ def test_dashboard_is_self_contained_and_has_test_ids() -> None:
 
     import dario.daemon
 
-    static = Path(dario.daemon.__file__).parent / "static"
+    static = Path(dario.daemon.__file__).parent / "edge" / "static"
     page = (static / "index.html").read_text()
     script = (static / "dashboard.js").read_text()
     style = (static / "dashboard.css").read_text()

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from dario.ctl import views
 from dario.ctl.views import compact_count, headroom_bar, human_duration, relative_time
-from dario.daemon.controlapi import AccountView, ClientKeyView, RefreshResult, Status
+from dario.daemon.control.api import AccountView, ClientKeyView, RefreshResult, Status
 
 NOW = 1_700_010_000.0
 

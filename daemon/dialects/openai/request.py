@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import DarioError
+from dario.daemon.errors import DarioError
 
 if TYPE_CHECKING:
-    from .models import ModelTable
-    from .thinking import ThinkingCache
+    from dario.daemon.dialects.openai.thinking import ThinkingCache
+    from dario.daemon.routing.models import ModelTable
 
 # reasoning_effort → thinking budget_tokens (Anthropic's minimum budget is 1024).
 THINKING_BUDGETS: dict[str, int] = {

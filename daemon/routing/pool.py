@@ -22,9 +22,10 @@ from typing import Any
 import trio
 
 from dario.daemon.commands import command
-from dario.daemon.controlapi import AccountStatus, AccountView, PoolView
-from dario.daemon.ratelimits import WINDOWS, Snapshot, Window
+from dario.daemon.control.api import AccountStatus, AccountView, PoolView
+from dario.daemon.exchange import Estimate
 from dario.daemon.redact import redact
+from dario.daemon.routing.ratelimits import WINDOWS, Snapshot, Window
 
 COOLDOWN_BASE = 0.5  # first 529/5xx cooldown, doubled on each repeat (failover already spares the request)
 # A cooldown only orders the choice: when no account is "ok", the cooling one whose cooldown
@@ -33,14 +34,6 @@ COOLDOWN_MAX = 60.0
 DEFAULT_429_COOLDOWN = 30.0  # a 429 that names no reset at all
 SPEND_LIMIT_RECHECK = 3600.0  # a spend-limited account is tried again after this long
 AUTH_REJECTED_PREFIX = "upstream answered"  # starts needs_login when the upstream refused the key
-
-
-@dataclass(slots=True)
-class Estimate:
-    """What one request is expected to take from an account's windows."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
 
 
 @dataclass(eq=False, slots=True)

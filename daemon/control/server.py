@@ -27,7 +27,7 @@ from dario.daemon.asgi import (
     read_body,
     send_json,
 )
-from dario.daemon.controlapi import CONTROL_HOST
+from dario.daemon.control.api import CONTROL_HOST
 from dario.daemon.state import ControlFailure, DaemonState
 
 log = logging.getLogger("dario.control")

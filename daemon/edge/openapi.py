@@ -23,7 +23,7 @@ from typing import Any, get_args
 
 import orjson
 
-from dario.daemon.controlapi import PoolHealth
+from dario.daemon.control.api import PoolHealth
 
 Schema = dict[str, Any]
 

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import ANTHROPIC_STATUS, openai_error_status_and_body
-from .response import finish_reason, json_tool_content, openai_usage
+from dario.daemon.dialects.openai.response import finish_reason, json_tool_content, openai_usage
+from dario.daemon.errors import ANTHROPIC_STATUS, openai_error_status_and_body
 
 if TYPE_CHECKING:
-    from .request import ChatContext
-    from .thinking import ThinkingCache
+    from dario.daemon.dialects.openai.request import ChatContext
+    from dario.daemon.dialects.openai.thinking import ThinkingCache
 
 DONE = b"data: [DONE]\n\n"
 _END_NULL = b',"logprobs":null,"finish_reason":null}]'

@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from dario.daemon.analytics import UsageRecord
+from dario.daemon.recording.analytics import UsageRecord
 
 STATUSES = ("ok", "cooling", "exhausted", "needs_login", "disabled", "waiting_for_keyring")
 NONE_LABEL = "none"

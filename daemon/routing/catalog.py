@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from dario.daemon.openai.models import KNOWN_MODELS, ModelTable
+from dario.daemon.routing.models import KNOWN_MODELS, ModelTable
 
 log = logging.getLogger("dario.models")
 CACHE_SECONDS = 600.0

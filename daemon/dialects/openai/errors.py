@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import ANTHROPIC_STATUS, anthropic_type_for_status, openai_error_status_and_body
+from dario.daemon.errors import ANTHROPIC_STATUS, anthropic_type_for_status, openai_error_status_and_body
 
 SPEND_LIMIT_CODE = "enforced_spend_limit_reached"
 _MAX_MESSAGE = 1000

@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from dario.daemon.prices import PriceTable
+from dario.daemon.recording.prices import PriceTable
 from dario.daemon.redact import redact
 
 WINDOWS: dict[str, tuple[float, int]] = {  # window -> (span seconds, series bucket seconds)

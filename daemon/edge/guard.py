@@ -13,7 +13,7 @@ import hmac
 from collections.abc import Callable
 
 from dario.daemon.asgi import Scope, header
-from dario.daemon.peergate import PeerGate
+from dario.daemon.edge.peergate import PeerGate
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 

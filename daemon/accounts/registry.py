@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from dario.daemon import atomicfile
 from dario.daemon.commands import command
-from dario.daemon.controlapi import ACCOUNT_KINDS
+from dario.daemon.control.api import ACCOUNT_KINDS
 from dario.daemon.settings import is_loopback_host
 
 KEYRING_SERVICE = "dario"

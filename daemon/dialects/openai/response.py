@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 if TYPE_CHECKING:
-    from .request import ChatContext
-    from .thinking import ThinkingCache
+    from dario.daemon.dialects.openai.request import ChatContext
+    from dario.daemon.dialects.openai.thinking import ThinkingCache
 
 FINISH_REASONS: dict[str, str] = {
     "end_turn": "stop",

@@ -34,17 +34,19 @@ from dario.daemon.asgi import (
     send_json,
     send_response,
 )
-from dario.daemon.dialects import AnthropicSink, ClientLink, OpenAISink
+from dario.daemon.dialects.anthropic import AnthropicSink
+from dario.daemon.dialects.link import ClientLink
+from dario.daemon.dialects.openai.request import chat_to_messages
+from dario.daemon.dialects.openai.sink import OpenAISink
+from dario.daemon.dialects.openai.thinking import ThinkingCache, thinking_owner
+from dario.daemon.edge.guard import Guard
+from dario.daemon.edge.openapi import openapi_json
 from dario.daemon.errors import DarioError, anthropic_error_body, openai_error_status_and_body
-from dario.daemon.guard import Guard
-from dario.daemon.modelcatalog import ModelCatalog
-from dario.daemon.openai.request import chat_to_messages
-from dario.daemon.openai.thinking import ThinkingCache, thinking_owner
-from dario.daemon.openapi import openapi_json
-from dario.daemon.pool import Estimate
-from dario.daemon.relay import Incoming, Outcome, Relay, model_id_ok
+from dario.daemon.exchange import Estimate, Incoming, Outcome
+from dario.daemon.routing.catalog import ModelCatalog
+from dario.daemon.routing.relay import Relay, model_id_ok
 from dario.daemon.state import DaemonState
-from dario.daemon.upstreams import anthropic as upstream
+from dario.daemon.upstream import anthropic as upstream
 
 log = logging.getLogger("dario.server")
 
@@ -363,7 +365,7 @@ class PublicApp:
         body = self._dashboard_cache.get(name)
         if body is None:
             try:
-                body = resources.files("dario.daemon").joinpath("static", name).read_bytes()
+                body = resources.files("dario.daemon.edge").joinpath("static", name).read_bytes()
             except (OSError, ValueError):
                 await send_response(send, 404, b"not found", content_type=b"text/plain")
                 return

@@ -8,7 +8,7 @@ carries its credentials is forwarded.
 from __future__ import annotations
 
 from dario.daemon import __version__
-from dario.daemon.httpclient import HttpClient, Response
+from dario.daemon.upstream.httpclient import HttpClient, Response
 
 PATH_MESSAGES = "/v1/messages"
 PATH_COUNT_TOKENS = "/v1/messages/count_tokens"

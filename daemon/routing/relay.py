@@ -23,17 +23,20 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import trio
 
-from dario.daemon import ratelimits
 from dario.daemon.commands import command
 from dario.daemon.errors import DarioError
-from dario.daemon.httpclient import (
+from dario.daemon.exchange import Answer, Incoming, Outcome, Sink, Usage
+from dario.daemon.redact import redact_body, redact_sse
+from dario.daemon.routing import ratelimits
+from dario.daemon.routing.pool import Lease, NoAccounts, Pool, PoolExhausted
+from dario.daemon.upstream import anthropic as upstream
+from dario.daemon.upstream.httpclient import (
     ConnectError,
     HttpClient,
     PoolTimeout,
@@ -41,10 +44,7 @@ from dario.daemon.httpclient import (
     Response,
     UpstreamError,
 )
-from dario.daemon.pool import Estimate, Lease, NoAccounts, Pool, PoolExhausted
-from dario.daemon.redact import redact_body, redact_sse
-from dario.daemon.sse import EventSplitter, EventTooLarge, iter_events
-from dario.daemon.upstreams import anthropic as upstream
+from dario.daemon.upstream.sse import EventSplitter, EventTooLarge, iter_events
 
 log = logging.getLogger("dario.relay")
 
@@ -60,91 +60,6 @@ MAX_BODY = 64 * 1024 * 1024
 # Events after which an Anthropic stream is over: message_stop ends it, an error event aborts it
 # (https://docs.anthropic.com/en/api/messages-streaming). Anything else last means it was cut off.
 TERMINAL_EVENTS = frozenset({b"message_stop", b"error"})
-
-
-@dataclass(slots=True)
-class Usage:
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_write_5m: int = 0
-    cache_write_1h: int = 0
-    cache_read: int = 0
-
-    def update(self, usage: object) -> None:
-        """Take values from an Anthropic usage object; they are cumulative, so the last wins."""
-        if not isinstance(usage, dict):
-            return
-        for src, dst in (("input_tokens", "input_tokens"), ("output_tokens", "output_tokens"),
-                         ("cache_read_input_tokens", "cache_read")):
-            v = usage.get(src)
-            if isinstance(v, int):
-                setattr(self, dst, v)
-        creation = usage.get("cache_creation")
-        if isinstance(creation, dict):
-            v5, v1 = creation.get("ephemeral_5m_input_tokens"), creation.get("ephemeral_1h_input_tokens")
-            if isinstance(v5, int):
-                self.cache_write_5m = v5
-            if isinstance(v1, int):
-                self.cache_write_1h = v1
-        else:
-            v = usage.get("cache_creation_input_tokens")
-            if isinstance(v, int):
-                self.cache_write_5m = v
-
-
-@dataclass(slots=True)
-class Incoming:
-    """One client request, already read, parsed and translated to the upstream's form."""
-
-    dialect: str  # "anthropic" | "openai"
-    endpoint: str  # "messages" | "count_tokens" | "chat"
-    path: str  # upstream path
-    query: bytes
-    headers: list[tuple[bytes, bytes]]  # the client's, lower-case names
-    body: bytes  # exactly what goes upstream
-    stream: bool
-    model: str | None
-    estimate: Estimate
-    client: str
-    t_start: float  # perf_counter when the request arrived
-    # Watches for the client hanging up and cancels the given scope. Used around a wait in the
-    # queue; None when the caller already watches the whole request (streams).
-    watch_hangup: Callable[[trio.CancelScope], Awaitable[None]] | None = None
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What happened, for analytics and the access log."""
-
-    account: str | None = None
-    status: int = 0
-    error_type: str | None = None
-    usage: Usage = field(default_factory=Usage)
-    failovers: int = 0
-    queue_wait_ms: float = 0.0
-    ttft_ms: float | None = None
-    upstream_ms: float = 0.0
-    bytes_to_client: int = 0
-
-
-@dataclass(slots=True)
-class Answer:
-    """An upstream answer as the sink needs it."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]]  # to send to the client (already filtered, x-dario-* added)
-    body: bytes
-    account: str
-    parsed: Any = None  # the body as JSON, when the relay already parsed it (a sink need not again)
-
-
-class Sink(Protocol):
-    async def error(self, err: DarioError) -> None: ...
-    async def answer(self, ans: Answer) -> None: ...  # a whole response (success or upstream error)
-    async def stream_start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
-    async def stream_data(self, block: bytes) -> None: ...  # complete SSE events
-    async def stream_abort(self, type: str, message: str) -> None: ...
-    async def stream_end(self) -> None: ...
 
 
 class _HungUp(Exception):
@@ -366,7 +281,7 @@ class Relay:
 
     def _classify_error(self, acc: object, status: int, snap: ratelimits.Snapshot, body: bytes,
                         answer: Answer, lease: Lease) -> None:
-        from dario.daemon.pool import AccountState
+        from dario.daemon.routing.pool import AccountState
 
         assert isinstance(acc, AccountState)
         message = _error_message_of(body)
@@ -384,7 +299,7 @@ class Relay:
     # -- streaming ---------------------------------------------------------------------
     async def _stream(self, response: Response, acc: object, lease: Lease, inc: Incoming, sink: Sink,
                       out: Outcome, t0: float) -> None:
-        from dario.daemon.pool import AccountState
+        from dario.daemon.routing.pool import AccountState
 
         assert isinstance(acc, AccountState)
         splitter = EventSplitter()
@@ -506,7 +421,7 @@ class Relay:
 
     def _broken_before_commit(self, acc: object, lease: Lease, what: str) -> None:
         """Garbage from the upstream before the client got anything: this account failed; try another."""
-        from dario.daemon.pool import AccountState
+        from dario.daemon.routing.pool import AccountState
 
         assert isinstance(acc, AccountState)
         self.pool.observe_transient(acc, f"upstream stream broken: {what}"[:200], lease.started)
@@ -517,7 +432,7 @@ class Relay:
     async def _abort_stream(self, sink: Sink, out: Outcome, acc: object, lease: Lease, reason: str,
                             message: str) -> None:
         """The client owns the stream and it cannot be completed: end it with an error, count it as one."""
-        from dario.daemon.pool import AccountState
+        from dario.daemon.routing.pool import AccountState
 
         assert isinstance(acc, AccountState)
         self.pool.observe_transient(acc, reason[:200], lease.started)
@@ -527,7 +442,7 @@ class Relay:
     def _stream_error_before_content(self, acc: object, data: bytes, response: Response, inc: Incoming,
                                      lease: Lease) -> None:
         """An in-band error before any content: fail over if another account might do better."""
-        from dario.daemon.pool import AccountState
+        from dario.daemon.routing.pool import AccountState
 
         assert isinstance(acc, AccountState)
         etype = _error_type_of(data) or "api_error"

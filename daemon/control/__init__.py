@@ -1,0 +1,2 @@
+"""Control: the local control API. `api` is the contract (data shapes and paths, imported by
+dario-ctl and the tray; it depends on nothing); `server` serves it on the Unix socket."""

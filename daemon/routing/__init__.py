@@ -1,0 +1,6 @@
+"""Routing: which account serves a request, and the relay that carries it there.
+
+The pool (headroom index, cooldowns, the FIFO wait queue), rate-limit header parsing, the
+relay (failover before the first byte, the `message_start` hold-back), and the model catalog
+and aliases. May import: upstream and the shared modules; never the edge or a dialect.
+"""

@@ -1,1 +1,0 @@
-"""Upstream adapters: one module per kind of upstream."""
