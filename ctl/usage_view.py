@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from dario.ctl.views import compact_count, printable_data
+from dario.ctl.views import compact_count, human_duration, printable_data
 
 if TYPE_CHECKING:
     from rich.console import Console, JustifyMethod
@@ -28,23 +28,6 @@ RECENT_SHOWN = 10
 
 
 # -- text helpers ----------------------------------------------------------------------
-
-
-def duration(seconds: float) -> str:
-    """`38 s`, `4 min`, `2 h 5 min`, `3 d 4 h`: coarse on purpose, a forecast is an estimate."""
-    if not math.isfinite(seconds):
-        return UNKNOWN
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s} s"
-    m = round(s / 60)
-    if m < 60:
-        return f"{m} min"
-    h, m = divmod(m, 60)
-    if h < 24:
-        return f"{h} h {m} min" if m else f"{h} h"
-    d, h = divmod(h, 24)
-    return f"{d} d {h} h" if h else f"{d} d"
 
 
 def count(n: float | None) -> str:
@@ -139,14 +122,14 @@ def forecast_sentences(usage: Mapping[str, Any], now: float) -> list[str]:
             elif left < 1:
                 head = f"{alias}: {what} run out now"
             else:
-                head = f"{alias}: {what} run out in {duration(left)}"
+                head = f"{alias}: {what} run out in {human_duration(left, coarse=True)}"
             reset = e.get("reset")
             if reset is None:
                 tail = "reset time unknown"
             elif float(reset) - now < 1:
                 tail = "reset due now"
             else:
-                tail = f"reset in {duration(float(reset) - now)}"
+                tail = f"reset in {human_duration(float(reset) - now, coarse=True)}"
             lines.append(f"{head}, {tail}")
         if running_out:
             continue
@@ -156,7 +139,7 @@ def forecast_sentences(usage: Mapping[str, Any], now: float) -> list[str]:
         reset = tightest.get("reset")
         if reset is not None:
             left = float(reset) - now
-            line += " (resets now)" if left < 1 else f" (resets in {duration(left)})"
+            line += " (resets now)" if left < 1 else f" (resets in {human_duration(left, coarse=True)})"
         lines.append(line)
     return lines
 
@@ -307,7 +290,7 @@ def render_usage(usage: Mapping[str, Any], console: Console) -> None:
             status = int(r.get("status") or 0)
             bad = status >= 400 or r.get("error_type")
             cells.append((
-                duration(now - float(r.get("ts") or now)),
+                human_duration(now - float(r.get("ts") or now), coarse=True),
                 Text(str(r.get("client") or UNKNOWN)),
                 Text(str(r.get("account") or UNKNOWN)),
                 Text(str(r.get("model") or UNKNOWN)),

@@ -88,14 +88,23 @@ def printable_data(data: _T) -> _T:
 
 
 
-def human_duration(seconds: float) -> str:
-    """`38 s`, `5 min 3 s`, `3 h 12 min`, `2 d 4 h`: the two most significant units."""
+def human_duration(seconds: float, *, coarse: bool = False) -> str:
+    """How long, in its two most significant units: `38 s`, `5 min 3 s`, `3 h 12 min`, `2 d 4 h`.
+
+    The one duration format of dario-ctl, its usage view and the tray. Counted in whole seconds,
+    and a time still ahead never reads as `0 s`. `coarse` drops the seconds once there is a
+    minute or more and rounds up to the minute (`5 min 3 s` -> `6 min`): for a forecast, or a
+    tray menu refreshed now and then, seconds are false precision, and rounding up keeps a
+    countdown from promising a reset before it comes.
+    """
     if not math.isfinite(seconds):
         return UNKNOWN
-    s = max(0, round(seconds))  # a time already past reads as 0 s; callers phrase "ago" themselves
+    s = max(1, round(seconds)) if seconds > 0 else 0  # a time already past reads as 0 s; callers say "ago"
     if s < 60:
         return f"{s} s"
     m, s = divmod(s, 60)
+    if coarse:
+        m, s = m + (s > 0), 0
     if m < 60:
         return f"{m} min {s} s" if s else f"{m} min"
     h, m = divmod(m, 60)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dario.ctl.views import printable
+from dario.ctl.views import human_duration, printable
 from dario.daemon.control.api import AccountView, Status
 
 DEFAULT_LISTEN = "http://127.0.0.1:3456"
@@ -64,25 +64,13 @@ def _percent(headroom: float) -> str:
     return f"{round(max(0.0, min(1.0, headroom)) * 100)}%"
 
 
-def format_duration(seconds: float) -> str:
-    """Whole seconds up to a minute, then minutes, then hours and minutes: "38 s", "4 min", "2 h 5 min"."""
-    s = max(0, int(seconds + 0.999))  # round up: "resets in 0 s" while it has not reset would mislead
-    if s < 60:
-        return f"{s} s"
-    minutes = (s + 59) // 60
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, rest = divmod(minutes, 60)
-    return f"{hours} h {rest} min" if rest else f"{hours} h"
-
-
 def _until(account: AccountView, now: float) -> str | None:
     until = account["until"]
     if until is None:
         return None
     if until <= now:
         return "any moment"
-    return f"in {format_duration(until - now)}"
+    return f"in {human_duration(until - now, coarse=True)}"
 
 
 def account_state(account: AccountView, now: float | None = None) -> str:
@@ -158,7 +146,7 @@ def tooltip(status: Status | None, now: float | None = None) -> str:
         if state is TrayHealth.UNAVAILABLE:
             reset = _earliest_reset(status)
             if reset is not None:
-                when = "any moment" if reset <= now else f"in {format_duration(reset - now)}"
+                when = "any moment" if reset <= now else f"in {human_duration(reset - now, coarse=True)}"
                 text += f" · next reset {when}"
             elif any(a["status"] == "waiting_for_keyring" for a in enabled):
                 text += " · unlock the keyring"

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 from dario.ctl.client import ControlAPIError, DaemonNotRunning
+from dario.ctl.views import human_duration
 from dario.daemon.control.api import AccountStatus, AccountView, RefreshResult, Status
 from dario.tray import app
 from dario.tray.model import (
     MenuEntry,
     TrayHealth,
     account_state,
-    format_duration,
     health,
     menu_model,
     settings_text,
@@ -113,14 +113,17 @@ def test_account_state_words() -> None:
     assert account_state(account("work", headroom=0.12), NOW) == "12% · low"
     assert account_state(account("spare", "exhausted", until=NOW + 38), NOW) == "exhausted, resets in 38 s"
     assert account_state(account("spare", "cooling", until=NOW + 125), NOW) == "cooling, retry in 3 min"
+    # A weekly window's reset reads in days, as in dario-ctl, not "49 h 0 min".
+    assert account_state(account("spare", "exhausted", until=NOW + 2 * 86_400 + 3600), NOW) == \
+        "exhausted, resets in 2 d 1 h"
     assert account_state(account("old", "needs_login"), NOW) == "needs login"
     assert account_state(account("off", "disabled", enabled=False), NOW) == "disabled"
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(0.2, "1 s"), (38, "38 s"), (59.5, "1 min"), (61, "2 min"),
                                                (3600, "1 h"), (3 * 3600 + 300, "3 h 5 min")])
-def test_format_duration(seconds: float, text: str) -> None:
-    assert format_duration(seconds) == text
+def test_durations_are_coarse_and_round_up(seconds: float, text: str) -> None:
+    assert human_duration(seconds, coarse=True) == text
 
 
 # -- menu --------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ from typing import Any
 import trio
 from rich.console import Console
 
-from dario.ctl.usage_view import duration, forecast_sentences, render_usage, sparkline
+from dario.ctl.usage_view import forecast_sentences, render_usage, sparkline
+from dario.ctl.views import human_duration
 from dario.daemon.recording.analytics import AnalyticsStore, UsageRecord
 from dario.daemon.recording.prices import PriceTable
 
@@ -61,9 +62,20 @@ def test_forecast_sentences_wording() -> None:
     assert forecast_sentences({}, NOW) == []
 
 
+def test_forecast_countdowns_round_up_and_count_days() -> None:
+    # A reset 2 min 30 s away reads "3 min", never sooner than it comes; one 2 days away in days.
+    usage = {"forecast": {"work": [entry("requests", reset=NOW + 150)],
+                          "home": [entry("tokens", reset=NOW + 2 * 86_400 + 3600)]}}
+    assert forecast_sentences(usage, NOW) == [
+        "home: tokens fine at current burn (resets in 2 d 1 h)",
+        "work: requests fine at current burn (resets in 3 min)",
+    ]
+
+
 def test_duration_and_sparkline() -> None:
-    assert [duration(s) for s in (0, 38, 59.4, 240, 3600, 7380, 86400 + 4 * 3600)] == [
+    assert [human_duration(s, coarse=True) for s in (0, 0.3, 38, 59.4, 240, 3600, 7380, 86400 + 4 * 3600)] == [
         "0 s",
+        "1 s",
         "38 s",
         "59 s",
         "4 min",

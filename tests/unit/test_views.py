@@ -80,6 +80,7 @@ def render(fn: Any, *args: Any, **kwargs: Any) -> str:
         (0, "0 s"),
         (38, "38 s"),
         (38.4, "38 s"),
+        (0.3, "1 s"),  # a time still ahead never reads as 0 s
         (60, "1 min"),
         (303, "5 min 3 s"),
         (3600, "1 h"),
@@ -92,6 +93,14 @@ def render(fn: Any, *args: Any, **kwargs: Any) -> str:
 )
 def test_human_duration(seconds: float, expected: str) -> None:
     assert human_duration(seconds) == expected
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [(38, "38 s"), (60, "1 min"), (303, "6 min"), (3 * 3600 + 1, "3 h 1 min"), (86_400 + 60, "1 d")],
+)
+def test_coarse_duration_rounds_up_to_the_minute(seconds: float, expected: str) -> None:
+    assert human_duration(seconds, coarse=True) == expected
 
 
 @pytest.mark.parametrize(
