@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-# Anthropic error type → HTTP status (protocol.md §1.8).
+# Anthropic error type → HTTP status (https://docs.anthropic.com/en/api/errors).
 ANTHROPIC_STATUS: dict[str, int] = {
     "invalid_request_error": 400,
     "authentication_error": 401,
@@ -80,7 +80,7 @@ def anthropic_error_body(type: str, message: str, request_id: str | None = None)
     return orjson.dumps(body)
 
 
-# Anthropic error type → (OpenAI status, type, code) (protocol.md §4).
+# Anthropic error type → (OpenAI status, type, code) (https://platform.openai.com/docs/guides/error-codes).
 _OPENAI_MAP: dict[str, tuple[int | None, str, str | None]] = {
     "invalid_request_error": (None, "invalid_request_error", None),
     "authentication_error": (401, "authentication_error", "invalid_api_key"),

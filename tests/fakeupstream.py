@@ -93,7 +93,7 @@ DEFAULT_LIMITS: dict[str, int] = {
     "output-tokens": 200_000,
 }
 DEFAULT_RESET_IN = 60.0
-MAX_BODY = 32 * 1024 * 1024  # the real API's cap for messages and count_tokens (protocol.md §1.8)
+MAX_BODY = 32 * 1024 * 1024  # the real API's cap for messages and count_tokens (https://docs.anthropic.com/en/api/overview)
 ORG_ID = b"00000000-0000-4000-8000-00000000fa4e"
 
 # Real ids look like msg_01…/toolu_01…; keeping a "fake" marker makes leaks into logs obvious.
@@ -734,7 +734,7 @@ class _Plan:
                 out.append(_sse({"type": "content_block_delta", "index": i, "delta": sig}))
             out.append(_block_stop(i))
         created, read = (50, 100) if self.cache else (0, 0)
-        # Usage here is cumulative, and newer APIs repeat input/cache counts (protocol.md §1.7).
+        # Usage here is cumulative, and newer APIs repeat input/cache counts (https://docs.anthropic.com/en/api/messages-streaming).
         final_usage = {
             "input_tokens": self.input_tokens,
             "cache_creation_input_tokens": created,

@@ -1,6 +1,6 @@
 """dario-tray: a tray icon that shows the pool's health and offers a few actions.
 
-Threads (pystray's rules, see daemon-anchors §3):
+Threads (pystray's rules, https://pystray.readthedocs.io/en/latest/usage.html):
 - main thread: `icon.run()`, the toolkit's loop; macOS requires it there.
 - poller: reads `/v1/status` every POLL_INTERVAL seconds (at once after an action), recomputes
   the model and pushes icon, title and menu to the icon.

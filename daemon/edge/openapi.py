@@ -181,7 +181,7 @@ def _anthropic_schemas() -> dict[str, Schema]:
         "usage": usage,
     }, closed=False)
     # One server-sent event of a stream (`event:` and `data:` lines); its data is a JSON object whose
-    # `type` repeats the event's name (protocol.md §1.7).
+    # `type` repeats the event's name (https://docs.anthropic.com/en/api/messages-streaming).
     stream_event = _object(["event", "data"], {
         "event": {"type": "string", "examples": ["message_start", "content_block_delta", "message_stop"]},
         "data": {"type": "string", "contentMediaType": _JSON,
@@ -309,7 +309,7 @@ def _openai_schemas() -> dict[str, Schema]:
         }, closed=False),
     }, closed=False)
     # One server-sent event of a stream: `data:` only, a chat.completion.chunk (or an error object when
-    # the stream fails), and `[DONE]` last (protocol.md §3.4).
+    # the stream fails), and `[DONE]` last (https://platform.openai.com/docs/api-reference/chat-streaming).
     chunk = {"type": "object", "anyOf": [
         {"required": ["object", "choices"], "properties": {"object": {"const": "chat.completion.chunk"},
                                                             "choices": {"type": "array"}}},
@@ -409,7 +409,8 @@ def _dario_schemas() -> dict[str, Schema]:
 
 # -- responses ---------------------------------------------------------------------------------
 
-# The error `type` each status carries, per dialect (protocol.md §1.8 and §4). Upstream errors pass
+# The error `type` each status carries, per dialect (https://docs.anthropic.com/en/api/errors,
+# https://platform.openai.com/docs/guides/error-codes). Upstream errors pass
 # through unchanged (Anthropic side) or mapped (OpenAI side), so these hold for them too.
 _ANTHROPIC_TYPES: dict[str, list[str]] = {
     "400": ["invalid_request_error"],

@@ -1,4 +1,4 @@
-"""Upstream response headers → a rate-limit snapshot (protocol.md §1.9)."""
+"""Upstream response headers → a rate-limit snapshot (https://docs.anthropic.com/en/api/rate-limits#response-headers)."""
 
 from __future__ import annotations
 

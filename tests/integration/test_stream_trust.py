@@ -246,7 +246,7 @@ def test_a_huge_non_streaming_answer_is_refused(one: Any) -> None:
     assert status == 200, body
 
 
-# --- E19: unsolicited bytes on an idle upstream connection ------------------------------------------
+# --- unsolicited bytes on an idle upstream connection -----------------------------------------------
 
 
 def test_a_late_response_on_an_idle_upstream_connection_reaches_no_one(one: Any) -> None:

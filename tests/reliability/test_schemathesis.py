@@ -55,7 +55,8 @@ CHAT: dict[str, Any] = {"model": "claude-sonnet-4-5", "messages": HI}
 
 # -- dario's own checks, added to schemathesis's ---------------------------------------------------
 
-# The error type each status implies (protocol.md §1.8 and §4; errors.py maps dario's own the same way).
+# The error type each status implies (https://docs.anthropic.com/en/api/errors and
+# https://platform.openai.com/docs/guides/error-codes; errors.py maps dario's own the same way).
 ANTHROPIC_TYPE = {400: {"invalid_request_error"}, 401: {"authentication_error"}, 402: {"billing_error"},
                   403: {"permission_error"}, 404: {"not_found_error"}, 405: {"invalid_request_error"},
                   413: {"request_too_large"}, 429: {"rate_limit_error"}, 431: {"invalid_request_error"}}

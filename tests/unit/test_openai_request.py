@@ -295,7 +295,7 @@ def test_part_cache_control_and_message_cache_control() -> None:
     assert content[1]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
 
 
-# --- assistant / tool turns (E11) --------------------------------------------------------------------
+# --- assistant / tool turns: history repair ----------------------------------------------------------
 
 
 def test_tool_calls_become_tool_use_with_sanitised_ids_and_parsed_args() -> None:

@@ -94,7 +94,7 @@ def test_text_and_tool_call_finish_tool_calls_even_if_stop_reason_differs() -> N
         )
     )
     assert out["choices"][0]["message"]["content"] == "Checking."
-    assert out["choices"][0]["finish_reason"] == "tool_calls"  # E6
+    assert out["choices"][0]["finish_reason"] == "tool_calls"  # agent loops branch on it
 
 
 @pytest.mark.parametrize(

@@ -124,45 +124,45 @@ def parse(frames: list[bytes]) -> tuple[list[dict[str, Any]], bool]:
 
 
 def check_and_accumulate(chunks: list[dict[str, Any]], include_usage: bool = False) -> Any:
-    """Validate every chunk with the SDK type, check E1–E8 invariants, accumulate with the SDK helper."""
+    """Validate every chunk with the SDK type, check what openai-python relies on, accumulate with its helper."""
     state: ChatCompletionStreamState[Any] = ChatCompletionStreamState()
     ids, createds, roles, finishes = set(), set(), 0, []
     first_seen: set[int] = set()
     for i, raw in enumerate(chunks):
         chunk = ChatCompletionChunk.model_validate(raw)
-        assert raw["object"] == "chat.completion.chunk"  # E4
+        assert raw["object"] == "chat.completion.chunk"  # the SDK's stream helper skips any other
         ids.add(raw["id"])
         createds.add(raw["created"])
         if include_usage:
             assert "usage" in raw
             if raw["choices"]:
-                assert raw["usage"] is None  # E8: only the final chunk carries usage
+                assert raw["usage"] is None  # only the final chunk carries usage
         else:
-            assert "usage" not in raw and raw["choices"], "E7: no usage chunk unless asked"
+            assert "usage" not in raw and raw["choices"], "no usage chunk unless asked"
         for ch in raw["choices"]:
             d = ch["delta"]
             roles += "role" in d
             if i == 0:
                 assert d.get("role") == "assistant"
-            assert ch["finish_reason"] != ""  # E5
+            assert ch["finish_reason"] != ""  # null or a reason, never ""
             if ch["finish_reason"] is not None:
                 finishes.append(i)
             for call in d.get("tool_calls", []):
                 k = call["index"]
                 assert "function" in call
-                if k in first_seen:  # E1: id/type/name only in the first delta of a call
+                if k in first_seen:  # id/type/name only in the first delta of a call
                     assert "id" not in call and "type" not in call and "name" not in call["function"]
                     assert call["function"]["arguments"] != ""
                 else:
-                    assert k == len(first_seen), "E2: tool indices are 0-based and contiguous"
+                    assert k == len(first_seen), "tool indices are 0-based and contiguous"
                     assert call["id"] and call["type"] == "function" and call["function"]["name"]
                     first_seen.add(k)
         state.handle_chunk(chunk)
-    assert len(ids) == 1 and len(createds) == 1  # E4
-    assert roles == 1  # E1
+    assert len(ids) == 1 and len(createds) == 1
+    assert roles == 1  # accumulate_delta would concatenate a repeated role
     assert len(finishes) == 1, "exactly one final choice chunk"
     last_choice_chunk = max(i for i, c in enumerate(chunks) if c["choices"])
-    assert finishes[0] == last_choice_chunk  # E5: null until the final choice chunk
+    assert finishes[0] == last_choice_chunk  # null until the final choice chunk
     try:
         return state.get_final_completion()
     except (openai.LengthFinishReasonError, openai.ContentFilterFinishReasonError):
@@ -229,7 +229,7 @@ def test_text_then_two_tool_calls(include_usage: bool) -> None:
         ARGS_2,
     ]
     assert via_sdk.choices[0].finish_reason == "tool_calls"
-    # usage: once, complete, with choices: [] (E7/E8)
+    # usage: once, complete, with choices: []
     usage_chunks = [c for c in chunks if c.get("usage")]
     if include_usage:
         assert len(usage_chunks) == 1 and usage_chunks[0]["choices"] == [] and usage_chunks[0] is chunks[-1]
@@ -320,7 +320,7 @@ def test_error_event_mid_stream() -> None:
     ]
     frames, tr = run(events, ctx(include_usage=True))
     assert frames[-1].startswith(b'data: {"error"')
-    assert b"[DONE]" not in b"".join(frames)  # E9: no [DONE] after an error
+    assert b"[DONE]" not in b"".join(frames)  # no [DONE] after an error
     err = orjson.loads(frames[-1][6:])["error"]
     assert err["message"] == "Overloaded" and err["type"] == "server_error" and err["code"] == "overloaded"
     assert all(b"never" not in f for f in frames)

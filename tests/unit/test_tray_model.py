@@ -436,7 +436,7 @@ class FakeIcon:
 
 @pytest.fixture
 def pystray_dummy(monkeypatch: pytest.MonkeyPatch) -> Any:
-    # The dummy backend imports without a display; never call its run() (it hangs, §3).
+    # The dummy backend imports without a display; never call its run() (it blocks until stop()).
     monkeypatch.setenv("PYSTRAY_BACKEND", "dummy")
     pystray = pytest.importorskip("pystray")
 

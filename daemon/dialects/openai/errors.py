@@ -1,4 +1,5 @@
-"""Upstream (Anthropic-shaped) error responses → OpenAI error responses (protocol.md §4)."""
+"""Upstream (Anthropic-shaped) error responses (https://docs.anthropic.com/en/api/errors) → OpenAI error
+responses (https://platform.openai.com/docs/guides/error-codes)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""OpenAI Chat Completions request → Anthropic Messages request (protocol.md §3.1–3.2, E10–E12).
+"""OpenAI Chat Completions request (https://platform.openai.com/docs/api-reference/chat/create) → Anthropic
+Messages request (https://docs.anthropic.com/en/api/messages).
 
 Every malformed input becomes DarioError(400) naming the field; nothing else escapes, for any JSON value.
 
-History repair (E11). Anthropic requires strict alternation and that every tool_use is answered, results
+History repair. Anthropic requires strict alternation and that every tool_use is answered, results
 first, in the very next user turn. OpenAI clients break this in practice, so we repair rather than reject:
 - consecutive same-role turns are merged; tool messages become user turns, so a tool message and the user
   text that follows it end up in ONE user turn, and that turn is reordered to put tool_results first
@@ -12,7 +13,7 @@ first, in the very next user turn. OpenAI clients break this in practice, so we 
 - a conversation that starts with an assistant turn, or has only system messages, gets a "Continue." user
   turn, because Anthropic needs a user turn first and rejects empty text.
 
-Thinking with tool loops (E12). Choice: server-side cache. Clients drop Anthropic's signed thinking blocks,
+Thinking with tool loops (see thinking.py). Choice: server-side cache. Clients drop Anthropic's signed thinking blocks,
 but with thinking on, the last assistant turn of a tool loop must start with them. The response/stream
 translators store each tool-calling turn's thinking blocks in a ThinkingCache keyed by tool-call id; here,
 when thinking is enabled, every assistant turn with tool_use gets its cached blocks re-inserted at its
@@ -617,7 +618,7 @@ def _refuse_logprobs(body: dict[str, Any]) -> None:
 
 
 def _apply_thinking(turns: list[list[Any]], cache: ThinkingCache | None, owner: str) -> bool:
-    """Re-insert cached thinking; → False if the latest assistant tool turn still has none (E12)."""
+    """Re-insert cached thinking; → False if the latest assistant tool turn still has none."""
     last_assistant = None
     for turn in turns:
         if turn[0] != "assistant":
@@ -693,7 +694,8 @@ def chat_to_messages(
             raise _bad("`stream_options` must be an object.", "stream_options")
         include_usage = stream and so.get("include_usage") is True
 
-    # E10: max_completion_tokens is what newer clients send; max_tokens is the legacy name.
+    # max_completion_tokens is what newer clients send; max_tokens is the legacy name, deprecated in the
+    # API reference (https://platform.openai.com/docs/api-reference/chat/create#chat-create-max_tokens).
     max_tokens = _int_param(body, "max_completion_tokens", minimum=1)
     if max_tokens is None:
         max_tokens = _int_param(body, "max_tokens", minimum=1)

@@ -1,4 +1,4 @@
-"""Anthropic Messages response → OpenAI chat.completion (protocol.md §3.3)."""
+"""Anthropic Messages response → OpenAI chat.completion (https://platform.openai.com/docs/api-reference/chat/object)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ FINISH_REASONS: dict[str, str] = {
 
 
 def finish_reason(stop_reason: object, has_tool_calls: bool) -> str:
-    # E6: whenever client tools were called the loop must see "tool_calls", whatever Anthropic said.
+    # Whenever client tools were called the loop must see "tool_calls", whatever Anthropic said: agent loops
+    # (openai-agents, Copilot SDK) branch on it.
     if has_tool_calls:
         return "tool_calls"
     mapped = FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
@@ -35,7 +36,8 @@ def _n(v: object) -> int:
 
 
 def openai_usage(usage: object) -> dict[str, Any]:
-    """Anthropic usage → complete OpenAI usage (E8); prompt_tokens includes cached input, as OpenAI's does."""
+    """Anthropic usage → complete OpenAI usage (all three counts: strict validators such as the Vercel AI SDK
+    reject partial usage); prompt_tokens includes cached input, as OpenAI's does."""
     u = usage if isinstance(usage, dict) else {}
     cache_read = _n(u.get("cache_read_input_tokens"))
     prompt = _n(u.get("input_tokens")) + _n(u.get("cache_creation_input_tokens")) + cache_read

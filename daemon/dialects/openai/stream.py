@@ -1,14 +1,20 @@
-"""Anthropic SSE events → OpenAI chat.completion.chunk SSE frames (protocol.md §3.4, E1–E9).
+"""Anthropic SSE events (https://docs.anthropic.com/en/api/messages-streaming) → OpenAI
+chat.completion.chunk SSE frames (https://platform.openai.com/docs/api-reference/chat-streaming).
 
 Invariants the OpenAI SDK's stream helper relies on:
-- every chunk has object "chat.completion.chunk" and the same id/created/model (E4);
-- role "assistant" appears once, in the first chunk (E1);
-- a tool call's id/type/name appear only in its first delta, and its `index` is the 0-based ordinal among
-  tool calls in this response, not Anthropic's block index (E1–E3);
+- every chunk has object "chat.completion.chunk" (openai-python's ChatCompletionStream skips any other,
+  `_is_valid_chat_completion_chunk_weak`) and the same id/created/model;
+- role "assistant" appears once, in the first chunk (openai-python's `accumulate_delta` concatenates
+  every string field it sees again);
+- a tool call's id/type/name appear only in its first delta, for the same reason, and its `index` is the
+  0-based ordinal among tool calls in this response, not Anthropic's block index (the stream helper
+  indexes its tool-call list with it);
 - finish_reason is null on every chunk but the final choice chunk, and is "tool_calls" whenever a client
-  tool was called (E5, E6);
-- usage appears once, complete, in a `choices: []` chunk, and only when include_usage was asked (E7, E8);
-- the stream ends with [DONE], or with an error frame and nothing after it (E9).
+  tool was called (the API reference's `finish_reason`; agent loops branch on it);
+- usage appears once, complete, in a `choices: []` chunk, and only when include_usage was asked (the API
+  reference's `stream_options.include_usage`);
+- the stream ends with [DONE], or with an error frame and nothing after it (openai-python's Stream stops
+  at [DONE] and raises APIError on a data payload with an `error` key).
 """
 
 from __future__ import annotations
@@ -225,7 +231,7 @@ class ChatStreamTranslator:
         if dt == "input_json_delta":
             frag = delta.get("partial_json")
             if b is None or not isinstance(frag, str) or not frag:
-                return []  # E1-safe: "" fragments are skipped
+                return []  # "" fragments are skipped: nothing to accumulate
             b.args = True
             if b.kind == "tool":
                 return [self._tool_args(b, frag)]

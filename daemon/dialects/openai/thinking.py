@@ -1,7 +1,8 @@
-"""Server-side memory of thinking blocks, keyed by the tool-call ids they preceded (protocol.md E12).
+"""Server-side memory of thinking blocks, keyed by the tool-call ids they preceded.
 
 OpenAI clients drop Anthropic's signed thinking blocks from the history they send back, but with thinking
-enabled Anthropic insists that the assistant turn of an ongoing tool loop starts with them. The response
+enabled Anthropic insists that the assistant turn of an ongoing tool loop starts with them
+(https://docs.anthropic.com/en/docs/build-with-claude/extended-thinking#preserving-thinking-blocks). The response
 and stream translators remember each tool-calling turn's thinking blocks here; the request translator
 puts them back in front of the matching assistant turn.
 
