@@ -205,13 +205,6 @@ class ControlClient:
             )
         return parsed
 
-    def is_running(self) -> bool:
-        try:
-            self.status()
-        except (DaemonNotRunning, OSError):
-            return False
-        return True
-
     # -- typed calls -----------------------------------------------------------------
     def status(self) -> Status:
         return cast(Status, self.request("GET", "/v1/status"))

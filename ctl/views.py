@@ -162,12 +162,8 @@ def windows_summary(windows: Mapping[str, WindowView]) -> str:
     return " · ".join(parts) or UNKNOWN
 
 
-def account_note(account: AccountView, now: float) -> str:
-    """Why an account is not serving, and when that ends, in words."""
-    return " · ".join(_note_bits(account, now))
-
-
 def _note_bits(account: AccountView, now: float) -> list[str]:
+    """Why an account is not serving, and when that ends, in words."""
     if account.get("status") == "ok":
         return []
     bits: list[str] = []
