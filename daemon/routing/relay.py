@@ -36,13 +36,12 @@ from dario.daemon.exchange import Answer, Incoming, Outcome, Sink, Usage
 from dario.daemon.redact import redact_body, redact_sse
 from dario.daemon.routing.pool import AccountState, Lease, NoAccounts, Pool, PoolExhausted
 from dario.daemon.routing.ratelimits import Snapshot
-from dario.daemon.upstream.base import Call, Upstream, Verdict, VerdictKind
+from dario.daemon.upstream.base import Call, Reply, Upstream, Verdict, VerdictKind
 from dario.daemon.upstream.errors import parse_error
 from dario.daemon.upstream.httpclient import (
     ConnectError,
     PoolTimeout,
     ReadTimeout,
-    Response,
     UpstreamError,
 )
 from dario.daemon.upstream.sse import EventTooLarge, iter_events
@@ -268,7 +267,7 @@ class Relay:
         finally:
             await response.aclose()
 
-    async def _read_error_body(self, response: Response) -> bytes:
+    async def _read_error_body(self, response: Reply) -> bytes:
         chunks: list[bytes] = []
         size = 0
         try:
@@ -308,7 +307,7 @@ class Relay:
             raise _Retry(answer, None)
 
     # -- streaming ---------------------------------------------------------------------
-    async def _stream(self, response: Response, up: Upstream, acc: AccountState, lease: Lease, inc: Incoming,
+    async def _stream(self, response: Reply, up: Upstream, acc: AccountState, lease: Lease, inc: Incoming,
                       sink: Sink, out: Outcome, t0: float) -> None:
         splitter = up.stream_decoder()
         held: list[bytes] = []
@@ -441,7 +440,7 @@ class Relay:
         out.error_type = "api_error"
         await sink.stream_abort("api_error", message)
 
-    def _stream_error_before_content(self, up: Upstream, acc: AccountState, data: bytes, response: Response,
+    def _stream_error_before_content(self, up: Upstream, acc: AccountState, data: bytes, response: Reply,
                                      inc: Incoming, lease: Lease) -> None:
         """An in-band error before any content: fail over if another account might do better."""
         info = parse_error(500, data)
@@ -459,7 +458,7 @@ class Relay:
         self._retry_unless_final(acc, verdict, Snapshot({}, None), answer, lease, f"in-stream {etype}")
 
     # -- headers -----------------------------------------------------------------------
-    def _client_headers(self, response: Response, alias: str, inc: Incoming,
+    def _client_headers(self, response: Reply, alias: str, inc: Incoming,
                         out: Outcome | None) -> list[tuple[bytes, bytes]]:
         # A client of a pool talks to the pool: with several accounts, the rate-limit headers it
         # gets describe the pool's combined windows, not the one key that happened to serve.
@@ -558,7 +557,7 @@ class _BodyTooLarge(Exception):
     pass
 
 
-async def _read_capped(response: Response, cap: int) -> bytes:
+async def _read_capped(response: Reply, cap: int) -> bytes:
     """The whole body, refusing one larger than `cap` (checked against Content-Length first)."""
     declared = response.header(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:

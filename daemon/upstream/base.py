@@ -12,11 +12,11 @@ Vertex (an OAuth bearer token, the model in the URL) both change the URL, body a
 from __future__ import annotations
 
 import enum
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from dario.daemon.upstream.errors import UpstreamErrorInfo
-from dario.daemon.upstream.httpclient import Response
 from dario.daemon.upstream.ratelimits import Snapshot
 
 
@@ -58,6 +58,26 @@ class Verdict:
     error: UpstreamErrorInfo | None = None  # the parsed body, for every answer but OK
 
 
+class Reply(Protocol):
+    """An answer whose head has arrived, its body still streaming (the HTTP client's `Response`).
+
+    Body reads raise `dario.daemon.upstream.httpclient.UpstreamError` when the connection fails.
+    """
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+
+    def header(self, name: bytes) -> bytes | None: ...
+
+    async def next_chunk(self, hold_until: float | None = None) -> bytes | None:
+        """The next body chunk; None at the end; b"" if nothing came by `hold_until` (trio's clock)."""
+        ...
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class StreamDecoder(Protocol):
     def feed(self, chunk: bytes) -> bytes:
         """Take bytes as they arrive; return the complete Anthropic SSE events they finish (maybe b"").
@@ -74,7 +94,7 @@ class Upstream(Protocol):
 
     def prepare(self, base_url: str, secret: str, call: Call) -> Request: ...
 
-    async def send(self, request: Request, *, read_timeout: float | None = None) -> Response: ...
+    async def send(self, request: Request, *, read_timeout: float | None = None) -> Reply: ...
 
     def classify(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> Verdict: ...
 
