@@ -166,7 +166,8 @@ def event(name: str, data: dict[str, Any] | bytes) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + raw + b"\n\n"
 
 
-START = event("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 11, "output_tokens": 1}}})
+START = event("message_start", {"type": "message_start",
+                                "message": {"usage": {"input_tokens": 11, "output_tokens": 1}}})
 CONTENT = event("content_block_start", {"type": "content_block_start", "index": 0,
                                         "content_block": {"type": "text", "text": ""}})
 DELTA = event("content_block_delta", {"type": "content_block_delta", "index": 0,
@@ -274,7 +275,7 @@ def test_rate_limit_fails_over_and_marks_the_account_exhausted() -> None:
     pool = make_pool("a", "b")
     pool.prefer("a")
     up = ScriptedUpstream(a=[error(429, "rate_limit_error", headers=[(b"retry-after", b"30")])], b=[ok_json()])
-    out, sink = run(pool, up, incoming(stream=False))
+    _out, sink = run(pool, up, incoming(stream=False))
     assert up.sent == ["a", "b"] and sink.only("answer").status == 200
     acc = pool.accounts["a"]
     assert acc.block_kind == "exhausted" and acc.block_until is not None
@@ -287,7 +288,7 @@ def test_spend_limit_takes_the_account_out_for_the_hour_and_fails_over() -> None
     spend = error(429, "rate_limit_error", "You have reached your specified workspace API usage limits",
                   details={"error_code": "enforced_spend_limit_reached"}, headers=[(b"retry-after", b"30")])
     up = ScriptedUpstream(a=[spend], b=[ok_json()])
-    out, sink = run(pool, up, incoming(stream=False))
+    out, _sink = run(pool, up, incoming(stream=False))
     assert up.sent == ["a", "b"] and out.account == "b"
     acc = pool.accounts["a"]
     assert acc.block_until is not None and acc.block_until - pool.clock() > 3000
@@ -333,7 +334,8 @@ def test_final_error_is_passed_through_without_failover() -> None:
 
 def test_a_failed_account_is_not_tried_again_and_the_last_answer_reaches_the_client() -> None:
     pool = make_pool("a", "b")
-    up = ScriptedUpstream(a=[error(529, "overloaded_error", "a is busy")], b=[error(529, "overloaded_error", "b is busy")])
+    up = ScriptedUpstream(a=[error(529, "overloaded_error", "a is busy")],
+                          b=[error(529, "overloaded_error", "b is busy")])
     out, sink = run(pool, up, incoming(stream=False))
     assert sorted(up.sent) == ["a", "b"]  # each once: a cooling account is still excluded for this request
     ans = sink.only("answer")
@@ -368,7 +370,7 @@ def test_in_band_rate_limit_before_content_fails_over() -> None:
     pool = make_pool("a", "b")
     pool.prefer("a")
     up = ScriptedUpstream(a=[stream(START, in_band("rate_limit_error"))], b=[whole_stream()])
-    out, _ = run(pool, up, incoming())
+    _out, _ = run(pool, up, incoming())
     assert up.sent == ["a", "b"] and pool.accounts["a"].block_kind == "exhausted"
 
 
@@ -382,7 +384,7 @@ def test_message_start_is_held_until_content() -> None:
 
 def test_hold_back_is_committed_by_its_timer() -> None:
     up = ScriptedUpstream(a=[stream(START, 5.0, CONTENT, DELTA, END, STOP)])
-    out, sink = run(make_pool("a"), up, incoming())
+    _out, sink = run(make_pool("a"), up, incoming())
     assert sink.started_at is not None and HOLD <= sink.started_at < 5.0
     assert sink.calls[1] == ("stream_data", START)
     assert sink.data() == START + CONTENT + DELTA + END + STOP and sink.names()[-1] == "stream_end"
@@ -402,7 +404,7 @@ def test_truncated_stream_before_content_fails_over() -> None:
     pool = make_pool("a", "b")
     pool.prefer("a")
     up = ScriptedUpstream(a=[stream(START)], b=[whole_stream()])
-    out, sink = run(pool, up, incoming())
+    _out, sink = run(pool, up, incoming())
     assert up.sent == ["a", "b"] and sink.data() == START + CONTENT + DELTA + END + STOP
 
 
