@@ -119,8 +119,10 @@ async def send(
     *,
     read_timeout: float | None = None,
 ) -> Response:
-    headers = build_headers(secret, client_headers, bool(body))
-    return await client.request(method, url_for(base_url, path, query), headers, body, read_timeout=read_timeout)
+    """One call outside the relay (a key check, the model list), built as the relay's are."""
+    up = AnthropicUpstream(client)
+    request = up.prepare(base_url, secret, Call(method, path, query, client_headers, body))
+    return await up.send(request, read_timeout=read_timeout)
 
 
 async def validate_key(

@@ -493,3 +493,12 @@ def test_no_accounts_says_how_to_add_one() -> None:
     _, sink = run(Pool(), up, incoming(stream=False))
     err = sink.only("error")
     assert err.status == 503 and "login" in err.message
+
+
+def test_an_account_whose_kind_has_no_upstream_is_skipped() -> None:
+    pool = make_pool("b")
+    pool.upsert("a", "bedrock", "https://a.invalid", 0.0, "secret-a")
+    pool.prefer("a")
+    up = ScriptedUpstream(b=[ok_json()])
+    out, sink = run(pool, up, incoming(stream=False))
+    assert up.sent == ["b"] and sink.only("answer").account == "b" and out.failovers == 1
