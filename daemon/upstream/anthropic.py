@@ -106,6 +106,17 @@ class AnthropicUpstream:
     def answer_body(self, body: bytes) -> bytes:
         return body
 
+    async def check_key(self, base_url: str, secret: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        # Listing one model is authenticated and costs no tokens
+        # (https://docs.anthropic.com/en/api/models-list).
+        request = self.prepare(base_url, secret, Call("GET", PATH_MODELS, b"limit=1"))
+        response = await self.send(request, read_timeout=30)
+        try:
+            body = await response.read()
+        finally:
+            await response.aclose()
+        return response.status, response.headers, body
+
 
 async def send(
     client: HttpClient,
@@ -129,12 +140,7 @@ async def validate_key(
     client: HttpClient, base_url: str, secret: str
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """A cheap authenticated call that costs no tokens: list one model. Returns (status, headers, body)."""
-    response = await send(client, base_url, secret, "GET", PATH_MODELS, b"limit=1", [], b"", read_timeout=30)
-    try:
-        body = await response.read()
-    finally:
-        await response.aclose()
-    return response.status, response.headers, body
+    return await AnthropicUpstream(client).check_key(base_url, secret)
 
 
 def upstreams(client: HttpClient) -> dict[str, Upstream]:

@@ -109,3 +109,7 @@ class Upstream(Protocol):
     def answer_body(self, body: bytes) -> bytes:
         """A whole (non-streaming) success body → an Anthropic Messages API body."""
         ...
+
+    async def check_key(self, base_url: str, secret: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """A cheap authenticated call that costs no tokens, for login and refresh: (status, headers, body)."""
+        ...

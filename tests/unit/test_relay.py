@@ -120,6 +120,9 @@ class ScriptedUpstream:
     def answer_body(self, body: bytes) -> bytes:
         return body
 
+    async def check_key(self, base_url: str, secret: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        raise AssertionError("the relay never checks keys")
+
 
 # -- the recording sink ----------------------------------------------------------------------
 

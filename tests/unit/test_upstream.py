@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import orjson
 import pytest
 
 from dario.daemon.upstream.anthropic import AnthropicUpstream, classify
 from dario.daemon.upstream.base import Call, VerdictKind
 from dario.daemon.upstream.errors import parse_error
+from dario.daemon.upstream.httpclient import HttpClient
+
+NO_CLIENT = cast(HttpClient, None)  # these tests never send
 
 
 def body(etype: str, message: str, **extra: object) -> bytes:
@@ -58,7 +63,7 @@ def test_parse_error_never_raises_and_always_has_a_message(raw: bytes) -> None:
 
 
 def test_prepare_signs_with_the_account_key_and_forwards_only_safe_headers() -> None:
-    up = AnthropicUpstream(client=None, kind="anthropic")  # type: ignore[arg-type]
+    up = AnthropicUpstream(NO_CLIENT, kind="anthropic")
     call = Call("POST", "/v1/messages", b"beta=true", [(b"authorization", b"Bearer client"),
                                                        (b"anthropic-beta", b"x"), (b"x-api-key", b"client")], b"{}")
     req = up.prepare("https://api.example", "sk-account", call)
@@ -70,7 +75,7 @@ def test_prepare_signs_with_the_account_key_and_forwards_only_safe_headers() -> 
 
 
 def test_limits_and_stream_detection() -> None:
-    up = AnthropicUpstream(client=None)  # type: ignore[arg-type]
+    up = AnthropicUpstream(NO_CLIENT)
     snap = up.limits([(b"anthropic-ratelimit-requests-remaining", b"7"), (b"retry-after", b"3")])
     assert snap.windows["requests"].remaining == 7 and snap.retry_after == 3.0
     assert up.is_stream([(b"content-type", b"text/event-stream; charset=utf-8")])
