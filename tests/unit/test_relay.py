@@ -505,3 +505,16 @@ def test_an_account_whose_kind_has_no_upstream_is_skipped() -> None:
     up = ScriptedUpstream(b=[ok_json()])
     out, sink = run(pool, up, incoming(stream=False))
     assert up.sent == ["b"] and sink.only("answer").account == "b" and out.failovers == 1
+
+
+def test_in_band_spend_limit_before_content_takes_the_account_out_and_fails_over() -> None:
+    pool = make_pool("a", "b")
+    pool.prefer("a")
+    spend = event("error", {"type": "error", "error": {
+        "type": "rate_limit_error", "message": "usage limits reached",
+        "details": {"error_code": "enforced_spend_limit_reached"}}})
+    up = ScriptedUpstream(a=[stream(START, spend)], b=[whole_stream()])
+    out, _ = run(pool, up, incoming())
+    assert up.sent == ["a", "b"] and out.account == "b"
+    acc = pool.accounts["a"]
+    assert acc.block_until is not None and acc.block_until - pool.clock() > 3000
