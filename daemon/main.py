@@ -30,6 +30,7 @@ from dario.daemon.routing.models import ModelTable
 from dario.daemon.routing.relay import Relay
 from dario.daemon.settings import Settings, SettingsError, from_args, is_loopback_host
 from dario.daemon.state import DaemonState
+from dario.daemon.upstream.anthropic import upstreams as anthropic_upstreams
 from dario.daemon.upstream.httpclient import HttpClient, Timeouts
 
 log = logging.getLogger("dario")
@@ -212,7 +213,7 @@ async def _serve_all(settings: Settings, signals: AsyncIterator[int]) -> None:
         table = ModelTable()
     catalog = ModelCatalog(table, state.fetch_upstream_models)
     relay = Relay(
-        state.pool, http,
+        state.pool, anthropic_upstreams(http),
         queue_timeout=settings.queue_timeout,
         failover_deadline=settings.failover_deadline,
         hold_message_start=settings.hold_message_start,

@@ -30,6 +30,7 @@ from dario.daemon.routing.pool import Pool
 from dario.daemon.routing.ratelimits import parse as parse_ratelimits
 from dario.daemon.settings import Settings
 from dario.daemon.upstream import anthropic as upstream
+from dario.daemon.upstream.errors import parse_error
 from dario.daemon.upstream.httpclient import HttpClient, UpstreamError
 
 log = logging.getLogger("dario.state")
@@ -280,7 +281,7 @@ class DaemonState:
         self.pool.clear_block(alias)
         snap = parse_ratelimits(headers)
         if status == 429:
-            self.pool.observe_rate_limited(state, snap, spend_limit=b"spend" in body,
+            self.pool.observe_rate_limited(state, snap, spend_limit=parse_error(status, body).spend_limit,
                                           message=_upstream_message(body, secret))
         else:
             self.pool.observe_headers(state, snap)
@@ -356,7 +357,7 @@ class DaemonState:
             return {"alias": alias, "ok": False, "status": "needs_login",
                     "message": f"key rejected ({status}); run: {command('dario-ctl')} login {alias}"}
         if status == 429:
-            self.pool.observe_rate_limited(acc, snap, spend_limit=b"spend" in body,
+            self.pool.observe_rate_limited(acc, snap, spend_limit=parse_error(status, body).spend_limit,
                                           message=_upstream_message(body, acc.secret))
             view = self.pool.view(acc)
             return {"alias": alias, "ok": False, "status": view["status"], "message": "still rate limited"}

@@ -228,6 +228,7 @@ _ACTION_KEYS = frozenset(
         "status", "retry_after", "spend_limit", "error_type", "message", "headers",
         "stream_error", "after_events", "cut_after_events", "delay", "event_delay", "stall",
         "reset_connection", "echo_key",
+        "models",  # true: consumed by GET /v1/models (a key check) instead of a messages request
         # hostile upstream (streaming part): see App._messages
         "truncate", "drip", "drip_delay", "malformed", "late_bytes", "late_delay", "huge_event",
         "huge_event_open", "huge_body", "huge_body_chunked",
@@ -398,11 +399,11 @@ class _State:
     def stats(self) -> dict[str, int]:
         return {"in_flight": self.in_flight, "requests": self.n, "pending_actions": len(self.scripts)}
 
-    def take_action(self, key: str | None) -> dict[str, Any] | None:
+    def take_action(self, key: str | None, models: bool = False) -> dict[str, Any] | None:
         if not self.scripts:  # the benchmark path: nothing scripted
             return None
         for i, (k, action) in enumerate(self.scripts):
-            if k is None or k == key:
+            if (k is None or k == key) and bool(action.get("models")) == models:
                 del self.scripts[i]
                 return action
         return None
@@ -1256,6 +1257,9 @@ class App:
         await self._json(req, 200, payload, cut=bool(action and "cut_after_events" in action))
 
     async def _models_list(self, req: _Req) -> None:
+        action = self.s.take_action(req.key, models=True)
+        if action is not None and await self._pre_action(req, action, stream=False):
+            return
         q = urllib.parse.parse_qs(req.query)
         try:
             limit = int(q.get("limit", ["20"])[0])

@@ -3,7 +3,7 @@
 The request path, top to bottom:
 
     acquire an account (waiting FIFO if all are exhausted)
-    → send upstream → classify the answer
+    → its kind's `Upstream` builds, signs and sends the request, and judges the answer
         retryable before any byte reached the client → note it on the account, next account
         final error → pass it through
         success → non-streaming: hand the body over
@@ -14,7 +14,8 @@ The request path, top to bottom:
     → release the account, record usage
 
 What the client sees is written by a `Sink` (Anthropic or OpenAI dialect); the relay
-itself never formats a response.
+itself never formats a response. What it sends and how an answer reads is the upstream's
+(`dario.daemon.upstream.base.Upstream`), one per account kind; the relay only routes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -33,23 +34,20 @@ from dario.daemon.commands import command
 from dario.daemon.errors import DarioError
 from dario.daemon.exchange import Answer, Incoming, Outcome, Sink, Usage
 from dario.daemon.redact import redact_body, redact_sse
-from dario.daemon.routing import ratelimits
-from dario.daemon.routing.pool import Lease, NoAccounts, Pool, PoolExhausted
-from dario.daemon.upstream import anthropic as upstream
+from dario.daemon.routing.pool import AccountState, Lease, NoAccounts, Pool, PoolExhausted
+from dario.daemon.routing.ratelimits import Snapshot
+from dario.daemon.upstream.base import Call, Reply, Upstream, Verdict, VerdictKind
+from dario.daemon.upstream.errors import parse_error
 from dario.daemon.upstream.httpclient import (
     ConnectError,
-    HttpClient,
     PoolTimeout,
     ReadTimeout,
-    Response,
     UpstreamError,
 )
-from dario.daemon.upstream.sse import EventSplitter, EventTooLarge, iter_events
+from dario.daemon.upstream.sse import EventTooLarge, iter_events
 
 log = logging.getLogger("dario.relay")
 
-RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504, 529})
-AUTH_STATUS = frozenset({401, 403})
 CONTENT_EVENTS = frozenset({b"content_block_start", b"content_block_delta"})
 FORWARD_RESPONSE_HEADERS = (b"request-id", b"retry-after", b"retry-after-ms", b"x-should-retry")
 _RL_PREFIX = b"anthropic-ratelimit-"
@@ -60,6 +58,10 @@ MAX_BODY = 64 * 1024 * 1024
 # Events after which an Anthropic stream is over: message_stop ends it, an error event aborts it
 # (https://docs.anthropic.com/en/api/messages-streaming). Anything else last means it was cut off.
 TERMINAL_EVENTS = frozenset({b"message_stop", b"error"})
+# An in-band `error` event carries no HTTP status; these are the statuses the same error type
+# has as an HTTP answer (https://docs.anthropic.com/en/api/errors). Other types (e.g.
+# invalid_request_error) are the request's own fault and are relayed as they are.
+STREAM_ERROR_STATUS = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500, "timeout_error": 504}
 
 
 class _HungUp(Exception):
@@ -84,7 +86,7 @@ class Relay:
     def __init__(
         self,
         pool: Pool,
-        http: HttpClient,
+        upstreams: Mapping[str, Upstream],
         *,
         queue_timeout: float,
         failover_deadline: float,
@@ -93,7 +95,7 @@ class Relay:
         record: Callable[[Incoming, Outcome], None] | None = None,
     ) -> None:
         self.pool = pool
-        self.http = http
+        self.upstreams = upstreams  # by account kind
         self.queue_timeout = queue_timeout
         self.failover_deadline = failover_deadline
         self.hold_message_start = hold_message_start
@@ -205,7 +207,7 @@ class Relay:
             log.info("%s on %s; no other account to try, passing it to the client", _describe(last), out.account)
         if last is not None and last.answer is not None:
             out.status = last.answer.status
-            out.error_type = _error_type_of(last.answer.body)
+            out.error_type = _declared_type(last.answer.body)
             await sink.answer(last.answer)
             return
         err = (last.err if last is not None else None) or fallback
@@ -217,17 +219,16 @@ class Relay:
     async def _attempt(self, lease: Lease, inc: Incoming, sink: Sink, out: Outcome) -> None:
         acc = lease.account
         assert acc.secret is not None
+        up = self._upstream_of(acc, lease)
+        request = up.prepare(acc.base_url, acc.secret, Call("POST", inc.path, inc.query, inc.headers, inc.body))
         t0 = time.perf_counter()
         try:
-            response = await upstream.send(
-                self.http, acc.base_url, acc.secret, "POST", inc.path, inc.query, inc.headers, inc.body,
-                read_timeout=self.read_timeout,
-            )
+            response = await up.send(request, read_timeout=self.read_timeout)
         except UpstreamError as exc:
             self.pool.observe_transient(acc, _transport_reason(exc), lease.started)
             raise _Retry(None, _transport_error(exc, acc.alias)) from None
         try:
-            snap = ratelimits.parse(response.headers)
+            snap = up.limits(response.headers)
             self.pool.observe_headers(acc, snap, lease.started)
             status = response.status
             if status >= 400:
@@ -235,18 +236,18 @@ class Relay:
                 body = redact_body(await self._read_error_body(response), (acc.secret,))
                 out.upstream_ms += (time.perf_counter() - t0) * 1000.0
                 answer = Answer(status, self._client_headers(response, acc.alias, inc, None), body, acc.alias)
-                self._classify_error(acc, status, snap, body, answer, lease)  # raises _Retry when retryable
+                verdict = up.classify(status, response.headers, body)
+                self._retry_unless_final(acc, verdict, snap, answer, lease, f"upstream {status}")
                 self.pool.observe_success(acc, None, lease.started)  # a 4xx is the request's fault
-                out.status, out.error_type = status, _error_type_of(body)
+                out.status, out.error_type = status, verdict.error.declared_type if verdict.error else None
                 self._set_overhead(answer.headers, inc, out)
                 await sink.answer(answer)
                 return
-            ctype = response.header(b"content-type") or b""
-            if inc.stream and ctype.startswith(b"text/event-stream"):
-                await self._stream(response, acc, lease, inc, sink, out, t0)
+            if inc.stream and up.is_stream(response.headers):
+                await self._stream(response, up, acc, lease, inc, sink, out, t0)
                 return
             try:
-                body = await _read_capped(response, MAX_BODY)
+                body = up.answer_body(await _read_capped(response, MAX_BODY))
             except UpstreamError as exc:
                 self.pool.observe_transient(acc, _transport_reason(exc), lease.started)
                 raise _Retry(None, _transport_error(exc, acc.alias)) from None
@@ -266,7 +267,7 @@ class Relay:
         finally:
             await response.aclose()
 
-    async def _read_error_body(self, response: Response) -> bytes:
+    async def _read_error_body(self, response: Reply) -> bytes:
         chunks: list[bytes] = []
         size = 0
         try:
@@ -279,30 +280,36 @@ class Relay:
             pass  # a truncated error body is still an error
         return b"".join(chunks)
 
-    def _classify_error(self, acc: object, status: int, snap: ratelimits.Snapshot, body: bytes,
-                        answer: Answer, lease: Lease) -> None:
-        from dario.daemon.routing.pool import AccountState
+    def _upstream_of(self, acc: AccountState, lease: Lease) -> Upstream:
+        up = self.upstreams.get(acc.kind)
+        if up is None:  # a kind this build cannot serve (a newer registry file): never this account
+            self.pool.observe_transient(acc, f"no upstream for account kind {acc.kind!r}"[:200], lease.started)
+            raise _Retry(None, DarioError(
+                502, "api_error", f"this dariod cannot serve account {acc.alias} of kind {acc.kind!r}",
+            ))
+        return up
 
-        assert isinstance(acc, AccountState)
-        message = _error_message_of(body)
-        if status == 429:
-            spend = b"spend_limit" in body or b"spend limit" in body.lower()
+    def _retry_unless_final(self, acc: AccountState, verdict: Verdict, snap: Snapshot, answer: Answer,
+                            lease: Lease, what: str) -> None:
+        """Note a failed answer on its account and raise _Retry, unless it is the request's own fault."""
+        info = verdict.error
+        message = info.message if info is not None else "no message"
+        kind = verdict.kind
+        if kind is VerdictKind.RATE_LIMITED or kind is VerdictKind.SPEND_LIMITED:
+            spend = kind is VerdictKind.SPEND_LIMITED
             self.pool.observe_rate_limited(acc, snap, spend_limit=spend, message=message)
             raise _Retry(answer, None, rate_limited=not spend)
-        if status in AUTH_STATUS:
-            self.pool.observe_auth_failure(acc, status, message)
+        if kind is VerdictKind.AUTH:
+            self.pool.observe_auth_failure(acc, answer.status, message)
             raise _Retry(answer, None)
-        if status in RETRYABLE_STATUS:
-            self.pool.observe_transient(acc, f"upstream {status}: {message}"[:200], lease.started)
+        if kind is VerdictKind.OVERLOADED:
+            self.pool.observe_transient(acc, f"{what}: {message}"[:200], lease.started)
             raise _Retry(answer, None)
 
     # -- streaming ---------------------------------------------------------------------
-    async def _stream(self, response: Response, acc: object, lease: Lease, inc: Incoming, sink: Sink,
-                      out: Outcome, t0: float) -> None:
-        from dario.daemon.routing.pool import AccountState
-
-        assert isinstance(acc, AccountState)
-        splitter = EventSplitter()
+    async def _stream(self, response: Reply, up: Upstream, acc: AccountState, lease: Lease, inc: Incoming,
+                      sink: Sink, out: Outcome, t0: float) -> None:
+        splitter = up.stream_decoder()
         held: list[bytes] = []
         committed = False
         ended = False
@@ -340,9 +347,9 @@ class Relay:
                     # After content, even in the same read: the upstream did the work, so an error
                     # here goes to the client (as it would a moment later), never to another account.
                     if name == b"error":
-                        out.error_type = _error_type_of(data)
+                        out.error_type = _declared_type(data)
                 elif name == b"error":
-                    self._stream_error_before_content(acc, data, response, inc, lease)
+                    self._stream_error_before_content(up, acc, data, response, inc, lease)
                 elif name in CONTENT_EVENTS:
                     committed = True
                 _tap_event_usage(name, data, out.usage)
@@ -419,54 +426,39 @@ class Relay:
         self.pool.observe_success(acc, out.upstream_ms, lease.started)
         await sink.stream_end()
 
-    def _broken_before_commit(self, acc: object, lease: Lease, what: str) -> None:
+    def _broken_before_commit(self, acc: AccountState, lease: Lease, what: str) -> None:
         """Garbage from the upstream before the client got anything: this account failed; try another."""
-        from dario.daemon.routing.pool import AccountState
-
-        assert isinstance(acc, AccountState)
         self.pool.observe_transient(acc, f"upstream stream broken: {what}"[:200], lease.started)
         raise _Retry(None, DarioError(
             502, "api_error", f"the upstream of account {acc.alias} sent a broken stream: {what}",
         ))
 
-    async def _abort_stream(self, sink: Sink, out: Outcome, acc: object, lease: Lease, reason: str,
+    async def _abort_stream(self, sink: Sink, out: Outcome, acc: AccountState, lease: Lease, reason: str,
                             message: str) -> None:
         """The client owns the stream and it cannot be completed: end it with an error, count it as one."""
-        from dario.daemon.routing.pool import AccountState
-
-        assert isinstance(acc, AccountState)
         self.pool.observe_transient(acc, reason[:200], lease.started)
         out.error_type = "api_error"
         await sink.stream_abort("api_error", message)
 
-    def _stream_error_before_content(self, acc: object, data: bytes, response: Response, inc: Incoming,
-                                     lease: Lease) -> None:
+    def _stream_error_before_content(self, up: Upstream, acc: AccountState, data: bytes, response: Reply,
+                                     inc: Incoming, lease: Lease) -> None:
         """An in-band error before any content: fail over if another account might do better."""
-        from dario.daemon.routing.pool import AccountState
-
-        assert isinstance(acc, AccountState)
-        etype = _error_type_of(data) or "api_error"
-        message = _error_message_of(data)
-        status = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500,
-                  "timeout_error": 504}.get(etype)
+        info = parse_error(500, data)
+        etype = info.declared_type or "api_error"
+        status = STREAM_ERROR_STATUS.get(etype)
         if status is None:
             return  # e.g. invalid_request_error: the client's problem; relay it as it is
-        if status == 429:
-            self.pool.observe_rate_limited(acc, ratelimits.Snapshot({}, None), spend_limit=False, message=message)
-            body = orjson.dumps({"type": "error", "error": {"type": etype, "message": message}})
-            headers = [(k, v) for k, v in self._client_headers(response, acc.alias, inc, None) if k != b"content-type"]
-            headers.append((b"content-type", b"application/json"))
-            raise _Retry(Answer(status, headers, body, acc.alias), None, rate_limited=True)
-        else:
-            self.pool.observe_transient(acc, f"in-stream {etype}: {message}"[:200], lease.started)
-        body = orjson.dumps({"type": "error", "error": {"type": etype, "message": message}})
-        headers = self._client_headers(response, acc.alias, inc, None)
-        headers = [(k, v) for k, v in headers if k != b"content-type"]
+        # What the client gets if no other account serves: the same error as a whole answer.
+        body = orjson.dumps({"type": "error", "error": {"type": etype, "message": info.message}})
+        headers = [(k, v) for k, v in self._client_headers(response, acc.alias, inc, None) if k != b"content-type"]
         headers.append((b"content-type", b"application/json"))
-        raise _Retry(Answer(status, headers, body, acc.alias), None)
+        answer = Answer(status, headers, body, acc.alias)
+        # A rate limit in-band says nothing of the windows: no headers came with it.
+        verdict = up.classify(status, [], data)
+        self._retry_unless_final(acc, verdict, Snapshot({}, None), answer, lease, f"in-stream {etype}")
 
     # -- headers -----------------------------------------------------------------------
-    def _client_headers(self, response: Response, alias: str, inc: Incoming,
+    def _client_headers(self, response: Reply, alias: str, inc: Incoming,
                         out: Outcome | None) -> list[tuple[bytes, bytes]]:
         # A client of a pool talks to the pool: with several accounts, the rate-limit headers it
         # gets describe the pool's combined windows, not the one key that happened to serve.
@@ -551,7 +543,7 @@ def _scan_events(block: bytes, out: Outcome) -> tuple[bytes, str | None, bool]:
         if name == b"message_start" or name == b"message_delta":
             _tap_event_usage(name, data, out.usage)
         elif name == b"error":
-            out.error_type = _error_type_of(data)
+            out.error_type = _declared_type(data)
         if name in TERMINAL_EVENTS:
             ends = True
     return block, None, ends
@@ -565,7 +557,7 @@ class _BodyTooLarge(Exception):
     pass
 
 
-async def _read_capped(response: Response, cap: int) -> bytes:
+async def _read_capped(response: Reply, cap: int) -> bytes:
     """The whole body, refusing one larger than `cap` (checked against Content-Length first)."""
     declared = response.header(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
@@ -591,24 +583,9 @@ def _tap_json_usage(body: bytes, usage: Usage) -> Any:
     return parsed
 
 
-def _parse_error(body: bytes) -> dict[str, object]:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return {}
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-        return parsed["error"]
-    return {}
-
-
-def _error_type_of(body: bytes) -> str | None:
-    t = _parse_error(body).get("type")
-    return t if isinstance(t, str) else None
-
-
-def _error_message_of(body: bytes) -> str:
-    m = _parse_error(body).get("message")
-    return m if isinstance(m, str) else "no message"
+def _declared_type(body: bytes) -> str | None:
+    """The error type an upstream error body (or in-band error event) names, as it names it."""
+    return parse_error(500, body).declared_type
 
 
 def _transport_reason(exc: UpstreamError) -> str:

@@ -8,7 +8,11 @@ carries its credentials is forwarded.
 from __future__ import annotations
 
 from dario.daemon import __version__
+from dario.daemon.upstream import ratelimits
+from dario.daemon.upstream.base import Call, Request, StreamDecoder, Upstream, Verdict, VerdictKind
+from dario.daemon.upstream.errors import parse_error
 from dario.daemon.upstream.httpclient import HttpClient, Response
+from dario.daemon.upstream.sse import EventSplitter
 
 PATH_MESSAGES = "/v1/messages"
 PATH_COUNT_TOKENS = "/v1/messages/count_tokens"
@@ -49,6 +53,71 @@ def url_for(base_url: str, path: str, query: bytes = b"") -> str:
     return url
 
 
+# https://docs.anthropic.com/en/api/errors: 401/403 are the key's fault; 429 a rate limit;
+# 500 api_error, 529 overloaded_error, and the gateway statuses a proxy in between may add, pass.
+AUTH_STATUS = frozenset({401, 403})
+TRANSIENT_STATUS = frozenset({500, 502, 503, 504, 529})
+
+
+def classify(status: int, body: bytes) -> Verdict:
+    """What an Anthropic answer means for the account and the request."""
+    if status < 400:
+        return Verdict(VerdictKind.OK)
+    info = parse_error(status, body)
+    if status == 429:
+        return Verdict(VerdictKind.SPEND_LIMITED if info.spend_limit else VerdictKind.RATE_LIMITED, info)
+    if status in AUTH_STATUS:
+        return Verdict(VerdictKind.AUTH, info)
+    if status in TRANSIENT_STATUS:
+        return Verdict(VerdictKind.OVERLOADED, info)
+    return Verdict(VerdictKind.FINAL, info)
+
+
+class AnthropicUpstream:
+    """The Upstream for Anthropic's API and every endpoint that speaks its Messages API."""
+
+    def __init__(self, client: HttpClient, kind: str = "anthropic") -> None:
+        self.client = client
+        self.kind = kind
+
+    def prepare(self, base_url: str, secret: str, call: Call) -> Request:
+        headers = build_headers(secret, list(call.headers), bool(call.body))
+        return Request(call.method, url_for(base_url, call.path, call.query), headers, call.body)
+
+    async def send(self, request: Request, *, read_timeout: float | None = None) -> Response:
+        return await self.client.request(request.method, request.url, request.headers, request.body,
+                                         read_timeout=read_timeout)
+
+    def classify(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> Verdict:
+        return classify(status, body)
+
+    def limits(self, headers: list[tuple[bytes, bytes]]) -> ratelimits.Snapshot:
+        return ratelimits.parse(headers)
+
+    def is_stream(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        for name, value in headers:
+            if name == b"content-type":
+                return value.startswith(b"text/event-stream")
+        return False
+
+    def stream_decoder(self) -> StreamDecoder:
+        return EventSplitter()  # already Anthropic SSE: only split into complete events
+
+    def answer_body(self, body: bytes) -> bytes:
+        return body
+
+    async def check_key(self, base_url: str, secret: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        # Listing one model is authenticated and costs no tokens
+        # (https://docs.anthropic.com/en/api/models-list).
+        request = self.prepare(base_url, secret, Call("GET", PATH_MODELS, b"limit=1"))
+        response = await self.send(request, read_timeout=30)
+        try:
+            body = await response.read()
+        finally:
+            await response.aclose()
+        return response.status, response.headers, body
+
+
 async def send(
     client: HttpClient,
     base_url: str,
@@ -61,17 +130,19 @@ async def send(
     *,
     read_timeout: float | None = None,
 ) -> Response:
-    headers = build_headers(secret, client_headers, bool(body))
-    return await client.request(method, url_for(base_url, path, query), headers, body, read_timeout=read_timeout)
+    """One call outside the relay (a key check, the model list), built as the relay's are."""
+    up = AnthropicUpstream(client)
+    request = up.prepare(base_url, secret, Call(method, path, query, client_headers, body))
+    return await up.send(request, read_timeout=read_timeout)
 
 
 async def validate_key(
     client: HttpClient, base_url: str, secret: str
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """A cheap authenticated call that costs no tokens: list one model. Returns (status, headers, body)."""
-    response = await send(client, base_url, secret, "GET", PATH_MODELS, b"limit=1", [], b"", read_timeout=30)
-    try:
-        body = await response.read()
-    finally:
-        await response.aclose()
-    return response.status, response.headers, body
+    return await AnthropicUpstream(client).check_key(base_url, secret)
+
+
+def upstreams(client: HttpClient) -> dict[str, Upstream]:
+    """The Upstream for each account kind this module serves, sharing one HTTP client."""
+    return {kind: AnthropicUpstream(client, kind) for kind in ("anthropic", "anthropic-compatible")}

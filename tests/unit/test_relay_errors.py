@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
-
 from dario.daemon.errors import openai_error_status_and_body
 from dario.daemon.routing.pool import Pool, PoolExhausted
 from dario.daemon.routing.relay import Relay
 
 
 def relay() -> Relay:
-    return Relay(Pool(), cast(Any, None), queue_timeout=5, failover_deadline=30, hold_message_start=1,
+    return Relay(Pool(), {}, queue_timeout=5, failover_deadline=30, hold_message_start=1,
                  read_timeout=60)
 
 
