@@ -1,4 +1,10 @@
-"""Upstream response headers → a rate-limit snapshot (protocol.md §1.9)."""
+"""Upstream response headers → a rate-limit snapshot.
+
+The `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}`
+headers and `retry-after` are documented at https://docs.anthropic.com/en/api/rate-limits
+(resets are RFC 3339 instants); `retry-after` may also be an HTTP date (RFC 9110 §10.2.3), and
+`retry-after-ms` is what the official SDKs read first when it is present.
+"""
 
 from __future__ import annotations
 
