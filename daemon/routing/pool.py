@@ -26,7 +26,16 @@ from dario.daemon.control.api import AccountView, PoolView
 from dario.daemon.exchange import Estimate
 from dario.daemon.redact import redact
 from dario.daemon.routing.ratelimits import WINDOWS, Snapshot, Window
-from dario.daemon.routing.store import BLOCKED_BY_TIME, AccountState, BlockKind, MemoryStore, PoolStore, Status
+from dario.daemon.routing.store import (
+    BLOCKED_BY_TIME,
+    STATUS_COOLING,
+    STATUS_OK,
+    AccountState,
+    BlockKind,
+    MemoryStore,
+    PoolStore,
+    Status,
+)
 
 __all__ = ["AccountState", "BlockKind", "Lease", "NoAccounts", "Pool", "PoolExhausted", "Status"]
 
@@ -48,15 +57,11 @@ class Lease:
     released: bool = False
 
 
-class _Ready(NamedTuple):
-    """An entry of the ready heap: the smallest sorts first, so headroom is negated."""
-
-    neg_headroom: float
-    in_flight: int
-    last_chosen: int
-    uid: int  # unique: comparison never reaches `account`
-    version: int
-    account: AccountState
+# An entry of the ready heap, smallest first: (-headroom, in_flight, last_chosen, uid, version,
+# account); uid is unique, so comparison never reaches the account. A plain tuple unpacked by name,
+# not a NamedTuple: building a NamedTuple takes about 0.3 µs in Python 3.11, and two are pushed
+# per choose + release (measured: 11 % slower over the whole choice).
+_Ready = tuple[float, int, int, int, int, AccountState]
 
 
 class _Cooling(NamedTuple):
@@ -195,13 +200,13 @@ class Pool:
         acc.version += 1
         now = self.clock()
         status = acc.status(now)
-        if status is Status.OK:
+        if status is STATUS_OK:
             h = acc.headroom(now)
             key = -round(1.0 if h is None else h, 2)
-            heapq.heappush(self._ready, _Ready(key, acc.in_flight, acc.last_chosen, acc.uid, acc.version, acc))
+            heapq.heappush(self._ready, (key, acc.in_flight, acc.last_chosen, acc.uid, acc.version, acc))
             if len(self._ready) > 4 * len(self.accounts) + 64:
                 self._compact()
-        elif status is Status.COOLING and acc.block_until is not None and _panic_eligible(acc, now):
+        elif status is STATUS_COOLING and acc.block_until is not None and _panic_eligible(acc, now):
             heapq.heappush(self._cooling, _Cooling(acc.block_until, acc.uid, acc.version, acc))
             if len(self._cooling) > 4 * len(self.accounts) + 64:
                 self._compact()
@@ -217,13 +222,18 @@ class Pool:
 
     def _compact(self) -> None:
         """Drop stale entries (kept only the current one per account)."""
-        self._ready = [e for e in self._ready if self._current(e.account, e.version)]
-        heapq.heapify(self._ready)
-        self._cooling = [e for e in self._cooling if self._current(e.account, e.version)]
+        ready: list[_Ready] = []
+        for entry in self._ready:
+            _, _, _, _, version, acc = entry
+            if self._current(version, acc):
+                ready.append(entry)
+        heapq.heapify(ready)
+        self._ready = ready
+        self._cooling = [e for e in self._cooling if self._current(e.version, e.account)]
         heapq.heapify(self._cooling)
 
-    def _current(self, acc: AccountState, version: int) -> bool:
-        """Whether a heap entry made at `version` still speaks for `acc` (not changed, not removed)."""
+    def _current(self, version: int, acc: AccountState) -> bool:
+        """Whether a heap entry made at `version` still speaks for `acc` (not changed since, not removed)."""
         return version == acc.version and self.accounts.get(acc.alias) is acc
 
     def _run_timers(self, now: float) -> None:
@@ -241,20 +251,20 @@ class Pool:
         self._run_timers(now)
         excluded = exclude if isinstance(exclude, (set, frozenset)) else set(exclude)
         chosen: AccountState | None = None
-        pref = self.accounts.get(self.preferred) if self.preferred is not None else None
-        if pref is not None and pref.alias not in excluded and pref.status(now) is Status.OK and pref.fits(est, now):
+        preferred = self.store.preferred
+        pref = self.accounts.get(preferred) if preferred is not None else None
+        if pref is not None and pref.alias not in excluded and pref.status(now) is STATUS_OK and pref.fits(est, now):
             chosen = pref
         else:
             ready = self._ready
             set_aside: list[_Ready] = []
             fallback: AccountState | None = None
             while ready:
-                entry = ready[0]
-                acc = entry.account
-                if entry.version != acc.version or self.accounts.get(acc.alias) is not acc:
+                _, _, _, _, version, acc = ready[0]
+                if version != acc.version or self.accounts.get(acc.alias) is not acc:
                     heapq.heappop(ready)  # stale
                     continue
-                if acc.status(now) is not Status.OK:
+                if acc.status(now) is not STATUS_OK:
                     heapq.heappop(ready)
                     self._touch(acc)  # re-judged: goes to the timers
                     continue
@@ -269,7 +279,7 @@ class Pool:
                 heapq.heappush(ready, entry)
             if chosen is None:
                 # Nothing fits the estimate but some can serve: better to try than to queue on a guess.
-                if pref is not None and pref.alias not in excluded and pref.status(now) is Status.OK:
+                if pref is not None and pref.alias not in excluded and pref.status(now) is STATUS_OK:
                     chosen = pref
                 else:
                     chosen = fallback
@@ -329,7 +339,7 @@ class Pool:
         waiting_ok = self.keyring_answer_expected
         return any(
             acc.alias not in excluded and (
-                (status := acc.status(now)) is Status.OK or status in BLOCKED_BY_TIME
+                (status := acc.status(now)) is STATUS_OK or status in BLOCKED_BY_TIME
                 or (waiting_ok and status is Status.WAITING_FOR_KEYRING)
             )
             for acc in self.accounts.values()
@@ -684,7 +694,7 @@ class Pool:
 
 def _panic_eligible(acc: AccountState, now: float) -> bool:
     """Cooling after overloads or outages only: not exhausted, no window at zero."""
-    return acc.status(now) is Status.COOLING and acc.zero_window_reset(now) is None
+    return acc.status(now) is STATUS_COOLING and acc.zero_window_reset(now) is None
 
 
 def _block_kind(saved: object) -> BlockKind | None:
