@@ -158,11 +158,6 @@ class Pool:
         self.store.prefer(alias)
         self._changed()
 
-    def mark_needs_login(self, alias: str, reason: str) -> None:
-        acc = self.accounts[alias]
-        self.store.set_needs_login(acc, reason)
-        self._changed(acc)
-
     def secret_loaded(self, alias: str, secret: str | None) -> None:
         """The keyring answered for `alias`: its key, or None when it holds none."""
         acc = self.accounts[alias]
@@ -563,7 +558,7 @@ class Pool:
         windows = {
             name: {
                 "limit": w.limit,
-                "remaining": acc.window_remaining(name, w, now),
+                "remaining": w.remaining_at(now),
                 "reset": w.reset if (w.reset is None or w.reset > now) else None,
             }
             for name, w in acc.windows.items()
@@ -635,7 +630,7 @@ class Pool:
             if acc.status(now) is not Status.OK:
                 continue
             for name, w in acc.windows.items():
-                remaining = acc.window_remaining(name, w, now)
+                remaining = w.remaining_at(now)
                 if w.limit is None or remaining is None:
                     continue
                 t = totals.setdefault(name, [0, 0])

@@ -138,12 +138,6 @@ class AccountState:
             return STATUS_EXHAUSTED
         return STATUS_OK
 
-    def window_remaining(self, name: str, window: Window, now: float) -> int | None:
-        """Remaining in a window, restored to the limit once its reset has passed."""
-        if window.reset is not None and now >= window.reset and window.limit is not None:
-            return window.limit
-        return window.remaining
-
     def zero_window_reset(self, now: float) -> float | None:
         """If a known window is at zero and not yet reset, when it resets."""
         latest = None
@@ -167,7 +161,7 @@ class AccountState:
         for name, w in self.windows.items():
             if not w.limit:
                 continue
-            remaining = self.window_remaining(name, w, now)
+            remaining = w.remaining_at(now)
             if remaining is None:
                 continue
             frac = max(0.0, (remaining - self._reserved(name)) / w.limit)
@@ -178,7 +172,7 @@ class AccountState:
     def fits(self, est: Estimate, now: float) -> bool:
         """Whether the request's estimate fits every known window's remaining budget."""
         for name, w in self.windows.items():
-            remaining = self.window_remaining(name, w, now)
+            remaining = w.remaining_at(now)
             if remaining is None:
                 continue
             if name == "requests":

@@ -227,3 +227,10 @@ def test_views_carry_plain_strings_not_enum_members() -> None:
     for view in pool.views():
         assert type(view["status"]) is str
     assert orjson.dumps([v["status"] for v in pool.views()]) == b'["exhausted","cooling","ok"]'
+
+
+def test_a_window_is_back_to_its_limit_once_its_reset_has_passed() -> None:
+    assert Window(10, 0, 50.0).remaining_at(49.9) == 0
+    assert Window(10, 0, 50.0).remaining_at(50.0) == 10
+    assert Window(None, 3, 50.0).remaining_at(60.0) == 3  # no limit known: nothing to restore to
+    assert Window(10, 4, None).remaining_at(1e12) == 4
