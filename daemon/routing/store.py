@@ -21,9 +21,11 @@ How a Redis-backed store (team mode) implements the same operations, as an added
   latest reset (`PEXPIREAT`), so stale windows and finished blocks disappear by themselves.
 - `reserve` / `release` / `observe_windows` / `block` / `clear_block` / `recovered` /
   `count_failure` are each one Lua script (`EVALSHA`), so check-and-update is atomic on the
-  server: `reserve` re-checks that the estimate still fits the account's remaining budget less
-  the other instances' reservations and refuses otherwise, and the pool then picks again. The
-  hot path costs one round trip to reserve and one pipelined round trip to release and observe.
+  server. Its `reserve` would re-check that the estimate still fits the account's remaining
+  budget less the other instances' reservations and refuse otherwise; `reserve` then has to say
+  whether it held (a bool the pool answers by choosing again) — MemoryStore, the only writer of
+  its own state, is never refused, so today it returns nothing. The hot path costs one round
+  trip to reserve and one pipelined round trip to release and observe.
 - Reservations carry the instance's lease id; the instance refreshes a heartbeat key with a TTL,
   and a reservation whose instance's heartbeat expired is dropped by the next script that reads
   it, so a crashed dariod does not hold budget for ever.
