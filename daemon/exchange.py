@@ -10,12 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 if TYPE_CHECKING:
     from dario.daemon.errors import DarioError
+
+
+class Dialect(StrEnum):
+    """The API a client speaks; the value is what logs, metrics labels and analytics rows carry."""
+
+    ANTHROPIC = "anthropic"
+    OPENAI = "openai"
 
 
 @dataclass(slots=True)
@@ -60,7 +68,7 @@ class Usage:
 class Incoming:
     """One client request, already read, parsed and translated to the upstream's form."""
 
-    dialect: str  # "anthropic" | "openai"
+    dialect: Dialect
     endpoint: str  # "messages" | "count_tokens" | "chat"
     path: str  # upstream path
     query: bytes

@@ -42,7 +42,7 @@ from dario.daemon.dialects.openai.thinking import ThinkingCache, thinking_owner
 from dario.daemon.edge.guard import Guard
 from dario.daemon.edge.openapi import openapi_json
 from dario.daemon.errors import DarioError, anthropic_error_body, openai_error_status_and_body
-from dario.daemon.exchange import Estimate, Incoming, Outcome
+from dario.daemon.exchange import Dialect, Estimate, Incoming, Outcome
 from dario.daemon.routing.catalog import ModelCatalog
 from dario.daemon.routing.relay import Relay, model_id_ok
 from dario.daemon.state import DaemonState
@@ -215,7 +215,7 @@ class PublicApp:
         except ClientGone:
             return
         inc = Incoming(
-            dialect="anthropic", endpoint=endpoint, path=path, query=scope.get("query_string", b""),
+            dialect=Dialect.ANTHROPIC, endpoint=endpoint, path=path, query=scope.get("query_string", b""),
             headers=scope["headers"], body=body, stream=stream, model=resolved, estimate=est,
             client=info.client, t_start=info.t_start,
         )
@@ -266,7 +266,7 @@ class PublicApp:
         body = orjson.dumps(anthropic_body)
         max_tokens = anthropic_body.get("max_tokens")
         inc = Incoming(
-            dialect="openai", endpoint="chat", path=upstream.PATH_MESSAGES, query=b"",
+            dialect=Dialect.OPENAI, endpoint="chat", path=upstream.PATH_MESSAGES, query=b"",
             headers=[h for h in scope["headers"] if h[0] == b"anthropic-beta"], body=body,
             stream=bool(anthropic_body.get("stream")), model=anthropic_body.get("model"),
             estimate=Estimate(min(len(body) // 4, 1_000_000), max_tokens if isinstance(max_tokens, int) else 0),
@@ -278,7 +278,7 @@ class PublicApp:
         """An unknown model is answered here, not upstream, but it is still a failed request: usage and
         the dashboard count it with the other errors (served by no account)."""
         inc = Incoming(
-            dialect="openai", endpoint="chat", path=upstream.PATH_MESSAGES, query=b"", headers=[], body=b"",
+            dialect=Dialect.OPENAI, endpoint="chat", path=upstream.PATH_MESSAGES, query=b"", headers=[], body=b"",
             stream=False, model=model[:200] if isinstance(model, str) else None, estimate=Estimate(),
             client=info.client, t_start=info.t_start,
         )

@@ -1,4 +1,4 @@
-"""`/v1/models` for both SDKs on one path, and model-name resolution for both dialects.
+"""The model catalog: `/v1/models` for both SDKs on one path, and model-name resolution for both dialects.
 
 The Anthropic SDK expects `{data:[{type,id,display_name,created_at}],has_more,first_id,last_id}`;
 the OpenAI SDK expects `{object:"list",data:[{id,object,created,owned_by}]}`. Both ignore
@@ -72,6 +72,9 @@ def _usable(models: object) -> list[dict[str, Any]] | None:
 
 
 class ModelCatalog:
+    """The models dario lists and routes to: the upstream's own list when known, and the alias table
+    (models.py) re-pointed at it."""
+
     def __init__(self, table: ModelTable, fetch: Fetcher | None = None) -> None:
         self.configured = table
         self.table = table  # the configured table, its built-in aliases re-pointed at the upstream's list
@@ -85,7 +88,8 @@ class ModelCatalog:
         self._rebuild()
 
     def resolve_anthropic(self, name: str) -> str:
-        """Aliases resolve; anything else passes through for the upstream to judge."""
+        """Aliases resolve; anything else passes through for the upstream to judge (the Messages API's
+        own 404 `not_found_error` names the model), as a request on the Anthropic API expects."""
         return self.table.resolve(name) or name
 
     async def refresh_if_stale(self) -> None:

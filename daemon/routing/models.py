@@ -1,9 +1,14 @@
-"""Model names on the OpenAI side: aliases → Claude ids, and the /v1/models listings."""
+"""The Claude model table: dario's built-in model list and the alias table both dialects resolve through.
+
+A request on either API may name a Claude id ("claude-sonnet-4-5-20250929"), a tier ("sonnet"),
+an OpenAI model name ("gpt-4o", "gpt-4o-2024-08-06", "openai/gpt-4o") or a user's own alias from
+models.json; `ModelTable.resolve` turns each into a Claude id. The listings served on /v1/models,
+and the upstream's own list that re-points the aliases, are catalog.py's.
+"""
 
 from __future__ import annotations
 
 import copy
-import datetime
 import pathlib
 import re
 from collections.abc import Iterable, Iterator
@@ -49,7 +54,7 @@ _TIERS = ("opus", "sonnet", "haiku")
 _BUILT_IN_TARGETS = frozenset(DEFAULT_ALIASES.values())
 
 # dario's fallback list when no account can fetch the upstream's own. Release dates are given
-# only where they are published in the SDK; the others list with created 0.
+# only where they are published in the SDK; the others are listed with an unknown date.
 KNOWN_MODELS: list[dict[str, Any]] = [
     {"id": OPUS, "display_name": "Claude Opus 5.5", "created_at": ""},
     {"id": SONNET, "display_name": "Claude Sonnet 5.5", "created_at": ""},
@@ -64,15 +69,6 @@ KNOWN_MODELS: list[dict[str, Any]] = [
     {"id": "claude-haiku-4-5-20251001", "display_name": "Claude Haiku 4.5", "created_at": "2025-10-01T00:00:00Z"},
     {"id": "claude-sonnet-4-5-20250929", "display_name": "Claude Sonnet 4.5", "created_at": "2025-09-29T00:00:00Z"},
 ]
-
-
-def _epoch(rfc3339: str) -> int:
-    if not rfc3339:
-        return 0
-    return int(datetime.datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp())
-
-
-_CREATED: dict[str, int] = {m["id"]: _epoch(m["created_at"]) for m in KNOWN_MODELS}
 
 
 # OpenAI publishes dated snapshots (gpt-4o-2024-08-06, gpt-4-0613, gpt-3.5-turbo-0125), moving pointers
@@ -110,7 +106,7 @@ def _strip_provider(name: str) -> str:
 
 
 class ModelTable:
-    """Alias table; read-only after construction."""
+    """Alias (case-insensitive) → Claude id, built-ins merged with the user's; read-only after construction."""
 
     def __init__(self, aliases: dict[str, str] | None = None) -> None:
         merged = dict(DEFAULT_ALIASES)
@@ -204,22 +200,3 @@ class ModelTable:
             if hit is not None:
                 return hit
         return None
-
-    def _entry(self, id: str, target: str) -> dict[str, Any]:
-        return {"id": id, "object": "model", "created": _CREATED.get(target, 0), "owned_by": "anthropic"}
-
-    def openai_list(self) -> dict[str, Any]:
-        data = [self._entry(m["id"], m["id"]) for m in KNOWN_MODELS]
-        seen = {m["id"] for m in KNOWN_MODELS}
-        # Aliases are listed too, so tools that validate against a hard-coded list accept them.
-        for key, target in self._aliases.items():
-            if key not in seen:
-                seen.add(key)
-                data.append(self._entry(self._display.get(key, key), target))
-        return {"object": "list", "data": data}
-
-    def openai_model(self, id: str) -> dict[str, Any] | None:
-        target = self.resolve(id)
-        if target is None:
-            return None
-        return self._entry(id.strip(), target)

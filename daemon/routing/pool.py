@@ -5,8 +5,8 @@ from `acquire` and gives it back with `release`. State that must survive a resta
 (cooldowns, exhaustion, needs-login, last seen windows) is exported by `export_state`
 and restored by `import_state`; the daemon persists it.
 
-Kept behind this one class so a shared store (Redis) can replace the in-memory state
-for several daemons later without touching the relay.
+The decisions are made here; the state they are made from lives in a `PoolStore`
+(store.py), in memory today, so a store shared by several daemons (Redis) is an added module.
 """
 
 from __future__ import annotations
@@ -17,15 +17,27 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
 from dario.daemon.commands import command
-from dario.daemon.control.api import AccountStatus, AccountView, PoolView
+from dario.daemon.control.api import AccountView, PoolView
 from dario.daemon.exchange import Estimate
 from dario.daemon.redact import redact
 from dario.daemon.routing.ratelimits import WINDOWS, Snapshot, Window
+from dario.daemon.routing.store import (
+    BLOCKED_BY_TIME,
+    STATUS_COOLING,
+    STATUS_OK,
+    AccountState,
+    BlockKind,
+    MemoryStore,
+    PoolStore,
+    Status,
+)
+
+__all__ = ["AccountState", "BlockKind", "Lease", "NoAccounts", "Pool", "PoolExhausted", "Status"]
 
 COOLDOWN_BASE = 0.5  # first 529/5xx cooldown, doubled on each repeat (failover already spares the request)
 # A cooldown only orders the choice: when no account is "ok", the cooling one whose cooldown
@@ -37,129 +49,34 @@ AUTH_REJECTED_PREFIX = "upstream answered"  # starts needs_login when the upstre
 
 
 @dataclass(eq=False, slots=True)
-class AccountState:
-    alias: str
-    kind: str
-    base_url: str
-    created: float
-    secret: str | None = None  # held in memory only; never serialized
-    enabled: bool = True
-    needs_login: str | None = None  # reason, when the upstream rejected the key
-    # Why the key could not be read from the keyring yet (locked, not answering, failing). Never
-    # persisted: a keyring problem is a passing state of this session, not a verdict on the key.
-    keyring_wait: str | None = None
-    block_kind: str | None = None  # "cooling" | "exhausted"
-    block_reason: str | None = None
-    block_until: float | None = None
-    failures: int = 0  # consecutive transient failures, for the growing cooldown
-    # When the latest block (cooldown, exhaustion, rejected key) was set: only evidence from a
-    # request sent after it may lift it. A success that was already in flight proves nothing.
-    block_since: float | None = None
-    windows: dict[str, Window] = field(default_factory=dict)
-    in_flight: int = 0
-    reserved_input: int = 0
-    reserved_output: int = 0
-    requests: int = 0
-    errors: int = 0
-    latency_ms: float | None = None
-    uid: int = 0  # stable tie-breaker in the heaps
-    version: int = 0  # bumped on every change; heap entries of older versions are stale
-    last_chosen: int = 0  # sequence of the last choice: least recently chosen wins ties (round robin)
-    timer_due: float | None = None  # when this account's pending timer fires
-
-    def _clear_block_if_over(self, now: float) -> None:
-        if self.block_until is not None and now >= self.block_until:
-            self.block_kind = self.block_reason = self.block_until = None
-
-    def status(self, now: float) -> AccountStatus:
-        if not self.enabled:
-            return "disabled"
-        if self.needs_login:
-            return "needs_login"
-        if self.secret is None:
-            return "waiting_for_keyring" if self.keyring_wait else "needs_login"
-        self._clear_block_if_over(now)
-        if self.block_kind == "exhausted":
-            return "exhausted"
-        if self.block_kind == "cooling":
-            return "cooling"
-        if self.zero_window_reset(now) is not None:
-            return "exhausted"
-        return "ok"
-
-    def window_remaining(self, name: str, window: Window, now: float) -> int | None:
-        """Remaining in a window, restored to the limit once its reset has passed."""
-        if window.reset is not None and now >= window.reset and window.limit is not None:
-            return window.limit
-        return window.remaining
-
-    def zero_window_reset(self, now: float) -> float | None:
-        """If a known window is at zero and not yet reset, when it resets."""
-        latest = None
-        for w in self.windows.values():
-            if w.remaining == 0 and w.reset is not None and now < w.reset:
-                latest = w.reset if latest is None else max(latest, w.reset)
-        return latest
-
-    def _reserved(self, name: str) -> int:
-        if name == "requests":
-            return self.in_flight
-        if name == "input-tokens":
-            return self.reserved_input
-        if name == "output-tokens":
-            return self.reserved_output
-        return self.reserved_input + self.reserved_output  # "tokens"
-
-    def headroom(self, now: float) -> float | None:
-        """Smallest remaining fraction over the known windows, less in-flight reservations."""
-        best: float | None = None
-        for name, w in self.windows.items():
-            if not w.limit:
-                continue
-            remaining = self.window_remaining(name, w, now)
-            if remaining is None:
-                continue
-            frac = max(0.0, (remaining - self._reserved(name)) / w.limit)
-            if best is None or frac < best:
-                best = frac
-        return best
-
-    def fits(self, est: Estimate, now: float) -> bool:
-        """Whether the request's estimate fits every known window's remaining budget."""
-        for name, w in self.windows.items():
-            remaining = self.window_remaining(name, w, now)
-            if remaining is None:
-                continue
-            if name == "requests":
-                need = 1
-            elif name == "input-tokens":
-                need = est.input_tokens
-            elif name == "output-tokens":
-                need = est.output_tokens
-            else:
-                need = est.input_tokens + est.output_tokens
-            if w.limit:
-                # A request bigger than the whole window can only ever wait for a full one.
-                need = min(need, w.limit)
-            if remaining - self._reserved(name) < need:
-                return False
-        return True
-
-    def next_free(self, now: float) -> float | None:
-        """When this account can next serve, if it is blocked by time (not by login/disable)."""
-        if not self.enabled or self.needs_login or self.secret is None:
-            return None
-        times = [t for t in (self.block_until, self.zero_window_reset(now)) if t is not None and t > now]
-        return max(times) if times else None
-
-
-@dataclass(eq=False, slots=True)
 class Lease:
     account: AccountState
     estimate: Estimate
     started: float
     seq: int = 0  # order in which leases were granted
     released: bool = False
+
+
+# An entry of the ready heap, smallest first: (-headroom, in_flight, last_chosen, uid, version,
+# account); uid is unique, so comparison never reaches the account. A plain tuple unpacked by name,
+# not a NamedTuple: building a NamedTuple takes about 0.3 µs in Python 3.11, and two are pushed
+# per choose + release (measured: 11 % slower over the whole choice).
+_Ready = tuple[float, int, int, int, int, AccountState]
+
+
+class _Cooling(NamedTuple):
+    """An entry of the cooling heap: the cooldown that ends first sorts first."""
+
+    until: float
+    uid: int
+    version: int
+    account: AccountState
+
+
+class _Timer(NamedTuple):
+    due: float
+    uid: int
+    account: AccountState
 
 
 class NoAccounts(Exception):
@@ -181,16 +98,17 @@ class PoolExhausted(Exception):
 
 
 class Pool:
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
-        self.accounts: dict[str, AccountState] = {}
-        self.preferred: str | None = None
+    def __init__(self, *, clock: Callable[[], float] = time.time, store: PoolStore | None = None) -> None:
+        self.store: PoolStore = MemoryStore() if store is None else store
+        # The store's own mapping, read directly on the hot path (a shared store keeps it as a mirror).
+        self.accounts = self.store.accounts
         self.clock = clock
         self._seq = itertools.count(1)
         self._uids = itertools.count(1)
-        self._ready: list[tuple[float, int, int, int, int, AccountState]] = []
+        self._ready: list[_Ready] = []
         # Cooling accounts by when their cooldown ends: the panic choice when none is ready.
-        self._cooling: list[tuple[float, int, int, AccountState]] = []
-        self._timers: list[tuple[float, int, AccountState]] = []
+        self._cooling: list[_Cooling] = []
+        self._timers: list[_Timer] = []
         self._queue: deque[_Waiter] = deque()
         self._dispatching = False
         self._pool_headers: list[tuple[bytes, bytes]] = []
@@ -200,38 +118,45 @@ class Pool:
         # queue (a read at start-up takes milliseconds); once it is overdue they get a 503 at once.
         self.keyring_answer_expected = False
 
+    @property
+    def preferred(self) -> str | None:
+        return self.store.preferred
+
+    @preferred.setter
+    def preferred(self, alias: str | None) -> None:
+        """Restored from the registry at start-up, before anything is routed: no checks, no events."""
+        self.store.prefer(alias)
+
     # -- membership --------------------------------------------------------------------
     def upsert(self, alias: str, kind: str, base_url: str, created: float, secret: str | None,
                enabled: bool = True) -> AccountState:
         acc = self.accounts.get(alias)
         if acc is None:
-            acc = self.accounts[alias] = AccountState(alias, kind, base_url, created, uid=next(self._uids))
-        acc.kind, acc.base_url, acc.created, acc.enabled = kind, base_url, created, enabled
+            acc = self.store.add(AccountState(alias, kind, base_url, created, uid=next(self._uids)))
+        acc.kind, acc.base_url, acc.created = kind, base_url, created
+        if acc.enabled != enabled:
+            self.store.set_enabled(acc, enabled)
         if secret is not None:
             acc.secret = secret
-            acc.needs_login = None
+            if acc.needs_login is not None:
+                self.store.set_needs_login(acc, None)
         self._changed(acc)
         return acc
 
     def remove(self, alias: str) -> None:
-        self.accounts.pop(alias, None)
-        if self.preferred == alias:
-            self.preferred = None
+        self.store.remove(alias)
         self._changed()
 
     def set_enabled(self, alias: str, enabled: bool) -> None:
-        self.accounts[alias].enabled = enabled
-        self._changed(self.accounts[alias])
+        acc = self.accounts[alias]
+        self.store.set_enabled(acc, enabled)
+        self._changed(acc)
 
     def prefer(self, alias: str | None) -> None:
         if alias is not None and alias not in self.accounts:
             raise KeyError(alias)
-        self.preferred = alias
+        self.store.prefer(alias)
         self._changed()
-
-    def mark_needs_login(self, alias: str, reason: str) -> None:
-        self.accounts[alias].needs_login = reason
-        self._changed(self.accounts[alias])
 
     def secret_loaded(self, alias: str, secret: str | None) -> None:
         """The keyring answered for `alias`: its key, or None when it holds none."""
@@ -256,8 +181,7 @@ class Pool:
 
     def clear_block(self, alias: str) -> None:
         acc = self.accounts[alias]
-        acc.block_kind = acc.block_reason = acc.block_until = None
-        acc.failures = 0
+        self.store.clear_block(acc, forget_failures=True)
         self._changed(acc)
 
     # -- the index -----------------------------------------------------------------------
@@ -271,36 +195,45 @@ class Pool:
         acc.version += 1
         now = self.clock()
         status = acc.status(now)
-        if status == "ok":
+        if status is STATUS_OK:
             h = acc.headroom(now)
             key = -round(1.0 if h is None else h, 2)
             heapq.heappush(self._ready, (key, acc.in_flight, acc.last_chosen, acc.uid, acc.version, acc))
             if len(self._ready) > 4 * len(self.accounts) + 64:
                 self._compact()
-        elif status == "cooling" and acc.block_until is not None and _panic_eligible(acc, now):
-            heapq.heappush(self._cooling, (acc.block_until, acc.uid, acc.version, acc))
+        elif status is STATUS_COOLING and acc.block_until is not None and _panic_eligible(acc, now):
+            heapq.heappush(self._cooling, _Cooling(acc.block_until, acc.uid, acc.version, acc))
             if len(self._cooling) > 4 * len(self.accounts) + 64:
                 self._compact()
         # One timer per account, for the next moment its standing changes by itself: a cooldown
         # ends, or a window resets (headroom jumps back up).
-        due = acc.next_free(now) if status in ("cooling", "exhausted") else None
+        due = acc.next_free(now) if status in BLOCKED_BY_TIME else None
         for w in acc.windows.values():
             if w.reset is not None and w.reset > now and (due is None or w.reset < due):
                 due = w.reset
         if due is not None and due != acc.timer_due:
             acc.timer_due = due
-            heapq.heappush(self._timers, (due, acc.uid, acc))
+            heapq.heappush(self._timers, _Timer(due, acc.uid, acc))
 
     def _compact(self) -> None:
         """Drop stale entries (kept only the current one per account)."""
-        self._ready = [e for e in self._ready if e[4] == e[5].version and self.accounts.get(e[5].alias) is e[5]]
-        heapq.heapify(self._ready)
-        self._cooling = [e for e in self._cooling if e[2] == e[3].version and self.accounts.get(e[3].alias) is e[3]]
+        ready: list[_Ready] = []
+        for entry in self._ready:
+            _, _, _, _, version, acc = entry
+            if self._current(version, acc):
+                ready.append(entry)
+        heapq.heapify(ready)
+        self._ready = ready
+        self._cooling = [e for e in self._cooling if self._current(e.version, e.account)]
         heapq.heapify(self._cooling)
+
+    def _current(self, version: int, acc: AccountState) -> bool:
+        """Whether a heap entry made at `version` still speaks for `acc` (not changed since, not removed)."""
+        return version == acc.version and self.accounts.get(acc.alias) is acc
 
     def _run_timers(self, now: float) -> None:
         timers = self._timers
-        while timers and timers[0][0] <= now:
+        while timers and timers[0].due <= now:
             due, _, acc = heapq.heappop(timers)
             if acc.timer_due == due and self.accounts.get(acc.alias) is acc:
                 acc.timer_due = None
@@ -313,20 +246,20 @@ class Pool:
         self._run_timers(now)
         excluded = exclude if isinstance(exclude, (set, frozenset)) else set(exclude)
         chosen: AccountState | None = None
-        pref = self.accounts.get(self.preferred) if self.preferred is not None else None
-        if pref is not None and pref.alias not in excluded and pref.status(now) == "ok" and pref.fits(est, now):
+        preferred = self.store.preferred
+        pref = self.accounts.get(preferred) if preferred is not None else None
+        if pref is not None and pref.alias not in excluded and pref.status(now) is STATUS_OK and pref.fits(est, now):
             chosen = pref
         else:
             ready = self._ready
-            set_aside: list[tuple[float, int, int, int, int, AccountState]] = []
+            set_aside: list[_Ready] = []
             fallback: AccountState | None = None
             while ready:
-                entry = ready[0]
-                acc = entry[5]
-                if entry[4] != acc.version or self.accounts.get(acc.alias) is not acc:
+                _, _, _, _, version, acc = ready[0]
+                if version != acc.version or self.accounts.get(acc.alias) is not acc:
                     heapq.heappop(ready)  # stale
                     continue
-                if acc.status(now) != "ok":
+                if acc.status(now) is not STATUS_OK:
                     heapq.heappop(ready)
                     self._touch(acc)  # re-judged: goes to the timers
                     continue
@@ -341,7 +274,7 @@ class Pool:
                 heapq.heappush(ready, entry)
             if chosen is None:
                 # Nothing fits the estimate but some can serve: better to try than to queue on a guess.
-                if pref is not None and pref.alias not in excluded and pref.status(now) == "ok":
+                if pref is not None and pref.alias not in excluded and pref.status(now) is STATUS_OK:
                     chosen = pref
                 else:
                     chosen = fallback
@@ -349,9 +282,7 @@ class Pool:
                 chosen = self._panic_choice(excluded, now)
             if chosen is None:
                 return None
-        chosen.in_flight += 1
-        chosen.reserved_input += est.input_tokens
-        chosen.reserved_output += est.output_tokens
+        self.store.reserve(chosen, est)
         chosen.last_chosen = next(self._seq)
         self._touch(chosen)
         return Lease(chosen, est, now, chosen.last_chosen)
@@ -365,12 +296,12 @@ class Pool:
         exhausted by a 429, or with a window at zero, never take part.
         """
         heap = self._cooling
-        set_aside: list[tuple[float, int, int, AccountState]] = []
+        set_aside: list[_Cooling] = []
         chosen: AccountState | None = None
         while heap:
             entry = heap[0]
-            acc = entry[3]
-            if entry[2] != acc.version or self.accounts.get(acc.alias) is not acc:
+            acc = entry.account
+            if entry.version != acc.version or self.accounts.get(acc.alias) is not acc:
                 heapq.heappop(heap)  # stale
                 continue
             if not _panic_eligible(acc, now):
@@ -391,9 +322,7 @@ class Pool:
             return
         lease.released = True
         acc = lease.account
-        acc.in_flight -= 1
-        acc.reserved_input -= lease.estimate.input_tokens
-        acc.reserved_output -= lease.estimate.output_tokens
+        self.store.release(acc, lease.estimate)
         if self.accounts.get(acc.alias) is acc:
             self._touch(acc)
         self._dispatch()
@@ -405,8 +334,8 @@ class Pool:
         waiting_ok = self.keyring_answer_expected
         return any(
             acc.alias not in excluded and (
-                (status := acc.status(now)) in ("ok", "cooling", "exhausted")
-                or (waiting_ok and status == "waiting_for_keyring")
+                (status := acc.status(now)) is STATUS_OK or status in BLOCKED_BY_TIME
+                or (waiting_ok and status is Status.WAITING_FOR_KEYRING)
             )
             for acc in self.accounts.values()
         )
@@ -472,8 +401,8 @@ class Pool:
         now = self.clock()
         excluded = set(exclude)
         return any(
-            acc.alias not in excluded and acc.status(now) != "disabled" and not acc.needs_login
-            and (acc.block_kind == "exhausted" or acc.zero_window_reset(now) is not None)
+            acc.alias not in excluded and acc.status(now) is not Status.DISABLED and not acc.needs_login
+            and (acc.block_kind is BlockKind.EXHAUSTED or acc.zero_window_reset(now) is not None)
             for acc in self.accounts.values()
         )
 
@@ -540,12 +469,11 @@ class Pool:
         """Fresh rate-limit windows. `sent_at`: when the request they answer was sent (None: now)."""
         if self._is_stale(acc, sent_at):
             return  # older than what blocked the account: it would overwrite newer news
-        for name, w in snap.windows.items():
-            acc.windows[name] = w
+        self.store.observe_windows(acc, snap.windows)
         # Fresh headers showing room again are evidence of recovery.
-        if acc.block_kind == "exhausted" and snap.windows and acc.zero_window_reset(self.clock()) is None \
+        if acc.block_kind is BlockKind.EXHAUSTED and snap.windows and acc.zero_window_reset(self.clock()) is None \
                 and all((w.remaining or 0) > 0 for w in snap.windows.values()):
-            acc.block_kind = acc.block_reason = acc.block_until = None
+            self.store.clear_block(acc)
         self._touch(acc)
         self._dispatch()
 
@@ -556,10 +484,9 @@ class Pool:
         if self._is_stale(acc, sent_at):
             self._dispatch()
             return
-        acc.failures = 0
-        acc.needs_login = None
-        if acc.block_kind is not None:
-            acc.block_kind = acc.block_reason = acc.block_until = None
+        blocked = acc.block_kind is not None
+        self.store.recovered(acc)
+        if blocked:
             self._changed(acc)
         else:
             self._dispatch()
@@ -567,7 +494,7 @@ class Pool:
     def observe_rate_limited(self, acc: AccountState, snap: Snapshot, *, spend_limit: bool, message: str) -> None:
         now = self.clock()
         acc.errors += 1
-        acc.windows.update(snap.windows)
+        self.store.observe_windows(acc, snap.windows)
         if spend_limit:
             until = now + SPEND_LIMIT_RECHECK
             reason = redact(f"spend limit reached: {message}", (acc.secret,))[:200]
@@ -579,10 +506,9 @@ class Pool:
             until = max(candidates) if candidates else now + DEFAULT_429_COOLDOWN
             reason = "rate limited (429)"
         # The latest reset wins: a new 429 never shortens a longer exhaustion.
-        if acc.block_kind == "exhausted" and acc.block_until and acc.block_until > until:
+        if acc.block_kind is BlockKind.EXHAUSTED and acc.block_until and acc.block_until > until:
             until = acc.block_until
-        acc.block_kind, acc.block_reason, acc.block_until = "exhausted", reason, until
-        acc.block_since = now
+        self.store.block(acc, BlockKind.EXHAUSTED, reason, until, since=now)
         self._changed(acc)
 
     def observe_transient(self, acc: AccountState, reason: str, sent_at: float | None = None) -> None:
@@ -595,18 +521,16 @@ class Pool:
         acc.errors += 1
         if self._is_stale(acc, sent_at) and acc.block_kind is not None:
             return
-        acc.failures += 1
-        seconds = min(COOLDOWN_MAX, COOLDOWN_BASE * 2 ** (acc.failures - 1))
-        if acc.block_kind != "exhausted":
-            acc.block_kind, acc.block_until = "cooling", now + seconds
-            acc.block_reason = redact(reason, (acc.secret,))[:200]
-            acc.block_since = now
+        failures = self.store.count_failure(acc)
+        seconds = min(COOLDOWN_MAX, COOLDOWN_BASE * 2 ** (failures - 1))
+        if acc.block_kind is not BlockKind.EXHAUSTED:
+            self.store.block(acc, BlockKind.COOLING, redact(reason, (acc.secret,))[:200], now + seconds, since=now)
         self._changed(acc)
 
     def observe_auth_failure(self, acc: AccountState, status: int, message: str) -> None:
         acc.errors += 1
-        acc.needs_login = redact(f"{AUTH_REJECTED_PREFIX} {status}: {message}", (acc.secret,))[:200]
-        acc.block_since = self.clock()
+        reason = redact(f"{AUTH_REJECTED_PREFIX} {status}: {message}", (acc.secret,))[:200]
+        self.store.set_needs_login(acc, reason, since=self.clock())
         self._changed(acc)
 
     def _changed(self, acc: AccountState | None = None) -> None:
@@ -622,19 +546,19 @@ class Pool:
         status = acc.status(now)
         reason: str | None = None
         until: float | None = None
-        if status == "needs_login":
+        if status is Status.NEEDS_LOGIN:
             reason = acc.needs_login or f"no key in the keyring; run: {command('dario-ctl')} login {acc.alias}"
-        elif status == "waiting_for_keyring":
+        elif status is Status.WAITING_FOR_KEYRING:
             reason = acc.keyring_wait
-        elif status in ("cooling", "exhausted"):
+        elif status in BLOCKED_BY_TIME:
             reason = acc.block_reason or "a rate-limit window is at zero"
             until = acc.next_free(now)
-        elif status == "disabled":
+        elif status is Status.DISABLED:
             reason = f"disabled; run: {command('dario-ctl')} accounts enable {acc.alias}"
         windows = {
             name: {
                 "limit": w.limit,
-                "remaining": acc.window_remaining(name, w, now),
+                "remaining": w.remaining_at(now),
                 "reset": w.reset if (w.reset is None or w.reset > now) else None,
             }
             for name, w in acc.windows.items()
@@ -647,7 +571,7 @@ class Pool:
             "created": acc.created,
             "enabled": acc.enabled,
             "preferred": self.preferred == acc.alias,
-            "status": status,
+            "status": status.wire,
             "reason": reason,
             "until": until,
             "headroom": None if headroom is None else round(headroom, 4),
@@ -665,17 +589,17 @@ class Pool:
     def pool_view(self) -> PoolView:
         now = self.clock()
         statuses = [acc.status(now) for acc in self.accounts.values()]
-        usable = [s for s in statuses if s != "disabled"]
-        available = sum(1 for s in statuses if s == "ok")
+        usable = [s for s in statuses if s is not Status.DISABLED]
+        available = sum(1 for s in statuses if s is Status.OK)
         if not usable:
             health = "empty"
         elif available == len(usable):
             health = "ok"
         elif available:
             health = "degraded"
-        elif any(s in ("cooling", "exhausted") for s in usable):
+        elif any(s in BLOCKED_BY_TIME for s in usable):
             health = "exhausted"
-        elif "waiting_for_keyring" in usable:
+        elif Status.WAITING_FOR_KEYRING in usable:
             health = "waiting_for_keyring"
         else:
             health = "needs_login"
@@ -703,10 +627,10 @@ class Pool:
         totals: dict[str, list[int]] = {}
         resets: dict[str, float] = {}
         for acc in self.accounts.values():
-            if acc.status(now) != "ok":
+            if acc.status(now) is not Status.OK:
                 continue
             for name, w in acc.windows.items():
-                remaining = acc.window_remaining(name, w, now)
+                remaining = w.remaining_at(now)
                 if w.limit is None or remaining is None:
                     continue
                 t = totals.setdefault(name, [0, 0])
@@ -729,7 +653,7 @@ class Pool:
         out: dict[str, Any] = {}
         for acc in self.accounts.values():
             out[acc.alias] = {
-                "block_kind": acc.block_kind,
+                "block_kind": None if acc.block_kind is None else acc.block_kind.value,
                 "block_reason": _clean(acc.block_reason, acc),
                 "block_until": acc.block_until,
                 "failures": acc.failures,
@@ -747,25 +671,33 @@ class Pool:
             if acc is None or not isinstance(item, dict):
                 continue
             until = item.get("block_until")
-            if isinstance(until, (int, float)) and until > now:
-                acc.block_kind = item.get("block_kind")
-                acc.block_reason = _clean(item.get("block_reason"), acc)
-                acc.block_until = float(until)
-                acc.failures = int(item.get("failures") or 0)
+            kind = _block_kind(item.get("block_kind"))
+            if isinstance(until, (int, float)) and until > now and kind is not None:
+                self.store.block(acc, kind, _clean(item.get("block_reason"), acc), float(until), since=None)
+                self.store.restore(acc, failures=int(item.get("failures") or 0))
             # Only a key the upstream rejected stays rejected across a restart. Older versions also
             # saved keyring trouble here, which would keep a good key dead: that is dropped.
             needs_login = item.get("needs_login")
             if isinstance(needs_login, str) and needs_login.startswith(AUTH_REJECTED_PREFIX):
-                acc.needs_login = _clean(needs_login, acc)
-            for name, w in (item.get("windows") or {}).items():
-                if name in WINDOWS and isinstance(w, dict):
-                    acc.windows[name] = Window(w.get("limit"), w.get("remaining"), w.get("reset"))
+                self.store.set_needs_login(acc, _clean(needs_login, acc))
+            self.store.observe_windows(acc, {
+                name: Window(w.get("limit"), w.get("remaining"), w.get("reset"))
+                for name, w in (item.get("windows") or {}).items() if name in WINDOWS and isinstance(w, dict)
+            })
             self._touch(acc)
 
 
 def _panic_eligible(acc: AccountState, now: float) -> bool:
     """Cooling after overloads or outages only: not exhausted, no window at zero."""
-    return acc.status(now) == "cooling" and acc.zero_window_reset(now) is None
+    return acc.status(now) is STATUS_COOLING and acc.zero_window_reset(now) is None
+
+
+def _block_kind(saved: object) -> BlockKind | None:
+    """A block kind read back from disk; one this version does not know restores no block."""
+    try:
+        return BlockKind(saved) if isinstance(saved, str) else None
+    except ValueError:
+        return None
 
 
 @dataclass(eq=False, slots=True)

@@ -23,6 +23,12 @@ class Window:
     remaining: int | None = None
     reset: float | None = None  # epoch seconds
 
+    def remaining_at(self, now: float) -> int | None:
+        """Remaining at `now`: back to the limit once the reset has passed."""
+        if self.reset is not None and now >= self.reset and self.limit is not None:
+            return self.limit
+        return self.remaining
+
     def as_dict(self) -> dict[str, int | float | None]:
         return {"limit": self.limit, "remaining": self.remaining, "reset": self.reset}
 

@@ -1,4 +1,4 @@
-"""Model aliases/listings and the thinking cache (dario.daemon.routing.models/thinking)."""
+"""Model aliases/listings and the thinking cache (dario.daemon.routing.models/catalog, openai/thinking)."""
 
 from __future__ import annotations
 
@@ -84,9 +84,9 @@ def test_load_bad_file_names_it(tmp_path: pathlib.Path, content: bytes) -> None:
         ModelTable.load(f)
 
 
-def test_openai_list_and_model() -> None:
-    t = ModelTable({"my-model": "sonnet"})
-    listing = t.openai_list()
+def test_catalog_list_and_model_parse_in_the_openai_sdk() -> None:
+    catalog = ModelCatalog(ModelTable({"my-model": "sonnet"}))
+    listing = catalog.page(limit=None, after_id=None, before_id=None)
     assert listing["object"] == "list"
     ids = [m["id"] for m in listing["data"]]
     assert len(ids) == len(set(ids))
@@ -95,9 +95,9 @@ def test_openai_list_and_model() -> None:
     for m in listing["data"]:
         Model.model_validate(m)
         assert m["object"] == "model" and m["owned_by"] == "anthropic" and isinstance(m["created"], int)
-    assert t.openai_model("gpt-4o") == next(m for m in listing["data"] if m["id"] == "gpt-4o")
-    assert t.openai_model("claude-sonnet-4-5-20250929")["created"] > 0  # type: ignore[index]
-    assert t.openai_model("nope") is None
+    assert catalog.get("gpt-4o") == next(m for m in listing["data"] if m["id"] == "gpt-4o")
+    assert catalog.get("claude-sonnet-4-5-20250929")["created"] > 0  # type: ignore[index]
+    assert catalog.get("nope") is None
 
 
 def test_thinking_cache_lru_and_filters() -> None:

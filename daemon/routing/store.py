@@ -1,0 +1,323 @@
+"""The pool's state: one record per account, and the operations that change what is shared.
+
+`Pool` (pool.py) decides — it ranks accounts by headroom in its heap index, picks one, queues
+requests when none can serve. Everything it decides *from* that more than one dariod would have
+to agree on lives in a `PoolStore`: each account's rate-limit windows (limit, remaining, reset),
+the reservations of requests in flight, cooldowns and exhaustion (block kind, reason, until,
+since, consecutive failures), the needs-login verdict, and the preference and enabled flags.
+Every change to that state goes through one of the store's operations; the pool never assigns
+those fields itself. `MemoryStore` keeps it in this process, which is all one dariod needs.
+
+The interface sits at the level of per-account records rather than behind every read, because
+the pool's hot path (choose + release) reads a record's windows dozens of times per choice and
+must stay in the microseconds. A store hands out `AccountState` records that the pool reads
+directly; a shared store keeps them as a local mirror of the shared truth.
+
+How a Redis-backed store (team mode) implements the same operations, as an added module:
+
+- Keys: one hash per account (`dario:acct:<alias>`: windows, block fields, failures, enabled,
+  needs_login) plus one hash of reservations per account keyed by lease id, and one string for
+  the preferred alias. Each window field carries its reset; the hash's expiry is set to the
+  latest reset (`PEXPIREAT`), so stale windows and finished blocks disappear by themselves.
+- `reserve` / `release` / `observe_windows` / `block` / `clear_block` / `recovered` /
+  `count_failure` are each one Lua script (`EVALSHA`), so check-and-update is atomic on the
+  server. Its `reserve` would re-check that the estimate still fits the account's remaining
+  budget less the other instances' reservations and refuse otherwise; `reserve` then has to say
+  whether it held (a bool the pool answers by choosing again) — MemoryStore, the only writer of
+  its own state, is never refused, so today it returns nothing. The hot path costs one round
+  trip to reserve and one pipelined round trip to release and observe.
+- Reservations carry the instance's lease id; the instance refreshes a heartbeat key with a TTL,
+  and a reservation whose instance's heartbeat expired is dropped by the next script that reads
+  it, so a crashed dariod does not hold budget for ever.
+- Wake-ups: every script that frees capacity (release, recovery, a block lifted) publishes the
+  alias on a channel; each instance subscribes, refreshes that record in its mirror and calls
+  `Pool.notify()`, so its queued requests are judged again — as `MemoryStore`'s callers do
+  locally today.
+- Per-instance facts stay local and are not stored: the key itself (each instance reads its own
+  OS keyring), keyring waits, the heap bookkeeping (uid, version, timer_due, last_chosen) and the
+  request/error/latency counters shown in views.
+
+May import: routing's siblings, exchange, control.api (the status vocabulary).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol, cast
+
+from dario.daemon.control.api import AccountStatus
+from dario.daemon.exchange import Estimate
+from dario.daemon.routing.ratelimits import Window
+
+
+class BlockKind(StrEnum):
+    """Why an account is held back by time. The values are written to pool-state.json."""
+
+    COOLING = "cooling"  # after 529/5xx/transport errors: a preference, ends by itself
+    EXHAUSTED = "exhausted"  # after a 429 or a spend limit: held until the reset
+
+
+class Status(StrEnum):
+    """An account's standing; the values are the control API's `AccountStatus` literals."""
+
+    OK = "ok"
+    COOLING = "cooling"
+    EXHAUSTED = "exhausted"
+    NEEDS_LOGIN = "needs_login"
+    DISABLED = "disabled"
+    WAITING_FOR_KEYRING = "waiting_for_keyring"
+
+    @property
+    def wire(self) -> AccountStatus:
+        """The plain string the control API and views carry (never the enum object)."""
+        return cast("AccountStatus", self._value_)
+
+
+# What time alone can change: a block that ends, or a window at zero that resets.
+BLOCKED_BY_TIME = frozenset((Status.COOLING, Status.EXHAUSTED))
+
+# Python 3.11 finds `Status.OK` through the enum's metaclass, about 0.1 µs a lookup, twenty times
+# a module global; `status` and the pool's heap code read these several times per choice.
+STATUS_OK, STATUS_COOLING, STATUS_EXHAUSTED = Status.OK, Status.COOLING, Status.EXHAUSTED
+STATUS_NEEDS_LOGIN, STATUS_DISABLED, STATUS_WAITING = Status.NEEDS_LOGIN, Status.DISABLED, Status.WAITING_FOR_KEYRING
+BLOCK_COOLING, BLOCK_EXHAUSTED = BlockKind.COOLING, BlockKind.EXHAUSTED
+
+
+@dataclass(eq=False, slots=True)
+class AccountState:
+    """One account's record. Fields marked "shared" change only through a `PoolStore`."""
+
+    alias: str
+    kind: str
+    base_url: str
+    created: float
+    secret: str | None = None  # held in memory only; never serialized
+    enabled: bool = True  # shared
+    needs_login: str | None = None  # shared; reason, when the upstream rejected the key
+    # Why the key could not be read from the keyring yet (locked, not answering, failing). Never
+    # persisted: a keyring problem is a passing state of this session, not a verdict on the key.
+    keyring_wait: str | None = None
+    block_kind: BlockKind | None = None  # shared
+    block_reason: str | None = None  # shared
+    block_until: float | None = None  # shared
+    failures: int = 0  # shared; consecutive transient failures, for the growing cooldown
+    # When the latest block (cooldown, exhaustion, rejected key) was set: only evidence from a
+    # request sent after it may lift it. A success that was already in flight proves nothing.
+    block_since: float | None = None  # shared
+    windows: dict[str, Window] = field(default_factory=dict)  # shared
+    in_flight: int = 0  # shared (reservations)
+    reserved_input: int = 0  # shared (reservations)
+    reserved_output: int = 0  # shared (reservations)
+    requests: int = 0
+    errors: int = 0
+    latency_ms: float | None = None
+    uid: int = 0  # stable tie-breaker in the heaps
+    version: int = 0  # bumped on every change; heap entries of older versions are stale
+    last_chosen: int = 0  # sequence of the last choice: least recently chosen wins ties (round robin)
+    timer_due: float | None = None  # when this account's pending timer fires
+
+    def _clear_block_if_over(self, now: float) -> None:
+        # A block that has run out is gone, as a Redis key past its expiry would be.
+        if self.block_until is not None and now >= self.block_until:
+            self.block_kind = self.block_reason = self.block_until = None
+
+    def status(self, now: float) -> Status:
+        if not self.enabled:
+            return STATUS_DISABLED
+        if self.needs_login:
+            return STATUS_NEEDS_LOGIN
+        if self.secret is None:
+            return STATUS_WAITING if self.keyring_wait else STATUS_NEEDS_LOGIN
+        self._clear_block_if_over(now)
+        kind = self.block_kind
+        if kind is BLOCK_EXHAUSTED:
+            return STATUS_EXHAUSTED
+        if kind is BLOCK_COOLING:
+            return STATUS_COOLING
+        if self.zero_window_reset(now) is not None:
+            return STATUS_EXHAUSTED
+        return STATUS_OK
+
+    def zero_window_reset(self, now: float) -> float | None:
+        """If a known window is at zero and not yet reset, when it resets."""
+        latest = None
+        for w in self.windows.values():
+            if w.remaining == 0 and w.reset is not None and now < w.reset:
+                latest = w.reset if latest is None else max(latest, w.reset)
+        return latest
+
+    def _reserved(self, name: str) -> int:
+        if name == "requests":
+            return self.in_flight
+        if name == "input-tokens":
+            return self.reserved_input
+        if name == "output-tokens":
+            return self.reserved_output
+        return self.reserved_input + self.reserved_output  # "tokens"
+
+    def headroom(self, now: float) -> float | None:
+        """Smallest remaining fraction over the known windows, less in-flight reservations."""
+        best: float | None = None
+        for name, w in self.windows.items():
+            if not w.limit:
+                continue
+            remaining = w.remaining_at(now)
+            if remaining is None:
+                continue
+            frac = max(0.0, (remaining - self._reserved(name)) / w.limit)
+            if best is None or frac < best:
+                best = frac
+        return best
+
+    def fits(self, est: Estimate, now: float) -> bool:
+        """Whether the request's estimate fits every known window's remaining budget."""
+        for name, w in self.windows.items():
+            remaining = w.remaining_at(now)
+            if remaining is None:
+                continue
+            if name == "requests":
+                need = 1
+            elif name == "input-tokens":
+                need = est.input_tokens
+            elif name == "output-tokens":
+                need = est.output_tokens
+            else:
+                need = est.input_tokens + est.output_tokens
+            if w.limit:
+                # A request bigger than the whole window can only ever wait for a full one.
+                need = min(need, w.limit)
+            if remaining - self._reserved(name) < need:
+                return False
+        return True
+
+    def next_free(self, now: float) -> float | None:
+        """When this account can next serve, if it is blocked by time (not by login/disable)."""
+        if not self.enabled or self.needs_login or self.secret is None:
+            return None
+        times = [t for t in (self.block_until, self.zero_window_reset(now)) if t is not None and t > now]
+        return max(times) if times else None
+
+
+class PoolStore(Protocol):
+    """Where the pool's shared state lives. Each method is one atomic operation."""
+
+    @property
+    def accounts(self) -> Mapping[str, AccountState]:
+        """Every account's record, by alias (a shared store: its local mirror)."""
+        ...
+
+    @property
+    def preferred(self) -> str | None: ...
+
+    def add(self, record: AccountState) -> AccountState:
+        """Register `record`, or return the one already stored under its alias."""
+        ...
+
+    def remove(self, alias: str) -> None:
+        """Forget the account, and the preference for it."""
+        ...
+
+    def prefer(self, alias: str | None) -> None: ...
+
+    def set_enabled(self, acc: AccountState, enabled: bool) -> None: ...
+
+    def set_needs_login(self, acc: AccountState, reason: str | None, *, since: float | None = None) -> None:
+        """The upstream's verdict on the key (None: accepted again); `since` starts a block."""
+        ...
+
+    def reserve(self, acc: AccountState, est: Estimate) -> None:
+        """A request goes to `acc`: hold one request and its estimated tokens in every window."""
+        ...
+
+    def release(self, acc: AccountState, est: Estimate) -> None:
+        """The request is over: give back what `reserve` held."""
+        ...
+
+    def observe_windows(self, acc: AccountState, windows: Mapping[str, Window]) -> None:
+        """Fresh rate-limit windows from an upstream answer replace the ones known."""
+        ...
+
+    def block(self, acc: AccountState, kind: BlockKind, reason: str | None, until: float,
+              *, since: float | None) -> None:
+        """Hold the account back until `until`; `since` is when the evidence arrived."""
+        ...
+
+    def clear_block(self, acc: AccountState, *, forget_failures: bool = False) -> None: ...
+
+    def count_failure(self, acc: AccountState) -> int:
+        """One more consecutive transient failure; returns the count."""
+        ...
+
+    def recovered(self, acc: AccountState) -> None:
+        """A request sent after the latest block succeeded: no failures, no block, key accepted."""
+        ...
+
+    def restore(self, acc: AccountState, *, failures: int) -> None:
+        """Failures counted before a restart (the block itself is restored with `block`)."""
+        ...
+
+
+class MemoryStore:
+    """The pool's state in this process's memory: what a single dariod uses."""
+
+    def __init__(self) -> None:
+        # Plain attributes, not properties: the pool reads both on every choice.
+        self.accounts: dict[str, AccountState] = {}
+        self.preferred: str | None = None
+
+    def add(self, record: AccountState) -> AccountState:
+        return self.accounts.setdefault(record.alias, record)
+
+    def remove(self, alias: str) -> None:
+        self.accounts.pop(alias, None)
+        if self.preferred == alias:
+            self.preferred = None
+
+    def prefer(self, alias: str | None) -> None:
+        self.preferred = alias
+
+    def set_enabled(self, acc: AccountState, enabled: bool) -> None:
+        acc.enabled = enabled
+
+    def set_needs_login(self, acc: AccountState, reason: str | None, *, since: float | None = None) -> None:
+        acc.needs_login = reason
+        if since is not None:
+            acc.block_since = since
+
+    def reserve(self, acc: AccountState, est: Estimate) -> None:
+        acc.in_flight += 1
+        acc.reserved_input += est.input_tokens
+        acc.reserved_output += est.output_tokens
+
+    def release(self, acc: AccountState, est: Estimate) -> None:
+        acc.in_flight -= 1
+        acc.reserved_input -= est.input_tokens
+        acc.reserved_output -= est.output_tokens
+
+    def observe_windows(self, acc: AccountState, windows: Mapping[str, Window]) -> None:
+        acc.windows.update(windows)
+
+    def block(self, acc: AccountState, kind: BlockKind, reason: str | None, until: float,
+              *, since: float | None) -> None:
+        acc.block_kind, acc.block_reason, acc.block_until = kind, reason, until
+        if since is not None:
+            acc.block_since = since
+
+    def clear_block(self, acc: AccountState, *, forget_failures: bool = False) -> None:
+        acc.block_kind = acc.block_reason = acc.block_until = None
+        if forget_failures:
+            acc.failures = 0
+
+    def count_failure(self, acc: AccountState) -> int:
+        acc.failures += 1
+        return acc.failures
+
+    def recovered(self, acc: AccountState) -> None:
+        acc.failures = 0
+        acc.needs_login = None
+        acc.block_kind = acc.block_reason = acc.block_until = None
+
+    def restore(self, acc: AccountState, *, failures: int) -> None:
+        acc.failures = failures
