@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from dario.daemon.dialects.model import resolve_model
 from dario.daemon.errors import DarioError
 
 if TYPE_CHECKING:
@@ -652,6 +653,7 @@ def chat_to_messages(
     thinking_cache: ThinkingCache | None = None,
     thinking_owner: str = "",
     default_max_tokens: int = 4096,
+    force_model: str | None = None,
 ) -> tuple[dict[str, Any], ChatContext]:
     """Parsed /v1/chat/completions JSON → (Anthropic /v1/messages body, ChatContext)."""
     if not isinstance(body, dict):
@@ -663,7 +665,7 @@ def chat_to_messages(
     if _CONTROL.search(requested):
         # Model ids are echoed in headers and shown by `dario-ctl usage`; escape sequences have no place.
         raise _bad("`model` must not contain control characters.", "model")
-    model = models.resolve(requested)
+    model = resolve_model(requested, models, force_model)
     if model is None:
         raise DarioError(
             404,
