@@ -26,6 +26,14 @@ def _host_only(value: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
+def _listen_host_name(listen_host: str) -> str:
+    """The listen address as a Host header names it: an IPv6 literal in brackets (RFC 3986 section 3.2.2)."""
+    bare = listen_host.strip().lower()
+    if ":" in bare and not bare.startswith("["):
+        return f"[{bare}]"  # a bare IPv6 address ("fd00::1"); a host name has no colon
+    return _host_only(bare)
+
+
 class Guard:
     def __init__(
         self,
@@ -39,7 +47,7 @@ class Guard:
         peer_gate: PeerGate | None = None,
     ) -> None:
         hosts = set(LOOPBACK_NAMES)
-        hosts.add(_host_only(listen_host) if ":" not in listen_host or listen_host.startswith("[") else listen_host)
+        hosts.add(_listen_host_name(listen_host))
         hosts.update(h.lower() for h in allowed_hosts)
         self.hosts = frozenset(hosts)
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
