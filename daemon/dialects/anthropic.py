@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from dario.daemon.asgi import Send, send_response
+from dario.daemon.asgi import Send, response_body, response_start, send_response
 from dario.daemon.dialects.base import RequestInfo
 from dario.daemon.dialects.link import SSE_HEADERS, ClientLink
 from dario.daemon.dialects.model import model_to_ask, resolve_model
@@ -99,14 +99,14 @@ class AnthropicSink:
 
     async def stream_start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.started = True
-        await self.send({"type": "http.response.start", "status": status, "headers": headers + SSE_HEADERS})
+        await self.send(response_start(status, headers + SSE_HEADERS))
 
     async def stream_data(self, block: bytes) -> None:
-        await self.send({"type": "http.response.body", "body": block, "more_body": True})
+        await self.send(response_body(block, more=True))
 
     async def stream_abort(self, type: str, message: str) -> None:
         event = orjson.dumps({"type": "error", "error": {"type": type, "message": message}})
-        await self.send({"type": "http.response.body", "body": b"event: error\ndata: " + event + b"\n\n"})
+        await self.send(response_body(b"event: error\ndata: " + event + b"\n\n"))
 
     async def stream_end(self) -> None:
-        await self.send({"type": "http.response.body", "body": b""})
+        await self.send(response_body(b""))

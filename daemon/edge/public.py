@@ -25,6 +25,7 @@ from dario.daemon.asgi import (
     BodyTimeout,
     BodyTooLarge,
     ClientGone,
+    HTTPScope,
     Receive,
     Scope,
     Send,
@@ -53,7 +54,7 @@ __all__ = ["PublicApp", "RequestInfo"]
 
 log = logging.getLogger("dario.server")
 
-Handler = Callable[[Scope, Receive, Send, "RequestInfo"], Awaitable[None]]
+Handler = Callable[[HTTPScope, Receive, Send, RequestInfo], Awaitable[None]]
 MAX_HEAD_BYTES = 64 * 1024
 
 
@@ -132,7 +133,7 @@ class PublicApp:
         owner = thinking_owner(key_name, family, peer[0] if peer else None)
         await handler(scope, receive, send, RequestInfo(t_start, request_id, client, owner))
 
-    def _refusal(self, scope: Scope, method: str, path: str) -> DarioError | None:
+    def _refusal(self, scope: HTTPScope, method: str, path: str) -> DarioError | None:
         """A request refused before routing: an oversized head, or a Host/Origin that is not ours."""
         # hypercorn bounds a head only while it is incomplete (up to ~128 KB arrives in one read);
         # the limit users are told about is checked here, exactly.
@@ -167,7 +168,7 @@ class PublicApp:
         return DarioError(404, "not_found_error", f"dario has no endpoint {method} {path}")
 
     # -- the exchanges: any dialect, one path ------------------------------------------
-    async def _read_json(self, scope: Scope, receive: Receive) -> tuple[bytes, dict[str, Any]]:
+    async def _read_json(self, scope: HTTPScope, receive: Receive) -> tuple[bytes, dict[str, Any]]:
         try:
             body = await read_body(scope, receive, self.settings.max_body,
                                    idle_timeout=self.settings.body_idle_timeout,
@@ -193,7 +194,7 @@ class PublicApp:
             raise DarioError(400, "invalid_request_error", "request body must be a JSON object")
         return body, parsed
 
-    async def exchange(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+    async def exchange(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         """Read, parse through the path's dialect, relay, answer through that dialect's sink."""
         dialect = self.dialects[scope["path"]]
         requested: object = None
@@ -201,7 +202,7 @@ class PublicApp:
             body, parsed = await self._read_json(scope, receive)
             requested = parsed.get("model")
             await self._learn_models_for(requested)
-            inc, context = dialect.parse(body, parsed, scope["headers"], scope.get("query_string", b""), info,
+            inc, context = dialect.parse(body, parsed, list(scope["headers"]), scope.get("query_string", b""), info,
                                          self.models.table, self.settings.force_model)
         except DarioError as err:
             await dialect.sink(send, info).error(err)
@@ -251,7 +252,7 @@ class PublicApp:
         self.state.record(inc, Outcome(status=404, error_type="not_found_error"))
 
     # -- models (both dialects on one path) ---------------------------------------------
-    async def list_models(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+    async def list_models(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         await self.models.refresh_if_stale()
         query = _query(scope)
         raw_limit = query.get("limit") or ""
@@ -269,7 +270,7 @@ class PublicApp:
             return
         await send_json(send, 200, page)
 
-    async def get_model(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+    async def get_model(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         model_id = scope["path"][len("/v1/models/"):]
         await self.models.refresh_if_stale()
         item = self.models.get(model_id)
@@ -283,7 +284,7 @@ class PublicApp:
         await send_json(send, 200, item)
 
     # -- dario's own views -------------------------------------------------------------
-    async def health(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+    async def health(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         pool = self.state.pool.pool_view()
         await send_json(send, 200, {
             "status": "ok",
@@ -295,10 +296,10 @@ class PublicApp:
             "uptime_s": round(time.time() - self.state.started_at, 3),
         })
 
-    async def accounts(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+    async def accounts(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         await send_json(send, 200, {"pool": self.state.pool.pool_view(), "accounts": self.state.pool.views()})
 
-    async def analytics(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+    async def analytics(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         window = _query(scope).get("window", "24h")
         try:
             usage = await self.state.usage(window)
@@ -308,17 +309,17 @@ class PublicApp:
         usage["accounts"] = self.state.pool.views()
         await send_json(send, 200, usage)
 
-    async def metrics(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+    async def metrics(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         body, content_type = self.state.render_metrics()
         await send_response(send, 200, body, content_type=content_type.encode())
 
-    async def openapi(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+    async def openapi(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         await send_response(send, 200, openapi_json(__version__))
 
-    async def dashboard(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+    async def dashboard(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         await self._static_file(send, "index.html")
 
-    async def static(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+    async def static(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         name = scope["path"][len("/static/"):]
         await self._static_file(send, name)
 
@@ -372,7 +373,7 @@ def _needs_key(path: str) -> bool:
     return path != "/health" and path != "/" and not path.startswith("/static/")
 
 
-def _query(scope: Scope) -> dict[str, str]:
+def _query(scope: HTTPScope) -> dict[str, str]:
     from urllib.parse import parse_qsl
 
     return dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
