@@ -88,10 +88,6 @@ class Guard:
             "DARIO_ALLOWED_ORIGINS"
         )
 
-    @property
-    def auth_required(self) -> bool:
-        return self.api_key is not None
-
     def authenticate(self, scope: HTTPScope) -> tuple[bool, str | None]:
         """(allowed, client name if a client key matched)."""
         presented = _presented_key(scope)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 import trio
@@ -374,6 +375,4 @@ def _needs_key(path: str) -> bool:
 
 
 def _query(scope: HTTPScope) -> dict[str, str]:
-    from urllib.parse import parse_qsl
-
     return dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
