@@ -3,6 +3,8 @@
 Anthropic Messages (`/v1/messages`, `/v1/messages/count_tokens`), OpenAI Chat
 Completions (`/v1/chat/completions`), models for both (`/v1/models`), and dario's own
 views (`/health`, `/accounts`, `/analytics`, `/metrics`, the dashboard at `/`).
+The three exchanges share one path (`exchange`); what differs between dialects is in
+their adapters (dialects.anthropic, dialects.openai.adapter).
 """
 
 from __future__ import annotations
@@ -71,14 +73,12 @@ class PublicApp:
         self._id_prefix = f"req_dario_{os.getpid():x}_"
         self.anthropic: Dialect = AnthropicDialect("messages", upstream.PATH_MESSAGES)
         self.openai: Dialect = OpenAIDialect(upstream.PATH_MESSAGES, self.thinking)
-        # The exchanges: each path relays through the adapter of the dialect it speaks.
-        self.dialects: dict[str, Dialect] = {
-            "/v1/messages": self.anthropic,
-            "/v1/messages/count_tokens": AnthropicDialect("count_tokens", upstream.PATH_COUNT_TOKENS),
-            "/v1/chat/completions": self.openai,
-        }
+        count_tokens = AnthropicDialect("count_tokens", upstream.PATH_COUNT_TOKENS)
         self.routes: dict[tuple[str, str], Handler] = {
-            **{("POST", path): self.exchange for path in self.dialects},
+            # The exchanges: each relays through the adapter of the dialect its path speaks.
+            ("POST", "/v1/messages"): partial(self.exchange, self.anthropic),
+            ("POST", "/v1/messages/count_tokens"): partial(self.exchange, count_tokens),
+            ("POST", "/v1/chat/completions"): partial(self.exchange, self.openai),
             ("GET", "/v1/models"): self.list_models,
             ("GET", "/health"): self.health,
             ("GET", "/accounts"): self.accounts,
@@ -195,9 +195,9 @@ class PublicApp:
             raise DarioError(400, "invalid_request_error", "request body must be a JSON object")
         return body, parsed
 
-    async def exchange(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
-        """Read, parse through the path's dialect, relay, answer through that dialect's sink."""
-        dialect = self.dialects[scope["path"]]
+    async def exchange(self, dialect: Dialect, scope: HTTPScope, receive: Receive, send: Send,
+                       info: RequestInfo) -> None:
+        """Read, parse through the dialect's adapter, relay, answer through that dialect's sink."""
         requested: object = None
         try:
             body, parsed = await self._read_json(scope, receive)
