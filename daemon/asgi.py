@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 import orjson
 import trio
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    ASGISendEvent,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    HTTPScope,
+)
+from hypercorn.typing import Scope as Scope  # re-exported: what an ASGI app is called with
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+# The ASGI 3 types as hypercorn (the server dario runs in) spells them: `Scope` is what an app is
+# called with (http or lifespan here; dario serves no websockets), `HTTPScope` what a request
+# handler sees once the type is known.
+Receive = ASGIReceiveCallable
+Send = ASGISendCallable
+Message = ASGISendEvent
 
 JSON = b"application/json"
 
@@ -29,14 +38,14 @@ class BodyTimeout(Exception):
     """The client stopped sending its body (or sent it too slowly)."""
 
 
-def header(scope: Scope, name: bytes) -> bytes | None:
+def header(scope: HTTPScope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
             return value
     return None
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int, *, idle_timeout: float = math.inf,
+async def read_body(scope: HTTPScope, receive: Receive, limit: int, *, idle_timeout: float = math.inf,
                     deadline: float = math.inf) -> bytes:
     """Read the whole request body, refusing more than `limit` bytes as early as possible.
 
@@ -53,7 +62,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int, *, idle_timeout:
     return body
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int, idle_timeout: float) -> bytes:
+async def _read_body(scope: HTTPScope, receive: Receive, limit: int, idle_timeout: float) -> bytes:
     length = header(scope, b"content-length")
     if length is not None:
         try:
@@ -65,13 +74,13 @@ async def _read_body(scope: Scope, receive: Receive, limit: int, idle_timeout: f
     chunks: list[bytes] | None = None
     size = 0
     while True:
-        message: Message | None = None
+        message = None
         with trio.move_on_after(idle_timeout):
             message = await receive()
         if message is None:
             raise BodyTimeout()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
+        if message["type"] != "http.request":
+            raise ClientGone()  # http.disconnect: the only other event an HTTP request receives
         chunk = message.get("body", b"")
         if chunk:
             size += len(chunk)
@@ -88,6 +97,15 @@ async def _read_body(scope: Scope, receive: Receive, limit: int, idle_timeout: f
     return b"".join(chunks) if chunks is not None else first
 
 
+def response_start(status: int, headers: list[tuple[bytes, bytes]]) -> HTTPResponseStartEvent:
+    return {"type": "http.response.start", "status": status, "headers": headers}
+
+
+def response_body(body: bytes, *, more: bool = False) -> HTTPResponseBodyEvent:
+    """A piece of the body; `more=False` ends the response."""
+    return {"type": "http.response.body", "body": body, "more_body": more}
+
+
 async def send_response(
     send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None,
     content_type: bytes = JSON,
@@ -95,8 +113,8 @@ async def send_response(
     out = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     if headers:
         out.extend(h for h in headers if h[0] not in (b"content-type", b"content-length"))
-    await send({"type": "http.response.start", "status": status, "headers": out})
-    await send({"type": "http.response.body", "body": body})
+    await send(response_start(status, out))
+    await send(response_body(body))
 
 
 async def send_json(send: Send, status: int, obj: object, headers: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -19,6 +19,7 @@ import trio
 from dario.daemon.asgi import (
     BodyTooLarge,
     ClientGone,
+    HTTPScope,
     Receive,
     Scope,
     Send,
@@ -144,7 +145,7 @@ class ControlApp:
         raise ControlFailure(404, "not_found", f"unknown control route {method} /{'/'.join(parts)}")
 
 
-def _token_ok(scope: Scope, token: str) -> bool:
+def _token_ok(scope: HTTPScope, token: str) -> bool:
     presented = header(scope, b"authorization") or b""
     if presented[:7].lower() != b"bearer ":
         return False

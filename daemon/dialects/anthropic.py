@@ -1,17 +1,71 @@
-"""The Anthropic Messages dialect: answers pass through byte for byte.
+"""The Anthropic Messages dialect: requests and answers pass through byte for byte.
 
-Upstream bytes are already in this dialect, so the sink only frames them; errors that dario
-makes itself use the Anthropic error shape.
+Upstream bytes are already in this dialect, so the adapter only checks the model name (and
+rewrites it when an alias or a forced model changes it) and the sink only frames answers;
+errors that dario makes itself use the Anthropic error shape.
 """
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import orjson
 
-from dario.daemon.asgi import Send, send_response
+from dario.daemon.asgi import Send, response_body, response_start, send_response
+from dario.daemon.dialects.base import RequestInfo
 from dario.daemon.dialects.link import SSE_HEADERS, ClientLink
+from dario.daemon.dialects.model import model_to_ask, resolve_model
 from dario.daemon.errors import DarioError, anthropic_error_body, anthropic_type_for_status
-from dario.daemon.exchange import Answer
+from dario.daemon.exchange import Answer, Dialect, Estimate, Incoming
+from dario.daemon.routing.models import ModelTable
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+# A rough input size for the pool's headroom check: about four bytes of JSON per token, capped.
+_BYTES_PER_TOKEN = 4
+_MAX_ESTIMATE = 1_000_000
+
+
+class AnthropicDialect:
+    """`/v1/messages` or `/v1/messages/count_tokens`, passed through to the same upstream path."""
+
+    name = Dialect.ANTHROPIC
+
+    def __init__(self, endpoint: str, upstream_path: str) -> None:
+        self.endpoint = endpoint
+        self.upstream_path = upstream_path
+
+    def parse(self, body: bytes, parsed: dict[str, Any], headers: list[tuple[bytes, bytes]], query: bytes,
+              info: RequestInfo, models: ModelTable, force_model: str | None) -> tuple[Incoming, None]:
+        model = parsed.get("model")
+        if not isinstance(model, str) or not model:
+            raise DarioError(400, "invalid_request_error", "model: field required (a Claude model id)")
+        if _CONTROL.search(model):
+            raise DarioError(400, "invalid_request_error", "model: must not contain control characters")
+        # An unknown name is the upstream's to judge: it knows models dario's table does not.
+        resolved = resolve_model(model, models, force_model) or model_to_ask(model, force_model)
+        if resolved != model:
+            parsed["model"] = resolved
+            body = orjson.dumps(parsed)
+        max_tokens = parsed.get("max_tokens")
+        estimate = Estimate(
+            input_tokens=min(len(body) // _BYTES_PER_TOKEN, _MAX_ESTIMATE),
+            output_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 0,
+        )
+        incoming = Incoming(
+            dialect=self.name, endpoint=self.endpoint, path=self.upstream_path, query=query, headers=headers,
+            body=body, stream=parsed.get("stream") is True and self.endpoint == "messages", model=resolved,
+            estimate=estimate, client=info.client, t_start=info.t_start,
+        )
+        return incoming, None
+
+    def sink(self, send: Send, info: RequestInfo, context: Any = None) -> AnthropicSink:
+        return AnthropicSink(send, info.request_id)
+
+    def error_response(self, err: DarioError, request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        return err.status, err.headers + [(b"request-id", request_id.encode())], anthropic_error_body(
+            err.type, err.message, request_id
+        )
 
 
 class AnthropicSink:
@@ -45,14 +99,14 @@ class AnthropicSink:
 
     async def stream_start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.started = True
-        await self.send({"type": "http.response.start", "status": status, "headers": headers + SSE_HEADERS})
+        await self.send(response_start(status, headers + SSE_HEADERS))
 
     async def stream_data(self, block: bytes) -> None:
-        await self.send({"type": "http.response.body", "body": block, "more_body": True})
+        await self.send(response_body(block, more=True))
 
     async def stream_abort(self, type: str, message: str) -> None:
         event = orjson.dumps({"type": "error", "error": {"type": type, "message": message}})
-        await self.send({"type": "http.response.body", "body": b"event: error\ndata: " + event + b"\n\n"})
+        await self.send(response_body(b"event: error\ndata: " + event + b"\n\n"))
 
     async def stream_end(self) -> None:
-        await self.send({"type": "http.response.body", "body": b""})
+        await self.send(response_body(b""))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 
-from dario.daemon.asgi import Scope, header
+from dario.daemon.asgi import HTTPScope, header
 from dario.daemon.edge.peergate import PeerGate
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
@@ -24,6 +24,14 @@ def _host_only(value: str) -> str:
         end = value.find("]")
         return value[: end + 1] if end > 0 else value
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def _listen_host_name(listen_host: str) -> str:
+    """The listen address as a Host header names it: an IPv6 literal in brackets (RFC 3986 section 3.2.2)."""
+    bare = listen_host.strip().lower()
+    if ":" in bare and not bare.startswith("["):
+        return f"[{bare}]"  # a bare IPv6 address ("fd00::1"); a host name has no colon
+    return _host_only(bare)
 
 
 class Guard:
@@ -39,7 +47,7 @@ class Guard:
         peer_gate: PeerGate | None = None,
     ) -> None:
         hosts = set(LOOPBACK_NAMES)
-        hosts.add(_host_only(listen_host) if ":" not in listen_host or listen_host.startswith("[") else listen_host)
+        hosts.add(_listen_host_name(listen_host))
         hosts.update(h.lower() for h in allowed_hosts)
         self.hosts = frozenset(hosts)
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
@@ -48,13 +56,13 @@ class Guard:
         self.client_key_check = client_key_check
         self.peer_gate = peer_gate
 
-    def peer_problem(self, scope: Scope, client_key_name: str | None) -> str | None:
+    def peer_problem(self, scope: HTTPScope, client_key_name: str | None) -> str | None:
         """Without DARIO_API_KEY on Linux, a caller with no client key must be dario's own user."""
         if self.peer_gate is None or client_key_name or self.peer_gate.allows(scope):
             return None
         return self.peer_gate.refusal
 
-    def host_problem(self, scope: Scope) -> str | None:
+    def host_problem(self, scope: HTTPScope) -> str | None:
         raw = header(scope, b"host")
         if not raw:
             return "a Host header is required"
@@ -66,7 +74,7 @@ class Guard:
             "and its configured host; add others with DARIO_ALLOWED_HOSTS"
         )
 
-    def origin_problem(self, scope: Scope) -> str | None:
+    def origin_problem(self, scope: HTTPScope) -> str | None:
         raw = header(scope, b"origin")
         if raw is None:
             return None
@@ -80,11 +88,7 @@ class Guard:
             "DARIO_ALLOWED_ORIGINS"
         )
 
-    @property
-    def auth_required(self) -> bool:
-        return self.api_key is not None
-
-    def authenticate(self, scope: Scope) -> tuple[bool, str | None]:
+    def authenticate(self, scope: HTTPScope) -> tuple[bool, str | None]:
         """(allowed, client name if a client key matched)."""
         presented = _presented_key(scope)
         if self.api_key is None:
@@ -103,7 +107,7 @@ class Guard:
         return False, None
 
 
-def _presented_key(scope: Scope) -> str | None:
+def _presented_key(scope: HTTPScope) -> str | None:
     key = header(scope, b"x-api-key")
     if key:
         return key.decode("latin-1")

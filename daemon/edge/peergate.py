@@ -20,7 +20,7 @@ from collections.abc import Callable
 import trio
 
 from dario.daemon import peercred
-from dario.daemon.asgi import Scope
+from dario.daemon.asgi import HTTPScope
 
 Address = tuple[str, int]
 Lookup = Callable[[Address, Address], int]
@@ -55,7 +55,7 @@ class PeerGate:
     def refusal(self) -> str:
         return REFUSAL.format(uid=self.own_uid)
 
-    def allows(self, scope: Scope) -> bool:
+    def allows(self, scope: HTTPScope) -> bool:
         pair = (scope.get("client"), scope.get("server"))
         connection = _connection_of_current_request()
         if connection is not None:
@@ -67,9 +67,9 @@ class PeerGate:
             self._by_connection[connection] = (pair, allowed)
         return allowed
 
-    def _check(self, scope: Scope) -> bool:
+    def _check(self, scope: HTTPScope) -> bool:
         client, server = scope.get("client"), scope.get("server")
-        if not client or not server:
+        if not client or not server or server[1] is None:
             return False  # e.g. a Unix socket bind: no address to ask about
         try:
             if not ipaddress.ip_address(client[0]).is_loopback:

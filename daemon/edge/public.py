@@ -3,6 +3,8 @@
 Anthropic Messages (`/v1/messages`, `/v1/messages/count_tokens`), OpenAI Chat
 Completions (`/v1/chat/completions`), models for both (`/v1/models`), and dario's own
 views (`/health`, `/accounts`, `/analytics`, `/metrics`, the dashboard at `/`).
+The three exchanges share one path (`exchange`); what differs between dialects is in
+their adapters (dialects.anthropic, dialects.openai.adapter).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 import trio
@@ -25,6 +28,7 @@ from dario.daemon.asgi import (
     BodyTimeout,
     BodyTooLarge,
     ClientGone,
+    HTTPScope,
     Receive,
     Scope,
     Send,
@@ -34,35 +38,27 @@ from dario.daemon.asgi import (
     send_json,
     send_response,
 )
-from dario.daemon.dialects.anthropic import AnthropicSink
+from dario.daemon.dialects.anthropic import AnthropicDialect
+from dario.daemon.dialects.base import DialectAdapter, LinkedSink, RequestInfo
 from dario.daemon.dialects.link import ClientLink
-from dario.daemon.dialects.openai.request import chat_to_messages
-from dario.daemon.dialects.openai.sink import OpenAISink
+from dario.daemon.dialects.model import model_to_ask
+from dario.daemon.dialects.openai.adapter import OpenAIDialect
 from dario.daemon.dialects.openai.thinking import ThinkingCache, thinking_owner
 from dario.daemon.edge.guard import Guard
 from dario.daemon.edge.openapi import openapi_json
-from dario.daemon.errors import DarioError, anthropic_error_body, openai_error_status_and_body
-from dario.daemon.exchange import Dialect, Estimate, Incoming, Outcome
+from dario.daemon.errors import DarioError
+from dario.daemon.exchange import Estimate, Incoming, Outcome
 from dario.daemon.routing.catalog import ModelCatalog
 from dario.daemon.routing.relay import Relay, model_id_ok
 from dario.daemon.state import DaemonState
 from dario.daemon.upstream import anthropic as upstream
 
+__all__ = ["PublicApp", "RequestInfo"]
+
 log = logging.getLogger("dario.server")
 
-Handler = Callable[[Scope, Receive, Send, "RequestInfo"], Awaitable[None]]
-DEFAULT_MAX_TOKENS = 4096
+Handler = Callable[[HTTPScope, Receive, Send, RequestInfo], Awaitable[None]]
 MAX_HEAD_BYTES = 64 * 1024
-
-
-class RequestInfo:
-    __slots__ = ("client", "owner", "request_id", "t_start")
-
-    def __init__(self, t_start: float, request_id: str, client: str, owner: str = "") -> None:
-        self.t_start = t_start
-        self.request_id = request_id
-        self.client = client
-        self.owner = owner  # who this caller is, for state private to a client (thinking blocks)
 
 
 class PublicApp:
@@ -75,10 +71,14 @@ class PublicApp:
         self.thinking = ThinkingCache()
         self._ids = itertools.count(1)
         self._id_prefix = f"req_dario_{os.getpid():x}_"
+        self.anthropic: DialectAdapter = AnthropicDialect("messages", upstream.PATH_MESSAGES)
+        self.openai: DialectAdapter = OpenAIDialect(upstream.PATH_MESSAGES, self.thinking)
+        count_tokens = AnthropicDialect("count_tokens", upstream.PATH_COUNT_TOKENS)
         self.routes: dict[tuple[str, str], Handler] = {
-            ("POST", "/v1/messages"): self.messages,
-            ("POST", "/v1/messages/count_tokens"): self.count_tokens,
-            ("POST", "/v1/chat/completions"): self.chat_completions,
+            # The exchanges: each relays through the adapter of the dialect its path speaks.
+            ("POST", "/v1/messages"): partial(self.exchange, self.anthropic),
+            ("POST", "/v1/messages/count_tokens"): partial(self.exchange, count_tokens),
+            ("POST", "/v1/chat/completions"): partial(self.exchange, self.openai),
             ("GET", "/v1/models"): self.list_models,
             ("GET", "/health"): self.health,
             ("GET", "/accounts"): self.accounts,
@@ -89,6 +89,10 @@ class PublicApp:
         }
         self._dashboard_cache: dict[str, bytes] = {}
 
+    def _dialect_of(self, path: str) -> DialectAdapter:
+        """The error shape for a path: OpenAI's under /v1/chat (any method), Anthropic's elsewhere."""
+        return self.openai if path.startswith("/v1/chat") else self.anthropic
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
@@ -97,47 +101,22 @@ class PublicApp:
         t_start = time.perf_counter()
         path: str = scope["path"]
         method: str = scope["method"]
-        openai_side = path.startswith("/v1/chat")
+        dialect = self._dialect_of(path)
         request_id = f"{self._id_prefix}{next(self._ids)}"
-
-        # hypercorn bounds a head only while it is incomplete (up to ~128 KB arrives in one read);
-        # the limit users are told about is checked here, exactly.
-        head_size = len(scope["raw_path"]) + len(scope["query_string"])
-        for name, value in scope["headers"]:
-            head_size += len(name) + len(value) + 4
-        if head_size > MAX_HEAD_BYTES:
-            await _error(send, openai_side, DarioError(
-                431, "invalid_request_error",
-                f"request headers are larger than {MAX_HEAD_BYTES // 1024} KB",
-            ), request_id)
+        refused = self._refusal(scope, method, path)
+        if refused is not None:
+            await _error(send, dialect, refused, request_id)
             return
-        problem = self.guard.host_problem(scope) or self.guard.origin_problem(scope)
-        if problem:
-            await _error(send, openai_side, DarioError(403, "permission_error", problem), request_id)
-            return
-        handler = self.routes.get((method, path))
+        handler = self._handler(method, path)
         if handler is None:
-            if method == "GET" and path.startswith("/v1/models/"):
-                handler = self.get_model
-            elif method == "GET" and path.startswith("/static/"):
-                handler = self.static
-            else:
-                methods = sorted({m for m, p in self.routes if p == path})
-                if not methods and path.startswith(("/v1/models/", "/static/")):
-                    methods = ["GET"]
-                if methods:
-                    err = DarioError(405, "invalid_request_error", f"{method} {path} is not allowed",
-                                     headers=[(b"allow", ", ".join(methods).encode())])
-                else:
-                    err = DarioError(404, "not_found_error", f"dario has no endpoint {method} {path}")
-                await _error(send, openai_side, err, request_id)
-                return
+            await _error(send, dialect, self._no_route(method, path), request_id)
+            return
         client = ""
         key_name: str | None = None
-        if path != "/health" and not path.startswith("/static/") and path != "/":
+        if _needs_key(path):
             allowed, key_name = self.guard.authenticate(scope)
             if not allowed:
-                await _error(send, openai_side, DarioError(
+                await _error(send, dialect, DarioError(
                     401, "authentication_error",
                     "this dario requires a key: send DARIO_API_KEY (or a dario client key) as x-api-key "
                     "or Authorization: Bearer",
@@ -145,7 +124,7 @@ class PublicApp:
                 return
             peer_problem = self.guard.peer_problem(scope, key_name)
             if peer_problem:
-                await _error(send, openai_side, DarioError(403, "permission_error", peer_problem), request_id)
+                await _error(send, dialect, DarioError(403, "permission_error", peer_problem), request_id)
                 return
             client = key_name or ""
         family = self.state.client_family(header(scope, b"user-agent"))
@@ -155,8 +134,42 @@ class PublicApp:
         owner = thinking_owner(key_name, family, peer[0] if peer else None)
         await handler(scope, receive, send, RequestInfo(t_start, request_id, client, owner))
 
-    # -- Anthropic Messages ------------------------------------------------------------
-    async def _read_json(self, scope: Scope, receive: Receive) -> tuple[bytes, Any]:
+    def _refusal(self, scope: HTTPScope, method: str, path: str) -> DarioError | None:
+        """A request refused before routing: an oversized head, or a Host/Origin that is not ours."""
+        # hypercorn bounds a head only while it is incomplete (up to ~128 KB arrives in one read);
+        # the limit users are told about is checked here, exactly.
+        head_size = len(scope["raw_path"]) + len(scope["query_string"])
+        for name, value in scope["headers"]:
+            head_size += len(name) + len(value) + 4
+        if head_size > MAX_HEAD_BYTES:
+            return DarioError(431, "invalid_request_error",
+                              f"request headers are larger than {MAX_HEAD_BYTES // 1024} KB")
+        problem = self.guard.host_problem(scope) or self.guard.origin_problem(scope)
+        if problem:
+            return DarioError(403, "permission_error", problem)
+        return None
+
+    def _handler(self, method: str, path: str) -> Handler | None:
+        handler = self.routes.get((method, path))
+        if handler is None and method == "GET":
+            if path.startswith("/v1/models/"):
+                return self.get_model
+            if path.startswith("/static/"):
+                return self.static
+        return handler
+
+    def _no_route(self, method: str, path: str) -> DarioError:
+        """405 with Allow for a known path (RFC 9110 §15.5.6), 404 for an unknown one."""
+        methods = sorted({m for m, p in self.routes if p == path})
+        if not methods and path.startswith(("/v1/models/", "/static/")):
+            methods = ["GET"]
+        if methods:
+            return DarioError(405, "invalid_request_error", f"{method} {path} is not allowed",
+                              headers=[(b"allow", ", ".join(methods).encode())])
+        return DarioError(404, "not_found_error", f"dario has no endpoint {method} {path}")
+
+    # -- the exchanges: any dialect, one path ------------------------------------------
+    async def _read_json(self, scope: HTTPScope, receive: Receive) -> tuple[bytes, dict[str, Any]]:
         try:
             body = await read_body(scope, receive, self.settings.max_body,
                                    idle_timeout=self.settings.body_idle_timeout,
@@ -182,46 +195,31 @@ class PublicApp:
             raise DarioError(400, "invalid_request_error", "request body must be a JSON object")
         return body, parsed
 
-    async def messages(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
-        await self._anthropic(scope, receive, send, info, upstream.PATH_MESSAGES, "messages")
-
-    async def count_tokens(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
-        await self._anthropic(scope, receive, send, info, upstream.PATH_COUNT_TOKENS, "count_tokens")
-
-    async def _anthropic(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo,
-                         path: str, endpoint: str) -> None:
-        sink = AnthropicSink(send, info.request_id)
+    async def exchange(self, dialect: DialectAdapter, scope: HTTPScope, receive: Receive, send: Send,
+                       info: RequestInfo) -> None:
+        """Read, parse through the dialect's adapter, relay, answer through that dialect's sink."""
+        requested: object = None
         try:
             body, parsed = await self._read_json(scope, receive)
-            model = parsed.get("model")
-            if not isinstance(model, str) or not model:
-                raise DarioError(400, "invalid_request_error", "model: field required (a Claude model id)")
-            if not model_id_ok(model):
-                raise DarioError(400, "invalid_request_error", "model: must not contain control characters")
-            await self.models.refresh_for_alias(model)
-            resolved = self.settings.force_model or self.models.resolve_anthropic(model)
-            if resolved != model:
-                parsed["model"] = resolved
-                body = orjson.dumps(parsed)
-            stream = parsed.get("stream") is True and endpoint == "messages"
-            max_tokens = parsed.get("max_tokens")
-            est = Estimate(
-                input_tokens=min(len(body) // 4, 1_000_000),
-                output_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 0,
-            )
+            requested = parsed.get("model")
+            await self._learn_models_for(requested)
+            inc, context = dialect.parse(body, parsed, list(scope["headers"]), scope.get("query_string", b""), info,
+                                         self.models.table, self.settings.force_model)
         except DarioError as err:
-            await sink.error(err)
+            await dialect.sink(send, info).error(err)
+            if err.openai_code == "model_not_found":
+                self._record_unknown_model(dialect, info, requested)
             return
         except ClientGone:
             return
-        inc = Incoming(
-            dialect=Dialect.ANTHROPIC, endpoint=endpoint, path=path, query=scope.get("query_string", b""),
-            headers=scope["headers"], body=body, stream=stream, model=resolved, estimate=est,
-            client=info.client, t_start=info.t_start,
-        )
-        await self._forward(inc, sink, receive)
+        await self._forward(inc, dialect.sink(send, info, context), receive)
 
-    async def _forward(self, inc: Incoming, sink: Any, receive: Receive) -> None:
+    async def _learn_models_for(self, requested: object) -> None:
+        """An alias follows the upstream's model list: fetch a missing or stale one first (bounded)."""
+        if isinstance(requested, str) and requested and model_id_ok(requested):
+            await self.models.refresh_for_alias(model_to_ask(requested, self.settings.force_model))
+
+    async def _forward(self, inc: Incoming, sink: LinkedSink, receive: Receive) -> None:
         """Relay; a client that hangs up stops its stream (and its upstream request) at once."""
         self.state.requests_served += 1
         outcome: Outcome | None = None
@@ -244,48 +242,18 @@ class PublicApp:
                     outcome.status, outcome.account, outcome.failovers, outcome.queue_wait_ms,
                 )
 
-    # -- OpenAI Chat Completions -------------------------------------------------------
-    async def chat_completions(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
-        created = int(time.time())
-        try:
-            _, parsed = await self._read_json(scope, receive)
-            requested = parsed.get("model")
-            if isinstance(requested, str) and model_id_ok(requested):
-                await self.models.refresh_for_alias(requested)
-            anthropic_body, ctx = chat_to_messages(parsed, self.models.table, thinking_cache=self.thinking,
-                                                   thinking_owner=info.owner)
-        except DarioError as err:
-            await OpenAISink(send, info.request_id, None, created, None).error(err)
-            if err.openai_code == "model_not_found":
-                self._record_unknown_model(info, parsed.get("model"))
-            return
-        except ClientGone:
-            return
-        if self.settings.force_model:
-            anthropic_body["model"] = self.settings.force_model
-        body = orjson.dumps(anthropic_body)
-        max_tokens = anthropic_body.get("max_tokens")
-        inc = Incoming(
-            dialect=Dialect.OPENAI, endpoint="chat", path=upstream.PATH_MESSAGES, query=b"",
-            headers=[h for h in scope["headers"] if h[0] == b"anthropic-beta"], body=body,
-            stream=bool(anthropic_body.get("stream")), model=anthropic_body.get("model"),
-            estimate=Estimate(min(len(body) // 4, 1_000_000), max_tokens if isinstance(max_tokens, int) else 0),
-            client=info.client, t_start=info.t_start,
-        )
-        await self._forward(inc, OpenAISink(send, info.request_id, ctx, created, self.thinking), receive)
-
-    def _record_unknown_model(self, info: RequestInfo, model: object) -> None:
+    def _record_unknown_model(self, dialect: DialectAdapter, info: RequestInfo, model: object) -> None:
         """An unknown model is answered here, not upstream, but it is still a failed request: usage and
         the dashboard count it with the other errors (served by no account)."""
         inc = Incoming(
-            dialect=Dialect.OPENAI, endpoint="chat", path=upstream.PATH_MESSAGES, query=b"", headers=[], body=b"",
-            stream=False, model=model[:200] if isinstance(model, str) else None, estimate=Estimate(),
+            dialect=dialect.name, endpoint=dialect.endpoint, path=dialect.upstream_path, query=b"", headers=[],
+            body=b"", stream=False, model=model[:200] if isinstance(model, str) else None, estimate=Estimate(),
             client=info.client, t_start=info.t_start,
         )
         self.state.record(inc, Outcome(status=404, error_type="not_found_error"))
 
     # -- models (both dialects on one path) ---------------------------------------------
-    async def list_models(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+    async def list_models(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         await self.models.refresh_if_stale()
         query = _query(scope)
         raw_limit = query.get("limit") or ""
@@ -297,25 +265,27 @@ class PublicApp:
                 after_id=query.get("after_id"), before_id=query.get("before_id"),
             )
         except ValueError:
-            await _error(send, False, DarioError(400, "invalid_request_error", "limit must be a whole number 1–1000"),
+            await _error(send, self.anthropic,
+                         DarioError(400, "invalid_request_error", "limit must be a whole number 1–1000"),
                          info.request_id)
             return
         await send_json(send, 200, page)
 
-    async def get_model(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+    async def get_model(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         model_id = scope["path"][len("/v1/models/"):]
         await self.models.refresh_if_stale()
         item = self.models.get(model_id)
         if item is None:
-            openai_side = header(scope, b"anthropic-version") is None and header(scope, b"x-api-key") is None
-            await _error(send, openai_side, DarioError(
+            # One path serves both SDKs; only the Anthropic SDK sends these headers.
+            anthropic_client = any(header(scope, name) is not None for name in (b"anthropic-version", b"x-api-key"))
+            await _error(send, self.anthropic if anthropic_client else self.openai, DarioError(
                 404, "not_found_error", f"model {model_id!r} not found", openai_code="model_not_found", param="model",
             ), info.request_id)
             return
         await send_json(send, 200, item)
 
     # -- dario's own views -------------------------------------------------------------
-    async def health(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+    async def health(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         pool = self.state.pool.pool_view()
         await send_json(send, 200, {
             "status": "ok",
@@ -327,30 +297,30 @@ class PublicApp:
             "uptime_s": round(time.time() - self.state.started_at, 3),
         })
 
-    async def accounts(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+    async def accounts(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         await send_json(send, 200, {"pool": self.state.pool.pool_view(), "accounts": self.state.pool.views()})
 
-    async def analytics(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+    async def analytics(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         window = _query(scope).get("window", "24h")
         try:
             usage = await self.state.usage(window)
         except ValueError as exc:
-            await _error(send, False, DarioError(400, "invalid_request_error", str(exc)), info.request_id)
+            await _error(send, self.anthropic, DarioError(400, "invalid_request_error", str(exc)), info.request_id)
             return
         usage["accounts"] = self.state.pool.views()
         await send_json(send, 200, usage)
 
-    async def metrics(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+    async def metrics(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         body, content_type = self.state.render_metrics()
         await send_response(send, 200, body, content_type=content_type.encode())
 
-    async def openapi(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+    async def openapi(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         await send_response(send, 200, openapi_json(__version__))
 
-    async def dashboard(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+    async def dashboard(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         await self._static_file(send, "index.html")
 
-    async def static(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
+    async def static(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         name = scope["path"][len("/static/"):]
         await self._static_file(send, name)
 
@@ -394,17 +364,15 @@ async def _cancel_on_hangup(receive: Receive, link: ClientLink, scope: trio.Canc
             return
 
 
-async def _error(send: Send, openai_side: bool, err: DarioError, request_id: str) -> None:
-    if openai_side:
-        status, body = openai_error_status_and_body(err.status, err.type, err.message, code=err.openai_code,
-                                                    param=err.param)
-        await send_response(send, status, body, err.headers + [(b"x-request-id", request_id.encode())])
-    else:
-        await send_response(send, err.status, anthropic_error_body(err.type, err.message, request_id),
-                            err.headers + [(b"request-id", request_id.encode())])
+async def _error(send: Send, dialect: DialectAdapter, err: DarioError, request_id: str) -> None:
+    status, headers, body = dialect.error_response(err, request_id)
+    await send_response(send, status, body, headers)
 
 
-def _query(scope: Scope) -> dict[str, str]:
-    from urllib.parse import parse_qsl
+def _needs_key(path: str) -> bool:
+    """Only /health and the dashboard's shell and files answer without a key."""
+    return path != "/health" and path != "/" and not path.startswith("/static/")
 
+
+def _query(scope: HTTPScope) -> dict[str, str]:
     return dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))

@@ -281,3 +281,20 @@ def test_malformed_json_is_a_400_in_openai_shape(live: Any) -> None:
     assert info.value.code == 400
     body = orjson.loads(info.value.read())
     assert body["error"]["type"] == "invalid_request_error"
+
+
+def test_forced_model_applies_whatever_name_the_client_sends(dariod_factory: Any, upstream: Any) -> None:
+    # --model means "send every request to this model": the same for Chat Completions as for Messages,
+    # even for a name dario's alias table does not know (it would be a 404 otherwise).
+    forced = "claude-haiku-4-5-20251001"
+    d = dariod_factory(args=["--model", forced])
+    d.login("work", KEY, upstream.url)
+    client = openai.OpenAI(base_url=d.url + "/v1", api_key="anything", max_retries=0)
+    completion = client.chat.completions.create(
+        model="some-tool-default-model", messages=[{"role": "user", "content": "Hi"}]
+    )
+    assert completion.model == "some-tool-default-model"  # echoed as asked, as OpenAI does
+    chunks = list(client.chat.completions.create(model="gpt-4o", stream=True,
+                                                 messages=[{"role": "user", "content": "Hi"}]))
+    assert chunks and all(c.model == "gpt-4o" for c in chunks)
+    assert [r["body"]["model"] for r in upstream_messages(upstream)] == [forced, forced]

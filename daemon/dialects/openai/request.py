@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from dario.daemon.dialects.model import model_to_ask, resolve_model
 from dario.daemon.errors import DarioError
 
 if TYPE_CHECKING:
@@ -643,57 +644,66 @@ def _strip_thinking(turns: list[list[Any]]) -> None:
             turn[1] = [b for b in turn[1] if b["type"] not in ("thinking", "redacted_thinking")]
 
 
-# --- entry point -----------------------------------------------------------------------------------
+# --- request-level parameters ----------------------------------------------------------------------
 
 
-def chat_to_messages(
-    body: object,
-    models: ModelTable,
-    *,
-    thinking_cache: ThinkingCache | None = None,
-    thinking_owner: str = "",
-    default_max_tokens: int = 4096,
-) -> tuple[dict[str, Any], ChatContext]:
-    """Parsed /v1/chat/completions JSON → (Anthropic /v1/messages body, ChatContext)."""
-    if not isinstance(body, dict):
-        raise _bad("The request body must be a JSON object.", None)
-
+def _model(body: dict[str, Any], models: ModelTable, force_model: str | None) -> tuple[str, str]:
+    """→ (the name the client asked for, the Claude id the request goes to)."""
     requested = body.get("model")
     if not isinstance(requested, str) or not requested.strip():
         raise _bad("`model` is required and must be a non-empty string.", "model")
     if _CONTROL.search(requested):
         # Model ids are echoed in headers and shown by `dario-ctl usage`; escape sequences have no place.
         raise _bad("`model` must not contain control characters.", "model")
-    model = models.resolve(requested)
+    model = resolve_model(requested, models, force_model)
     if model is None:
         raise DarioError(
             404,
             "not_found_error",
-            f"The model `{requested}` does not exist or you do not have access to it. "
-            "Use a Claude model id (claude-…) or a configured alias.",
+            f"The model `{model_to_ask(requested, force_model)}` does not exist or you do not have access to "
+            "it. Use a Claude model id (claude-…) or a configured alias.",
             openai_code="model_not_found",
             param="model",
         )
+    return requested, model
 
+
+def _refuse_n(body: dict[str, Any]) -> None:
     n = body.get("n")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n != 1):
         raise _bad("`n` must be exactly 1: Claude returns a single choice per request.", "n")
 
+
+def _messages(body: dict[str, Any]) -> list[Any]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _bad("`messages` must be a non-empty array.", "messages")
+    return messages
 
+
+def _stream(body: dict[str, Any]) -> tuple[bool, bool]:
+    """→ (stream, include a usage chunk)."""
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise _bad("`stream` must be a boolean.", "stream")
     stream = bool(stream)
-    include_usage = False
     so = body.get("stream_options")
-    if so is not None:
-        if not isinstance(so, dict):
-            raise _bad("`stream_options` must be an object.", "stream_options")
-        include_usage = stream and so.get("include_usage") is True
+    if so is None:
+        return stream, False
+    if not isinstance(so, dict):
+        raise _bad("`stream_options` must be an object.", "stream_options")
+    return stream, stream and so.get("include_usage") is True
 
+
+@dataclass(slots=True)
+class _Sampling:
+    max_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    stop_sequences: list[str]
+
+
+def _sampling(body: dict[str, Any]) -> _Sampling:
     # max_completion_tokens is what newer clients send; max_tokens is the legacy name, deprecated in the
     # API reference (https://platform.openai.com/docs/api-reference/chat/create#chat-create-max_tokens).
     max_tokens = _int_param(body, "max_completion_tokens", minimum=1)
@@ -701,87 +711,111 @@ def chat_to_messages(
         max_tokens = _int_param(body, "max_tokens", minimum=1)
     temperature = _float_param(body, "temperature")
     top_p = _float_param(body, "top_p")
+    return _Sampling(max_tokens, temperature, top_p, _stop_sequences(body.get("stop")))
 
-    stop = body.get("stop")
-    stop_sequences: list[str] = []
+
+def _stop_sequences(stop: object) -> list[str]:
     if isinstance(stop, str):
         stop = [stop]
-    if isinstance(stop, list):
-        for s in stop:
-            if not isinstance(s, str):
-                raise _bad("`stop` must be a string or an array of strings.", "stop")
-            if s.strip():  # Anthropic rejects whitespace-only stop sequences
-                stop_sequences.append(s)
-    elif stop is not None:
+    if stop is None:
+        return []
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise _bad("`stop` must be a string or an array of strings.", "stop")
+    return [s for s in stop if s.strip()]  # Anthropic rejects whitespace-only stop sequences
 
+
+def _tools(body: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """→ (Anthropic tools, tool_choice), from `tools` or the legacy `functions` / `function_call`."""
     if body.get("tools") is not None:
         tools = _convert_tools(body.get("tools"), "tools")
         tool_choice, tools = _convert_tool_choice(body.get("tool_choice"), tools, "tool_choice")
-    else:  # legacy functions / function_call
+    else:
         tools = _convert_tools(body.get("functions"), "functions")
         tool_choice, tools = _convert_tool_choice(body.get("function_call"), tools, "function_call")
-    if not tools:
-        tool_choice = None
-    user_tools = bool(tools)
+    return tools, tool_choice if tools else None
 
+
+def _parallel_tool_calls(body: dict[str, Any]) -> bool | None:
     ptc = body.get("parallel_tool_calls")
     if ptc is not None and not isinstance(ptc, bool):
         raise _bad("`parallel_tool_calls` must be a boolean.", "parallel_tool_calls")
-    json_spec = _json_mode(body.get("response_format"))
-    _refuse_logprobs(body)
-    wanted = _thinking_budget(body)
-    budget = None if wanted is None else _fit_budget(wanted, max_tokens)
+    return ptc
 
-    system, turns, client_thinking = _convert_messages(messages)
 
-    thinking = budget is not None
-    if thinking and tool_choice is not None and tool_choice["type"] in ("any", "tool"):
-        thinking = False  # forced tool use is rejected with thinking
-    if thinking and turns[-1][0] == "assistant":
-        thinking = False  # so is an assistant prefill
-    if thinking:
-        thinking = _apply_thinking(turns, thinking_cache, thinking_owner)
-    if not thinking and (client_thinking or wanted is not None):
-        _strip_thinking(turns)
+def _forces_tool(tool_choice: dict[str, Any] | None) -> bool:
+    return tool_choice is not None and tool_choice["type"] in ("any", "tool")
 
-    ctx = ChatContext(
-        requested_model=requested, model=model, stream=stream, include_usage=include_usage, thinking=thinking,
-        thinking_owner=thinking_owner,
-    )
 
-    if json_spec is not None:
-        schema, unwrap, desc = json_spec
-        names = {t["name"] for t in tools}
-        name, k = JSON_TOOL_NAME, 1
-        while name in names:
-            k += 1
-            name = f"{JSON_TOOL_NAME}_{k}"
-        tools = [*tools, {"name": name, "description": desc, "input_schema": schema}]
-        ctx.json_tool, ctx.json_unwrap = name, unwrap
-        if not thinking and (not user_tools or (tool_choice is not None and tool_choice["type"] == "none")):
-            tool_choice = {"type": "tool", "name": name}
-        else:
-            # Forcing is impossible (thinking) or would block the client's own tools: instruct instead.
-            system = [
-                *system,
-                {
-                    "type": "text",
-                    "text": f"When you give your final answer, call the `{name}` tool with the answer as its "
-                    "input instead of replying in plain text.",
-                },
-            ]
-            if tool_choice is not None and tool_choice["type"] == "none":
-                tool_choice = {"type": "auto"}
+def _thinking_on(budget: int | None, tool_choice: dict[str, Any] | None, turns: list[list[Any]],
+                 cache: ThinkingCache | None, owner: str) -> bool:
+    """Whether thinking goes upstream; cached thinking is re-inserted into `turns` when it does."""
+    if budget is None or _forces_tool(tool_choice):
+        return False  # forced tool use is rejected with thinking
+    if turns[-1][0] == "assistant":
+        return False  # so is an assistant prefill
+    return _apply_thinking(turns, cache, owner)
 
-    if ptc is False and tools:
-        if tool_choice is None:
-            tool_choice = {"type": "auto"}
-        if tool_choice["type"] != "none":
-            tool_choice = {**tool_choice, "disable_parallel_tool_use": True}
 
-    if max_tokens is None:
-        max_tokens = default_max_tokens
+def _json_tool_name(tools: list[dict[str, Any]]) -> str:
+    names = {t["name"] for t in tools}
+    name, k = JSON_TOOL_NAME, 1
+    while name in names:
+        k += 1
+        name = f"{JSON_TOOL_NAME}_{k}"
+    return name
+
+
+def _add_json_tool(
+    json_spec: tuple[dict[str, Any], str | None, str], tools: list[dict[str, Any]],
+    tool_choice: dict[str, Any] | None, system: list[dict[str, Any]], *, thinking: bool, user_tools: bool,
+    ctx: ChatContext,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[dict[str, Any]]]:
+    """JSON mode as a tool the model must call → (tools, tool_choice, system)."""
+    schema, unwrap, desc = json_spec
+    name = _json_tool_name(tools)
+    tools = [*tools, {"name": name, "description": desc, "input_schema": schema}]
+    ctx.json_tool, ctx.json_unwrap = name, unwrap
+    choice_none = tool_choice is not None and tool_choice["type"] == "none"
+    if not thinking and (not user_tools or choice_none):
+        return tools, {"type": "tool", "name": name}, system
+    # Forcing is impossible (thinking) or would block the client's own tools: instruct instead.
+    system = [
+        *system,
+        {
+            "type": "text",
+            "text": f"When you give your final answer, call the `{name}` tool with the answer as its "
+            "input instead of replying in plain text.",
+        },
+    ]
+    return tools, {"type": "auto"} if choice_none else tool_choice, system
+
+
+def _no_parallel_tool_use(
+    ptc: bool | None, tools: list[dict[str, Any]], tool_choice: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    if ptc is not False or not tools:
+        return tool_choice
+    if tool_choice is None:
+        tool_choice = {"type": "auto"}
+    if tool_choice["type"] == "none":
+        return tool_choice
+    return {**tool_choice, "disable_parallel_tool_use": True}
+
+
+def _opaque_user(user: object) -> str | None:
+    # metadata.user_id must be opaque: Anthropic rejects emails and phone numbers there.
+    if isinstance(user, str) and user.strip() and not _EMAIL.search(user) and not _PHONE.match(user.strip()):
+        return user
+    return None
+
+
+def _messages_body(
+    model: str, turns: list[list[Any]], system: list[dict[str, Any]], sampling: _Sampling, *,
+    budget: int | None, thinking: bool, tools: list[dict[str, Any]], tool_choice: dict[str, Any] | None,
+    user: object, stream: bool, default_max_tokens: int,
+) -> dict[str, Any]:
+    """The Anthropic Messages body: thinking, or else the client's sampling parameters."""
+    max_tokens = sampling.max_tokens if sampling.max_tokens is not None else default_max_tokens
     out: dict[str, Any] = {
         "model": model,
         "max_tokens": max_tokens,
@@ -795,21 +829,69 @@ def chat_to_messages(
         out["thinking"] = {"type": "enabled", "budget_tokens": budget}
     else:
         # Thinking forbids changing temperature/top_p, so they only go out without it.
-        if temperature is not None:
-            out["temperature"] = temperature
-        if top_p is not None:
-            out["top_p"] = top_p
-    if stop_sequences:
-        out["stop_sequences"] = stop_sequences
+        if sampling.temperature is not None:
+            out["temperature"] = sampling.temperature
+        if sampling.top_p is not None:
+            out["top_p"] = sampling.top_p
+    if sampling.stop_sequences:
+        out["stop_sequences"] = sampling.stop_sequences
     if tools:
         out["tools"] = tools
         if tool_choice is not None:
             out["tool_choice"] = tool_choice
-
-    user = body.get("user")
-    # metadata.user_id must be opaque: Anthropic rejects emails and phone numbers there.
-    if isinstance(user, str) and user.strip() and not _EMAIL.search(user) and not _PHONE.match(user.strip()):
-        out["metadata"] = {"user_id": user}
+    user_id = _opaque_user(user)
+    if user_id is not None:
+        out["metadata"] = {"user_id": user_id}
     if stream:
         out["stream"] = True
+    return out
+
+
+# --- entry point -----------------------------------------------------------------------------------
+
+
+def chat_to_messages(
+    body: object,
+    models: ModelTable,
+    *,
+    thinking_cache: ThinkingCache | None = None,
+    thinking_owner: str = "",
+    default_max_tokens: int = 4096,
+    force_model: str | None = None,
+) -> tuple[dict[str, Any], ChatContext]:
+    """Parsed /v1/chat/completions JSON → (Anthropic /v1/messages body, ChatContext).
+
+    Parameters are checked in a fixed order, so a request with several faults is told about the
+    same one every time."""
+    if not isinstance(body, dict):
+        raise _bad("The request body must be a JSON object.", None)
+    requested, model = _model(body, models, force_model)
+    _refuse_n(body)
+    messages = _messages(body)
+    stream, include_usage = _stream(body)
+    sampling = _sampling(body)
+    tools, tool_choice = _tools(body)
+    user_tools = bool(tools)
+    ptc = _parallel_tool_calls(body)
+    json_spec = _json_mode(body.get("response_format"))
+    _refuse_logprobs(body)
+    wanted = _thinking_budget(body)
+    budget = None if wanted is None else _fit_budget(wanted, sampling.max_tokens)
+
+    system, turns, client_thinking = _convert_messages(messages)
+    thinking = _thinking_on(budget, tool_choice, turns, thinking_cache, thinking_owner)
+    if not thinking and (client_thinking or wanted is not None):
+        _strip_thinking(turns)
+
+    ctx = ChatContext(
+        requested_model=requested, model=model, stream=stream, include_usage=include_usage, thinking=thinking,
+        thinking_owner=thinking_owner,
+    )
+    if json_spec is not None:
+        tools, tool_choice, system = _add_json_tool(json_spec, tools, tool_choice, system, thinking=thinking,
+                                                    user_tools=user_tools, ctx=ctx)
+    tool_choice = _no_parallel_tool_use(ptc, tools, tool_choice)
+    out = _messages_body(model, turns, system, sampling, budget=budget, thinking=thinking, tools=tools,
+                         tool_choice=tool_choice, user=body.get("user"), stream=stream,
+                         default_max_tokens=default_max_tokens)
     return out, ctx

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from dario.daemon.asgi import Send, send_response
+from dario.daemon.asgi import Send, response_body, response_start, send_response
 from dario.daemon.dialects.link import SSE_HEADERS, ClientLink
 from dario.daemon.dialects.openai.errors import openai_error_from_anthropic
 from dario.daemon.dialects.openai.request import ChatContext
@@ -65,7 +65,7 @@ class OpenAISink:
         assert self.ctx is not None
         self.translator = ChatStreamTranslator(self.ctx, created=self.created, thinking_cache=self.thinking)
         out = self._headers(headers) + [(b"content-type", b"text/event-stream; charset=utf-8")] + SSE_HEADERS
-        await self.send({"type": "http.response.start", "status": 200, "headers": out})
+        await self.send(response_start(200, out))
 
     async def stream_data(self, block: bytes) -> None:
         assert self.translator is not None
@@ -73,12 +73,12 @@ class OpenAISink:
         for name, data in iter_events(block):
             frames.extend(self.translator.feed(name.decode("latin-1"), data))
         if frames:
-            await self.send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
+            await self.send(response_body(b"".join(frames), more=True))
 
     async def stream_abort(self, type: str, message: str) -> None:
         assert self.translator is not None
-        await self.send({"type": "http.response.body", "body": self.translator.error_frame(type, message)})
+        await self.send(response_body(self.translator.error_frame(type, message)))
 
     async def stream_end(self) -> None:
         assert self.translator is not None
-        await self.send({"type": "http.response.body", "body": b"".join(self.translator.finish())})
+        await self.send(response_body(b"".join(self.translator.finish())))
