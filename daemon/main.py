@@ -18,6 +18,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from dario.daemon import __version__, app, paths, peercred
+from dario.daemon.accounts.errors import AccountError
 from dario.daemon.atomicfile import write_json_atomic
 from dario.daemon.edge import activation
 from dario.daemon.settings import Settings, SettingsError, from_args, is_loopback_host
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
     try:
         trio.run(run, settings)
-    except (StartupError, paths.UnsafeFolder) as exc:
+    except (StartupError, paths.UnsafeFolder, AccountError) as exc:  # AccountError: an unreadable registry
         print(f"dariod: {exc}", file=sys.stderr)
         sys.exit(1)
     except BaseExceptionGroup as group:
