@@ -228,3 +228,82 @@ def test_service_raises_domain_errors_not_http(tmp_path: Path, keyring: Keyring)
         run(lambda: accounts.login("main", KEY, "anthropic", None))
     with pytest.raises(errors.AccountNotFound):
         run(lambda: accounts.logout("main"))
+
+
+def registered(tmp_path: Path, *aliases: str) -> Registry:
+    registry = Registry(tmp_path / "accounts.json")
+    for alias in aliases:
+        registry.upsert(alias, "anthropic", "https://api.anthropic.com")
+    registry.save()
+    return registry
+
+
+def test_a_locked_keyring_is_said_after_the_bound_and_its_late_answer_still_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    unlocked = threading.Event()
+
+    def get_secret(alias: str) -> str | None:  # a locked Secret Service: holds the call until unlocked
+        unlocked.wait(30)
+        return KEY
+
+    monkeypatch.setattr(secrets, "get_secret", get_secret)
+    pool = Pool()
+    accounts = AccountService(registered(tmp_path, "main"), pool, probe_answering(200))
+    accounts.load()
+    assert pool.view(pool.accounts["main"])["status"] == "waiting_for_keyring"
+    assert pool.keyring_answer_expected  # requests queue briefly for the first read
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(accounts.read_secrets_forever)
+            await trio.sleep(secrets.KEYRING_TIMEOUT + 0.5)  # virtual time: the read is now overdue
+            view = pool.view(pool.accounts["main"])
+            assert view["status"] == "waiting_for_keyring"
+            assert view["reason"] == ("the OS keyring has not answered for 3 s; it is probably locked; "
+                                      "dario retries by itself")
+            assert accounts.keyring_problem is not None and "Unlock it" in accounts.keyring_problem
+            assert not pool.keyring_answer_expected  # requests now get a short 503 instead of queueing
+            assert not accounts.keyring_first_read.is_set()
+            unlocked.set()
+            await accounts.keyring_first_read.wait()
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        unlocked.set()
+    assert pool.accounts["main"].secret == KEY
+    assert accounts.keyring_problem is None
+    assert pool.view(pool.accounts["main"])["status"] == "ok"
+
+
+def test_refresh_rereads_a_key_the_keyring_could_not_give(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    answers: list[Exception | str] = [errors.KeyringUnavailable("the keyring refused (DBusError: no)"), KEY]
+    reads: list[str] = []
+
+    def get_secret(alias: str) -> str | None:
+        reads.append(alias)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(secrets, "get_secret", get_secret)
+    pool = Pool()
+    accounts = AccountService(registered(tmp_path, "main"), pool, probe_answering(200))
+    accounts.load()
+
+    async def main() -> list[Any]:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(accounts.read_secrets_forever)
+            await accounts.keyring_first_read.wait()
+            assert pool.view(pool.accounts["main"])["reason"] == ("the keyring refused (DBusError: no); "
+                                                                  "dario retries by itself")
+            results = await accounts.refresh("main")  # asks for a read now, not after the backoff
+            nursery.cancel_scope.cancel()
+        return results
+
+    results = trio.run(main, clock=trio.testing.MockClock())  # a clock that never moves: no backoff ran out
+    assert reads == ["main", "main"]
+    assert results == [{"alias": "main", "ok": True, "status": "ok", "message": "key valid; windows re-read"}]
+    assert pool.accounts["main"].secret == KEY
