@@ -1,11 +1,11 @@
-"""`dariod`: settings → one trio nursery running both servers and the background tasks."""
+"""`dariod`: the process. Arguments, signals, the lock, sockets and binds, and one trio nursery
+serving both apps and running the background tasks of the Daemon that `app.build` wires."""
 
 from __future__ import annotations
 
 import errno
 import logging
 import os
-import secrets
 import signal
 import socket
 import stat
@@ -17,21 +17,11 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from dario.daemon import __version__, paths, peercred
-from dario.daemon.accounts import registry as accounts
+from dario.daemon import __version__, app, paths, peercred
+from dario.daemon.accounts.errors import AccountError
 from dario.daemon.atomicfile import write_json_atomic
-from dario.daemon.control.server import ControlApp
 from dario.daemon.edge import activation
-from dario.daemon.edge.guard import Guard
-from dario.daemon.edge.peergate import PeerGate
-from dario.daemon.edge.public import PublicApp
-from dario.daemon.routing.catalog import ModelCatalog
-from dario.daemon.routing.models import ModelTable
-from dario.daemon.routing.relay import Relay
 from dario.daemon.settings import Settings, SettingsError, from_args, is_loopback_host
-from dario.daemon.state import DaemonState
-from dario.daemon.upstream.anthropic import upstreams as anthropic_upstreams
-from dario.daemon.upstream.httpclient import HttpClient, Timeouts
 
 log = logging.getLogger("dario")
 
@@ -199,67 +189,31 @@ async def _serve_all(settings: Settings, signals: AsyncIterator[int]) -> None:
         claim_socket(settings.socket)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     bind = public_bind(settings, host)
-    http = HttpClient(
-        timeouts=Timeouts(connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout),
-        # Every open stream holds one upstream connection; thousands of concurrent streams are normal.
-        max_connections_per_origin=settings.max_upstream_connections,
-    )
-    state = DaemonState(settings, http)
-    await state.load()
-    try:
-        table = ModelTable.load(paths.models_file())
-    except ValueError as exc:
-        log.warning("%s; using the built-in aliases", exc)
-        table = ModelTable()
-    catalog = ModelCatalog(table, state.fetch_upstream_models)
-    relay = Relay(
-        state.pool, anthropic_upstreams(http),
-        queue_timeout=settings.queue_timeout,
-        failover_deadline=settings.failover_deadline,
-        hold_message_start=settings.hold_message_start,
-        read_timeout=settings.upstream_read_timeout,
-        record=state.record,
-    )
-    bound_port = [settings.port]
-    guard = Guard(
-        listen_host=settings.host, port_ref=lambda: bound_port[0],
-        allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
-        api_key=settings.api_key, client_key_check=state.client_keys.verify,
-        peer_gate=PeerGate.for_settings(settings.api_key),
-    )
-    public = PublicApp(state, relay, guard, catalog)
-    control_token = secrets.token_urlsafe(32) if tcp_control else None
-    control = ControlApp(state, token=control_token)
+    daemon = app.build(settings, tcp_control=tcp_control)
     endpoint_file = paths.control_endpoint_file(settings.socket)
     stop = trio.Event()
     try:
         async with trio.open_nursery() as background:
             background.start_soon(_watch_signals, signals, stop)
-            if state.analytics is not None:
-                await background.start(state.analytics.run)
-            background.start_soon(state.persist_forever)
-            background.start_soon(state.read_secrets_forever)
-            # An unlocked keyring answers within the grace and the daemon starts with its keys; a
-            # locked one (its unlock prompt unanswered) must not keep /health and the socket silent.
-            await state.wait_first_read(accounts.KEYRING_STARTUP_GRACE)
+            await background.start(daemon.run_background)
             # serve() returns after `stop`, once in-flight requests end or the grace period runs out.
             async with trio.open_nursery() as servers:
-                binds = await servers.start(_serve, public, _hypercorn_config(bind, settings), stop)
-                bound_port[0] = int(binds[0].rsplit(":", 1)[1])
-                state.listen = f"http://{host}:{bound_port[0]}"
-                if control_token is not None:
+                binds = await servers.start(_serve, daemon.public, _hypercorn_config(bind, settings), stop)
+                daemon.listening(host, int(binds[0].rsplit(":", 1)[1]))
+                if daemon.control_token is not None:
                     control_binds = await servers.start(
-                        _serve, control, _hypercorn_config("127.0.0.1:0", settings), stop)
+                        _serve, daemon.control, _hypercorn_config("127.0.0.1:0", settings), stop)
                     control_port = int(control_binds[0].rsplit(":", 1)[1])
-                    await trio.to_thread.run_sync(_write_endpoint_file, endpoint_file, control_port, control_token)
+                    await trio.to_thread.run_sync(_write_endpoint_file, endpoint_file, control_port,
+                                                  daemon.control_token)
                     where = f"control on 127.0.0.1:{control_port}, token in {endpoint_file}"
                 else:
                     control_config = _hypercorn_config(f"unix:{settings.socket}", settings)
-                    await servers.start(_serve, control, control_config, stop)
+                    await servers.start(_serve, daemon.control, control_config, stop)
                     os.chmod(settings.socket, 0o600)
                     where = f"control socket {settings.socket}"
                 # One line a supervisor or a test can wait for.
-                print(f"dariod {__version__} listening on {state.listen} ({where})", flush=True)
+                print(f"dariod {__version__} listening on {daemon.view.listen} ({where})", flush=True)
                 await stop.wait()
                 log.info("shutting down; in-flight requests get up to %g s", settings.grace_period)
             background.cancel_scope.cancel()
@@ -268,7 +222,7 @@ async def _serve_all(settings: Settings, signals: AsyncIterator[int]) -> None:
             endpoint_file.unlink(missing_ok=True)
         else:
             settings.socket.unlink(missing_ok=True)
-        await http.aclose()
+        await daemon.aclose()
 
 
 def _write_endpoint_file(file: Path, port: int, token: str) -> None:
@@ -303,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
     try:
         trio.run(run, settings)
-    except (StartupError, paths.UnsafeFolder) as exc:
+    except (StartupError, paths.UnsafeFolder, AccountError) as exc:  # AccountError: an unreadable registry
         print(f"dariod: {exc}", file=sys.stderr)
         sys.exit(1)
     except BaseExceptionGroup as group:

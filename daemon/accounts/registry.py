@@ -1,9 +1,8 @@
-"""The account registry: metadata in a small JSON file, secrets in the OS keyring.
+"""The account registry: account metadata in a small JSON file.
 
 The file (under the XDG config folder) holds alias, kind, base URL, created, enabled and
-which account is preferred. The secret of each account lives only in the keyring
-(service `dario`, one entry per alias). Keyring calls block (D-Bus), so the daemon runs
-them in a worker thread.
+which account is preferred. The secret of each account lives only in the OS keyring
+(`accounts.secrets`), never here.
 """
 
 from __future__ import annotations
@@ -16,34 +15,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dario.daemon import atomicfile
-from dario.daemon.commands import command
+from dario.daemon.accounts.errors import InvalidAccount
 from dario.daemon.control.api import ACCOUNT_KINDS
 from dario.daemon.settings import is_loopback_host
 
-KEYRING_SERVICE = "dario"
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_BASE_URLS = {"anthropic": "https://api.anthropic.com"}
-
-
-class AccountError(ValueError):
-    """Bad input for an account; the message says what is wrong and what to do."""
-
-
-# How long a keyring read may take before dario tells the user the keyring looks locked. An
-# unlocked Secret Service answers in milliseconds; a locked one holds the call until its unlock
-# prompt is answered, which may be never (nobody at the desktop yet).
-KEYRING_TIMEOUT = 3.0
-KEYRING_STARTUP_GRACE = 0.5  # dariod listens after the first read or this long, whichever comes first
-KEYRING_RETRY_MIN = 2.0  # backoff between reads after the keyring failed, doubled up to the max
-KEYRING_RETRY_MAX = 300.0  # a dismissed unlock prompt must not come back every minute
-
-
-class KeyringUnavailable(Exception):
-    """No usable keyring backend; the message names the fix, `short` says what went wrong."""
-
-    def __init__(self, message: str, short: str | None = None) -> None:
-        super().__init__(message)
-        self.short = short or message
 
 
 @dataclass(slots=True)
@@ -57,7 +34,7 @@ class Account:
 
 def check_alias(alias: str) -> str:
     if not ALIAS_RE.match(alias or ""):
-        raise AccountError(
+        raise InvalidAccount(
             f"invalid account name {alias!r}: use 1–64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
@@ -66,18 +43,18 @@ def check_alias(alias: str) -> str:
 
 def normalise_base_url(kind: str, base_url: str | None) -> str:
     if kind not in ACCOUNT_KINDS:
-        raise AccountError(f"unknown account kind {kind!r}; choose one of: {', '.join(ACCOUNT_KINDS)}")
+        raise InvalidAccount(f"unknown account kind {kind!r}; choose one of: {', '.join(ACCOUNT_KINDS)}")
     if not base_url:
         if kind not in DEFAULT_BASE_URLS:
-            raise AccountError(f"an {kind} account needs --base-url (the endpoint's https:// address)")
+            raise InvalidAccount(f"an {kind} account needs --base-url (the endpoint's https:// address)")
         return DEFAULT_BASE_URLS[kind]
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise AccountError(f"--base-url must be an http(s) URL like https://api.example.com, not {base_url!r}")
+        raise InvalidAccount(f"--base-url must be an http(s) URL like https://api.example.com, not {base_url!r}")
     if parts.query or parts.fragment or parts.username or parts.password:
-        raise AccountError("--base-url must not carry a query, fragment or credentials")
+        raise InvalidAccount("--base-url must not carry a query, fragment or credentials")
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        raise AccountError(
+        raise InvalidAccount(
             f"refusing plain http:// for {parts.hostname}: the API key would cross the network unencrypted; use https://"
         )
     path = parts.path.rstrip("/")
@@ -99,7 +76,7 @@ class Registry:
         try:
             data: Any = atomicfile.read_json(self.path, {})
         except ValueError as exc:
-            raise AccountError(
+            raise InvalidAccount(
                 f"{self.path} is not valid JSON ({exc}); fix or move it aside, then log in again"
             ) from None
         for item in data.get("accounts", []):
@@ -136,75 +113,3 @@ class Registry:
         del self.accounts[alias]
         if self.preferred == alias:
             self.preferred = None
-
-
-# -- secrets --------------------------------------------------------------------------
-
-def _fix() -> str:
-    return (
-        "dario keeps API keys only in the OS keyring. Install and unlock one: on Linux, gnome-keyring or "
-        "KWallet (in a headless session: `dbus-run-session -- sh -c 'echo -n pass | gnome-keyring-daemon "
-        f"--unlock --components=secrets; {command('dariod')}'`); or choose a backend with PYTHON_KEYRING_BACKEND "
-        "(e.g. keyrings.cryptfile.cryptfile.CryptFileKeyring after `pip install keyrings.cryptfile`)."
-    )
-
-
-def _keyring() -> Any:
-    import keyring
-    import keyring.backends.fail
-    import keyring.errors
-
-    backend = keyring.get_keyring()
-    if isinstance(backend, keyring.backends.fail.Keyring):
-        raise KeyringUnavailable(f"no usable keyring backend was found. {_fix()}", "no usable OS keyring was found")
-    return keyring
-
-
-def _wrap(exc: Exception) -> KeyringUnavailable:
-    # The backend's own message never contains the secret; keep only its class and text.
-    what = f"the keyring refused ({type(exc).__name__}: {exc})"
-    return KeyringUnavailable(f"{what}. {_fix()}", what[:200])
-
-
-def keyring_overdue(seconds: float) -> KeyringUnavailable:
-    """The keyring has not answered: most often a locked login keyring with its prompt still open."""
-    what = f"the OS keyring has not answered for {seconds:g} s; it is probably locked"
-    return KeyringUnavailable(
-        f"{what}. Unlock it (log in to the desktop, or answer the unlock prompt); dario reads the keys "
-        "as soon as it answers, no restart needed. If no keyring is running at all: " + _fix(),
-        what,
-    )
-
-
-def get_secret(alias: str) -> str | None:
-    kr = _keyring()
-    try:
-        value: str | None = kr.get_password(KEYRING_SERVICE, alias)
-    except Exception as exc:
-        raise _wrap(exc) from None
-    return value
-
-
-def set_secret(alias: str, secret: str) -> None:
-    kr = _keyring()
-    try:
-        kr.set_password(KEYRING_SERVICE, alias, secret)
-    except Exception as exc:
-        raise _wrap(exc) from None
-
-
-def delete_secret(alias: str) -> None:
-    kr = _keyring()
-    import keyring.errors
-
-    try:
-        kr.delete_password(KEYRING_SERVICE, alias)
-    except keyring.errors.PasswordDeleteError:
-        pass
-    except Exception as exc:
-        raise _wrap(exc) from None
-
-
-def check_keyring() -> None:
-    """Fail fast, before asking the upstream anything, when no keyring can hold a secret."""
-    _keyring()

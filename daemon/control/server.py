@@ -16,6 +16,17 @@ from urllib.parse import parse_qsl, unquote
 import orjson
 import trio
 
+from dario.daemon.accounts.clientkeys import ClientKeyStore
+from dario.daemon.accounts.errors import (
+    AccountError,
+    AccountNotFound,
+    InvalidAccount,
+    KeyRejected,
+    KeyringUnavailable,
+    UpstreamRefused,
+    UpstreamUnreachable,
+)
+from dario.daemon.accounts.service import AccountService
 from dario.daemon.asgi import (
     BodyTooLarge,
     ClientGone,
@@ -29,17 +40,49 @@ from dario.daemon.asgi import (
     send_json,
 )
 from dario.daemon.control.api import CONTROL_HOST
-from dario.daemon.state import ControlFailure, DaemonState
+from dario.daemon.views import StatusView
 
 log = logging.getLogger("dario.control")
 
 Route = Callable[[dict[str, Any], str, dict[str, str]], Awaitable[tuple[int, Any]]]
 ALLOWED_HOSTS = frozenset({CONTROL_HOST.encode(), b"localhost", b""})
 
+# Each domain error of the account service as the control API answers it: status and error type.
+# The handlers only encode results; this table is the one place that knows HTTP.
+ACCOUNT_ERRORS: dict[type[AccountError], tuple[int, str]] = {
+    InvalidAccount: (400, "invalid_request"),
+    KeyRejected: (400, "key_rejected"),
+    AccountNotFound: (404, "not_found"),
+    UpstreamRefused: (502, "upstream_error"),
+    UpstreamUnreachable: (502, "upstream_unreachable"),
+    KeyringUnavailable: (503, "keyring_unavailable"),
+}
+
+
+class ControlFailure(Exception):
+    """A control request that cannot be served as asked; status + type + message go to the caller."""
+
+    def __init__(self, status: int, type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type
+        self.message = message
+
+
+def failure_for(exc: AccountError) -> ControlFailure:
+    """The control API's answer to a domain error: the table's status and type, the error's message."""
+    for cls, (status, type_) in ACCOUNT_ERRORS.items():
+        if isinstance(exc, cls):
+            return ControlFailure(status, type_, str(exc))
+    return ControlFailure(500, "internal_error", str(exc))
+
 
 class ControlApp:
-    def __init__(self, state: DaemonState, token: str | None = None) -> None:
-        self.state = state
+    def __init__(self, accounts: AccountService, view: StatusView, client_keys: ClientKeyStore,
+                 token: str | None = None) -> None:
+        self.accounts = accounts
+        self.view = view
+        self.client_keys = client_keys
         # Set when the control API is on loopback TCP (no AF_UNIX, or DARIO_CONTROL=tcp): any local
         # user can reach a TCP port, so every request must carry the token from the user-only file.
         self.token = token
@@ -72,6 +115,10 @@ class ControlApp:
                         raise ControlFailure(400, "invalid_request", "the body must be a JSON object")
                     body = parsed
             status, result = await self.dispatch(method, parts, body, query)
+        except AccountError as exc:
+            failure = failure_for(exc)
+            await _fail(send, failure.status, failure.type, failure.message)
+            return
         except ControlFailure as exc:
             await _fail(send, exc.status, exc.type, exc.message)
             return
@@ -87,15 +134,15 @@ class ControlApp:
 
     async def dispatch(self, method: str, parts: list[str], body: dict[str, Any],
                        query: dict[str, str]) -> tuple[int, Any]:
-        s = self.state
+        accounts, view = self.accounts, self.view
         if parts[:1] != ["v1"]:
             raise ControlFailure(404, "not_found", "unknown control route")
         route = parts[1:]
         match method, route:
             case "GET", ["status"]:
-                return 200, s.status()
+                return 200, view.status()
             case "GET", ["accounts"]:
-                return 200, {"accounts": s.pool.views()}
+                return 200, {"accounts": view.pool.views()}
             case "POST", ["accounts"]:
                 alias = _str(body, "alias")
                 secret = _str(body, "secret")
@@ -103,42 +150,42 @@ class ControlApp:
                 base_url = body.get("base_url")
                 if not isinstance(kind, str) or (base_url is not None and not isinstance(base_url, str)):
                     raise ControlFailure(400, "invalid_request", "kind and base_url must be strings")
-                return 201, {"account": await s.login(alias, secret, kind, base_url)}
+                return 201, {"account": await accounts.login(alias, secret, kind, base_url)}
             case "DELETE", ["accounts", alias]:
-                await s.logout(alias)
+                await accounts.logout(alias)
                 return 200, {"removed": alias}
             case "POST", ["accounts", alias, "enable"]:
-                return 200, {"account": await s.set_enabled(alias, True)}
+                return 200, {"account": await accounts.set_enabled(alias, True)}
             case "POST", ["accounts", alias, "disable"]:
-                return 200, {"account": await s.set_enabled(alias, False)}
+                return 200, {"account": await accounts.set_enabled(alias, False)}
             case "POST", ["prefer"]:
                 alias_or_none = body.get("alias")
                 if alias_or_none is not None and not isinstance(alias_or_none, str):
                     raise ControlFailure(400, "invalid_request", "alias must be a string or null")
-                return 200, {"preferred": await s.prefer(alias_or_none)}
+                return 200, {"preferred": await accounts.prefer(alias_or_none)}
             case "POST", ["refresh"]:
                 target = body.get("alias")
                 if target is not None and not isinstance(target, str):
                     raise ControlFailure(400, "invalid_request", "alias must be a string or null")
-                return 200, {"results": await s.refresh(target)}
+                return 200, {"results": await accounts.refresh(target)}
             case "GET", ["usage"]:
                 try:
-                    return 200, await s.usage(query.get("window", "24h"))
+                    return 200, await view.usage(query.get("window", "24h"))
                 except ValueError as exc:
                     raise ControlFailure(400, "invalid_request", str(exc)) from None
             case "GET", ["keys"]:
-                return 200, {"keys": s.client_keys.list()}
+                return 200, {"keys": self.client_keys.list()}
             case "POST", ["keys"]:
                 name = _str(body, "name")
                 try:
                     # The store writes its file (fsync) — keep that off the event loop.
-                    key = await trio.to_thread.run_sync(s.client_keys.create, name)
+                    key = await trio.to_thread.run_sync(self.client_keys.create, name)
                 except ValueError as exc:
                     raise ControlFailure(400, "invalid_request", str(exc)) from None
                 return 201, {"name": name, "key": key}
             case "DELETE", ["keys", name]:
                 try:
-                    await trio.to_thread.run_sync(s.client_keys.revoke, name)
+                    await trio.to_thread.run_sync(self.client_keys.revoke, name)
                 except KeyError:
                     raise ControlFailure(404, "not_found", f"no client key named {name!r}") from None
                 return 200, {"revoked": name}

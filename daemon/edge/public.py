@@ -50,8 +50,8 @@ from dario.daemon.errors import DarioError
 from dario.daemon.exchange import Estimate, Incoming, Outcome
 from dario.daemon.routing.catalog import ModelCatalog
 from dario.daemon.routing.relay import Relay, model_id_ok
-from dario.daemon.state import DaemonState
 from dario.daemon.upstream import anthropic as upstream
+from dario.daemon.views import EdgeServices
 
 __all__ = ["PublicApp", "RequestInfo"]
 
@@ -62,7 +62,7 @@ MAX_HEAD_BYTES = 64 * 1024
 
 
 class PublicApp:
-    def __init__(self, state: DaemonState, relay: Relay, guard: Guard, models: ModelCatalog) -> None:
+    def __init__(self, state: EdgeServices, relay: Relay, guard: Guard, models: ModelCatalog) -> None:
         self.state = state
         self.relay = relay
         self.guard = guard
@@ -222,25 +222,16 @@ class PublicApp:
     async def _forward(self, inc: Incoming, sink: LinkedSink, receive: Receive) -> None:
         """Relay; a client that hangs up stops its stream (and its upstream request) at once."""
         self.state.requests_served += 1
-        outcome: Outcome | None = None
         if inc.stream:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_cancel_on_hangup, receive, sink.link, nursery.cancel_scope)
-                outcome = await self.relay.forward(inc, sink)
+                await self.relay.forward(inc, sink)
                 nursery.cancel_scope.cancel()
         else:
             # A whole answer needs no watcher while it is being fetched (that would cost a task
             # per request); only a wait in the queue watches for the client leaving.
             inc.watch_hangup = partial(_cancel_on_hangup, receive, sink.link)
-            outcome = await self.relay.forward(inc, sink)
-        if self.settings.verbose:
-            if outcome is None:
-                log.info("%s %s: the client hung up", inc.dialect, inc.endpoint)
-            else:
-                log.info(
-                    "%s %s → %s via %s (%d failovers, %.0f ms queued)", inc.dialect, inc.endpoint,
-                    outcome.status, outcome.account, outcome.failovers, outcome.queue_wait_ms,
-                )
+            await self.relay.forward(inc, sink)  # the recorder's access log writes the --verbose line
 
     def _record_unknown_model(self, dialect: DialectAdapter, info: RequestInfo, model: object) -> None:
         """An unknown model is answered here, not upstream, but it is still a failed request: usage and

@@ -260,3 +260,17 @@ def test_restart_remembers_a_rejected_key(dariod_factory: Callable[..., Dariod],
     code, _, body = post_message(second)
     assert code == 503 and b"work" in body
     assert upstream.requests() == []
+
+
+def test_unreadable_account_registry_stops_startup_with_a_clear_message(
+        dariod_factory: Callable[..., Dariod]) -> None:
+    d = dariod_factory(start=False)
+    registry = d.home / "config" / "dario" / "accounts.json"
+    registry.parent.mkdir(parents=True)
+    registry.write_text("{not json")
+    with pytest.raises(RuntimeError):
+        d.start(timeout=15)
+    assert d.proc is not None and d.proc.returncode == 1
+    stderr = d.stderr()
+    assert f"dariod: {registry} is not valid JSON" in stderr and "move it aside" in stderr
+    assert "Traceback" not in stderr and not d.socket.exists()

@@ -7,9 +7,9 @@ from typing import Any
 import orjson
 import pytest
 
+from dario.daemon.accounts.service import _upstream_message
 from dario.daemon.redact import REDACTED, redact, redact_body, redact_sse
 from dario.daemon.routing.pool import Pool
-from dario.daemon.state import _upstream_message
 
 SHAPED = "sk-ant-api03-AbC_dEf-0123456789"
 PLAIN = "vendor-secret-42"

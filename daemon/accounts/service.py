@@ -1,72 +1,94 @@
-"""Everything one running dariod holds, and the operations both apps share.
+"""The account service: log in, log out, enable, prefer, refresh, and reading keys from the keyring.
 
-The public app and the control app are two views on this one object: accounts (registry,
-keyring, pool), analytics, metrics, client keys. Blocking work (keyring, SQLite, files)
-goes to worker threads; state changes are persisted from one background task.
+It changes three things together (the registry file, the OS keyring and the pool) and raises
+only the domain errors of `accounts.errors`; the control server turns them into HTTP answers.
+The pool and the upstream's key check come in as interfaces (`AccountPool`, `KeyProbe`), so this
+room imports nothing of the request path. Blocking work (keyring, files) runs in worker threads.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import time
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import orjson
 import trio
 
-from dario.daemon import __version__, atomicfile, paths
-from dario.daemon.accounts import registry as accounts
-from dario.daemon.accounts.clientkeys import ClientKeyStore
+from dario.daemon.accounts import secrets
+from dario.daemon.accounts.errors import (
+    AccountNotFound,
+    InvalidAccount,
+    KeyRejected,
+    KeyringUnavailable,
+    UpstreamRefused,
+    UpstreamUnreachable,
+)
+from dario.daemon.accounts.registry import Registry, check_alias, normalise_base_url
 from dario.daemon.commands import command
-from dario.daemon.control.api import AccountView, RefreshResult, Status
-from dario.daemon.exchange import Incoming, Outcome
-from dario.daemon.recording.analytics import AnalyticsStore, UsageRecord
-from dario.daemon.recording.clients import FamilyCache
-from dario.daemon.recording.metrics import Metrics
-from dario.daemon.recording.prices import PriceTable
+from dario.daemon.control.api import AccountView, RefreshResult
 from dario.daemon.redact import redact
-from dario.daemon.routing.pool import Pool
-from dario.daemon.routing.ratelimits import parse as parse_ratelimits
-from dario.daemon.settings import Settings
-from dario.daemon.upstream import anthropic as upstream
-from dario.daemon.upstream.errors import parse_error
-from dario.daemon.upstream.httpclient import HttpClient, UpstreamError
 
-log = logging.getLogger("dario.state")
+log = logging.getLogger("dario.accounts")
 
 KEYRING_CONTROL_TIMEOUT = 20.0  # login/logout: time to answer the unlock prompt the call may open (ctl waits 30 s+)
 
 
-class ControlFailure(Exception):
-    """A control-API operation that failed; status + type + message go to the caller."""
+@dataclass(frozen=True, slots=True)
+class KeyCheck:
+    """The upstream's answer to a key check: its status, rate-limit snapshot and body."""
 
-    def __init__(self, status: int, type: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.type = type
-        self.message = message
+    status: int
+    ratelimits: Any  # the pool's rate-limit snapshot, read from the answer's headers
+    body: bytes
+    spend_limit: bool = False  # a 429 that is the organisation's spend limit (the upstream's one rule)
 
 
-class DaemonState:
-    def __init__(self, settings: Settings, http: HttpClient) -> None:
-        self.settings = settings
-        self.http = http
-        self.started_at = time.time()
-        self.requests_served = 0
-        self.listen = f"http://{settings.host}:{settings.port}"
-        self.registry = accounts.Registry(paths.accounts_file())
-        self.pool = Pool()
-        self.pool.on_change = self._mark_dirty
-        self._dirty = trio.Event()
-        self.families = FamilyCache()
-        prices = _load_or_default(PriceTable.load, paths.prices_file(), PriceTable)
-        self.analytics: AnalyticsStore | None = (
-            AnalyticsStore(paths.analytics_db(), prices=prices, retention_days=settings.analytics_retention_days)
-            if settings.analytics else None
-        )
-        self.metrics = Metrics(lambda: [dict(v) for v in self.pool.views()], lambda: self.pool.queue_depth)
-        self.client_keys = ClientKeyStore(paths.keys_file())
+# Sends a cheap authenticated request with (base_url, secret); raises UpstreamUnreachable.
+KeyProbe = Callable[[str, str], Awaitable[KeyCheck]]
+
+
+class PoolAccount(Protocol):
+    """One account as the pool holds it, as far as the service reads it."""
+
+    alias: str
+    base_url: str
+    secret: str | None
+    keyring_wait: str | None
+    needs_login: str | None
+
+
+class AccountPool(Protocol):
+    """The pool's operations the account service uses (the in-memory pool, or a shared one)."""
+
+    keyring_answer_expected: bool
+    preferred: str | None
+
+    @property
+    def accounts(self) -> Mapping[str, PoolAccount]: ...
+    def upsert(self, alias: str, kind: str, base_url: str, created: float, secret: str | None,
+               enabled: bool = True) -> Any: ...
+    def remove(self, alias: str) -> None: ...
+    def set_enabled(self, alias: str, enabled: bool) -> None: ...
+    def prefer(self, alias: str | None) -> None: ...
+    def secret_loaded(self, alias: str, secret: str | None) -> None: ...
+    def mark_keyring_wait(self, alias: str, reason: str) -> None: ...
+    def set_keyring_answer_expected(self, expected: bool) -> None: ...
+    def clear_block(self, alias: str) -> None: ...
+    def notify(self) -> None: ...
+    def observe_headers(self, acc: Any, snap: Any, sent_at: float | None = None) -> None: ...
+    def observe_rate_limited(self, acc: Any, snap: Any, *, spend_limit: bool, message: str) -> None: ...
+    def observe_transient(self, acc: Any, reason: str, sent_at: float | None = None) -> None: ...
+    def observe_auth_failure(self, acc: Any, status: int, message: str) -> None: ...
+    def view(self, acc: Any, now: float | None = None) -> AccountView: ...
+
+
+class AccountService:
+    def __init__(self, registry: Registry, pool: AccountPool, probe: KeyProbe) -> None:
+        self.registry = registry
+        self.pool = pool
+        self.probe = probe
         # The keyring, read by read_secrets_forever: why it cannot be read now (long, with the fix), and
         # the signals `refresh` uses to ask for a read and to wait for one to finish.
         self.keyring_problem: str | None = None
@@ -77,8 +99,8 @@ class DaemonState:
         self.keyring_first_read = trio.Event()  # set once the first read ended, however it ended
 
     # -- start-up ------------------------------------------------------------------------
-    async def load(self) -> None:
-        """Accounts from the registry, cooldowns from the state file; secrets come later.
+    def load(self) -> None:
+        """Accounts from the registry into the pool; their secrets come later.
 
         The keyring is read by `read_secrets_forever` once the daemon listens: a locked keyring
         holds a read until someone answers its unlock prompt, and that must not keep dariod silent.
@@ -89,10 +111,6 @@ class DaemonState:
             self.pool.mark_keyring_wait(acc.alias, "reading the key from the OS keyring")
         self.pool.keyring_answer_expected = bool(self.registry.accounts)
         self.pool.preferred = self.registry.preferred
-        try:
-            self.pool.import_state(atomicfile.read_json(paths.pool_state_file(), {}))
-        except ValueError:
-            log.warning("ignoring unreadable %s", paths.pool_state_file())
 
     # -- secrets from the keyring ---------------------------------------------------------
     def _keyring_pending(self) -> list[str]:
@@ -105,7 +123,7 @@ class DaemonState:
         prompt. A read that is overdue keeps running (its answer is still used) while the accounts
         say why they wait and requests get a short 503 instead of queueing.
         """
-        backoff = accounts.KEYRING_RETRY_MIN
+        backoff = secrets.KEYRING_RETRY_MIN
         async with trio.open_nursery() as reads:
             while True:
                 self._keyring_kick = trio.Event()
@@ -117,12 +135,12 @@ class DaemonState:
                 self._keyring_round_done.set()
                 self._keyring_round_done = trio.Event()
                 if ok:
-                    backoff = accounts.KEYRING_RETRY_MIN
+                    backoff = secrets.KEYRING_RETRY_MIN
                     await self._keyring_kick.wait()
                 else:
                     with trio.move_on_after(backoff):
                         await self._keyring_kick.wait()
-                    backoff = min(backoff * 2, accounts.KEYRING_RETRY_MAX)
+                    backoff = min(backoff * 2, secrets.KEYRING_RETRY_MAX)
 
     async def wait_first_read(self, grace: float) -> None:
         """Give the first keyring read a moment, so a daemon on an unlocked desktop starts with its keys."""
@@ -130,21 +148,21 @@ class DaemonState:
             await self.keyring_first_read.wait()
 
     async def _read_round(self, reads: trio.Nursery, pending: list[str]) -> bool:
-        call = _ThreadCall(lambda: {alias: accounts.get_secret(alias) for alias in pending})
+        call = _ThreadCall(lambda: {alias: secrets.get_secret(alias) for alias in pending})
         reads.start_soon(call.run)
         self.pool.set_keyring_answer_expected(True)
-        with trio.move_on_after(accounts.KEYRING_TIMEOUT):
+        with trio.move_on_after(secrets.KEYRING_TIMEOUT):
             await call.done.wait()
         if not call.done.is_set():
-            self._keyring_failed(pending, accounts.keyring_overdue(accounts.KEYRING_TIMEOUT))
+            self._keyring_failed(pending, secrets.keyring_overdue(secrets.KEYRING_TIMEOUT))
             self.pool.set_keyring_answer_expected(False)  # requests stop queueing for it
             await call.done.wait()
         self.pool.set_keyring_answer_expected(False)
-        if isinstance(call.error, accounts.KeyringUnavailable):
+        if isinstance(call.error, KeyringUnavailable):
             self._keyring_failed(pending, call.error)
             return False
         if call.error is not None:
-            self._keyring_failed(pending, accounts.KeyringUnavailable(
+            self._keyring_failed(pending, KeyringUnavailable(
                 f"reading the keyring failed ({type(call.error).__name__})",
             ))
             return False
@@ -157,12 +175,13 @@ class DaemonState:
                 self.pool.secret_loaded(alias, secret)
         return True
 
-    def _keyring_failed(self, pending: list[str], exc: accounts.KeyringUnavailable) -> None:
+    def _keyring_failed(self, pending: list[str], exc: KeyringUnavailable) -> None:
         if str(exc) != self.keyring_problem:
             log.warning("%s", exc)  # once per distinct problem, not once per retry
         self.keyring_problem = str(exc)
         for alias in pending:
-            if alias in self.pool.accounts and self.pool.accounts[alias].secret is None:
+            acc = self.pool.accounts.get(alias)
+            if acc is not None and acc.secret is None:
                 self.pool.mark_keyring_wait(alias, exc.short + "; dario retries by itself")
 
     async def _reread_keyring(self, aliases: list[str]) -> None:
@@ -172,139 +191,58 @@ class DaemonState:
                 self.pool.mark_keyring_wait(alias, "reading the key from the OS keyring")
         target = self._keyring_rounds_started + 1
         self._keyring_kick.set()
-        with trio.move_on_after(accounts.KEYRING_TIMEOUT + 1.0):
+        with trio.move_on_after(secrets.KEYRING_TIMEOUT + 1.0):
             while self._keyring_rounds_finished < target:
                 await self._keyring_round_done.wait()
 
-    def _mark_dirty(self) -> None:
-        self._dirty.set()
-
-    async def persist_forever(self) -> None:
-        """Write pool state (cooldowns, windows) after changes, at most twice a second."""
-        try:
-            while True:
-                await self._dirty.wait()
-                self._dirty = trio.Event()
-                await trio.to_thread.run_sync(self.save_pool_state)
-                if self.client_keys.dirty:
-                    await trio.to_thread.run_sync(self.client_keys.flush)
-                await trio.sleep(0.5)
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.save_pool_state)
-                await trio.to_thread.run_sync(self.client_keys.flush)
-
-    def save_pool_state(self) -> None:
-        try:
-            atomicfile.write_json_atomic(paths.pool_state_file(), self.pool.export_state())
-        except OSError as exc:
-            log.warning("could not save pool state to %s: %s", paths.pool_state_file(), exc)
-
-    # -- views ---------------------------------------------------------------------------
-    def status(self) -> Status:
-        now = time.time()
-        return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "started_at": self.started_at,
-            "uptime_s": round(now - self.started_at, 3),
-            "listen": self.listen,
-            "socket": str(self.settings.socket),
-            "auth_required": self.settings.api_key is not None,
-            "requests_served": self.requests_served,
-            "pool": self.pool.pool_view(),
-            "accounts": self.pool.views(),
-            "keyring": self.keyring_problem,
-        }
-
-    def client_family(self, user_agent: bytes | None) -> str:
-        return self.families.family(user_agent)
-
-    def record(self, inc: Incoming, out: Outcome) -> None:
-        rec = UsageRecord(
-            ts=time.time(), client=inc.client, account=out.account, model=inc.model, dialect=inc.dialect,
-            endpoint=inc.endpoint, streaming=inc.stream, status=out.status, error_type=out.error_type,
-            input_tokens=out.usage.input_tokens, output_tokens=out.usage.output_tokens,
-            cache_write_5m=out.usage.cache_write_5m, cache_write_1h=out.usage.cache_write_1h,
-            cache_read=out.usage.cache_read, latency_ms=(time.perf_counter() - inc.t_start) * 1000.0,
-            ttft_ms=out.ttft_ms, failovers=out.failovers, queue_wait_ms=out.queue_wait_ms,
-        )
-        if self.analytics is not None:
-            self.analytics.record(rec)
-        self.metrics.observe(rec)
-
-    async def usage(self, window: str) -> dict[str, Any]:
-        if self.analytics is None:
-            raise ValueError("analytics are off (dariod --no-analytics)")
-        pool_windows: dict[str, dict[str, dict[str, Any]]] = {
-            v["alias"]: {name: dict(w) for name, w in v["windows"].items()} for v in self.pool.views()
-        }
-        await self.analytics.flush()  # so a caller sees the requests it just made
-        analytics = self.analytics
-        result: dict[str, Any] = await trio.to_thread.run_sync(
-            lambda: analytics.query(window, pool_windows=pool_windows)
-        )
-        return result
-
-    def render_metrics(self) -> tuple[bytes, str]:
-        return self.metrics.render()
-
-    # -- account operations (control API) ------------------------------------------------
+    # -- account operations ----------------------------------------------------------------
     async def login(self, alias: str, secret: str, kind: str, base_url: str | None) -> AccountView:
-        try:
-            accounts.check_alias(alias)
-            url = accounts.normalise_base_url(kind, base_url)
-        except accounts.AccountError as exc:
-            raise ControlFailure(400, "invalid_request", str(exc)) from None
+        check_alias(alias)
+        url = normalise_base_url(kind, base_url)
         secret = secret.strip()
         if not secret:
-            raise ControlFailure(400, "invalid_request", "the API key is empty")
-        await _keyring_call(accounts.check_keyring)
-        status, headers, body = await self._validate(url, secret)
+            raise InvalidAccount("the API key is empty")
+        await _keyring_call(secrets.check_keyring)
+        try:
+            check = await self.probe(url, secret)
+        except UpstreamUnreachable as exc:
+            raise UpstreamUnreachable(
+                f"could not reach {url} to check the key ({exc}); nothing was stored", exc.cause,
+            ) from None
+        status, body = check.status, check.body
         if status in (401, 403):
-            raise ControlFailure(
-                400, "key_rejected",
+            raise KeyRejected(
                 f"{url} rejected this key ({status}: {_upstream_message(body, secret)}); nothing was stored. "
                 "Check that it is an API key from the provider's console.",
             )
         # A 429 still proves the key is valid (the account is merely at its limit right now).
         if status >= 400 and status != 429:
-            raise ControlFailure(
-                502, "upstream_error",
+            raise UpstreamRefused(
                 f"{url} answered {status} ({_upstream_message(body, secret)}) while checking the key; "
                 "nothing was stored",
             )
-        await _keyring_call(lambda: accounts.set_secret(alias, secret))
+        await _keyring_call(lambda: secrets.set_secret(alias, secret))
         acc = self.registry.upsert(alias, kind, url)
         await trio.to_thread.run_sync(self.registry.save)
         state = self.pool.upsert(alias, kind, url, acc.created, secret, acc.enabled)
         self.pool.clear_block(alias)
-        snap = parse_ratelimits(headers)
         if status == 429:
-            self.pool.observe_rate_limited(state, snap, spend_limit=parse_error(status, body).spend_limit,
-                                          message=_upstream_message(body, secret))
+            self.pool.observe_rate_limited(state, check.ratelimits, spend_limit=check.spend_limit,
+                                           message=_upstream_message(body, secret))
         else:
-            self.pool.observe_headers(state, snap)
+            self.pool.observe_headers(state, check.ratelimits)
         self.pool.notify()
         log.info("account %s logged in (%s, %s)", alias, kind, url)
         return self.pool.view(state)
 
-    async def _validate(self, url: str, secret: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        try:
-            return await upstream.validate_key(self.http, url, secret)
-        except UpstreamError as exc:
-            raise ControlFailure(
-                502, "upstream_unreachable", f"could not reach {url} to check the key ({exc}); nothing was stored"
-            ) from None
-
     def _require(self, alias: str) -> None:
         if alias not in self.registry.accounts:
             known = ", ".join(self.registry.accounts) or "none yet"
-            raise ControlFailure(404, "not_found", f"no account named {alias!r} (accounts: {known})")
+            raise AccountNotFound(f"no account named {alias!r} (accounts: {known})")
 
     async def logout(self, alias: str) -> None:
         self._require(alias)
-        await _keyring_call(lambda: accounts.delete_secret(alias))
+        await _keyring_call(lambda: secrets.delete_secret(alias))
         self.registry.remove(alias)
         await trio.to_thread.run_sync(self.registry.save)
         self.pool.remove(alias)
@@ -346,19 +284,19 @@ class DaemonState:
             view = self.pool.view(acc)
             return {"alias": alias, "ok": False, "status": view["status"], "message": view["reason"] or ""}
         try:
-            status, headers, body = await upstream.validate_key(self.http, acc.base_url, acc.secret)
-        except UpstreamError as exc:
-            self.pool.observe_transient(acc, f"refresh failed: {type(exc).__name__}")
+            check = await self.probe(acc.base_url, acc.secret)
+        except UpstreamUnreachable as exc:
+            self.pool.observe_transient(acc, f"refresh failed: {exc.cause}")
             view = self.pool.view(acc)
             return {"alias": alias, "ok": False, "status": view["status"], "message": f"unreachable: {exc}"}
-        snap = parse_ratelimits(headers)
+        status, body = check.status, check.body
         if status in (401, 403):
             self.pool.observe_auth_failure(acc, status, _upstream_message(body, acc.secret))
             return {"alias": alias, "ok": False, "status": "needs_login",
                     "message": f"key rejected ({status}); run: {command('dario-ctl')} login {alias}"}
         if status == 429:
-            self.pool.observe_rate_limited(acc, snap, spend_limit=parse_error(status, body).spend_limit,
-                                          message=_upstream_message(body, acc.secret))
+            self.pool.observe_rate_limited(acc, check.ratelimits, spend_limit=check.spend_limit,
+                                           message=_upstream_message(body, acc.secret))
             view = self.pool.view(acc)
             return {"alias": alias, "ok": False, "status": view["status"], "message": "still rate limited"}
         if status >= 400:
@@ -368,36 +306,13 @@ class DaemonState:
         # The key works: whatever blocked the account is re-judged from fresh headers alone.
         acc.needs_login = None
         self.pool.clear_block(alias)
-        self.pool.observe_headers(acc, snap)
+        self.pool.observe_headers(acc, check.ratelimits)
         view = self.pool.view(acc)
         return {"alias": alias, "ok": True, "status": view["status"], "message": "key valid; windows re-read"}
 
-    async def fetch_upstream_models(self) -> list[dict[str, Any]] | None:
-        """The upstream's model list, through any account that can serve right now."""
-        from dario.daemon.exchange import Estimate
 
-        lease = self.pool.choose(Estimate())
-        if lease is None:
-            return None
-        try:
-            acc = lease.account
-            assert acc.secret is not None
-            response = await upstream.send(self.http, acc.base_url, acc.secret, "GET", upstream.PATH_MODELS,
-                                           b"limit=1000", [], b"", read_timeout=15)
-            try:
-                body = await response.read()
-            finally:
-                await response.aclose()
-            if response.status != 200:
-                return None
-            data = orjson.loads(body).get("data")
-            return data if isinstance(data, list) else None
-        finally:
-            self.pool.release(lease)
-
-
-async def _keyring_call(fn: Any) -> None:
-    """A keyring write for the control API: bounded, so a locked keyring answers 503, not silence.
+async def _keyring_call(fn: Callable[[], object]) -> None:
+    """A keyring write for the control API: bounded, so a locked keyring answers at once, not silence.
 
     The bound is long enough to answer an unlock prompt that the call itself may open.
     """
@@ -409,9 +324,7 @@ async def _keyring_call(fn: Any) -> None:
         answered = call.done.is_set()  # before the cancel below marks an abandoned call done too
         nursery.cancel_scope.cancel()
     if not answered:
-        raise ControlFailure(503, "keyring_unavailable", str(accounts.keyring_overdue(KEYRING_CONTROL_TIMEOUT)))
-    if isinstance(call.error, accounts.KeyringUnavailable):
-        raise ControlFailure(503, "keyring_unavailable", str(call.error))
+        raise secrets.keyring_overdue(KEYRING_CONTROL_TIMEOUT)
     if call.error is not None:
         raise call.error
 
@@ -419,7 +332,7 @@ async def _keyring_call(fn: Any) -> None:
 class _ThreadCall:
     """One blocking call in a worker thread whose answer can be awaited by several waits in turn."""
 
-    def __init__(self, fn: Any) -> None:
+    def __init__(self, fn: Callable[[], Any]) -> None:
         self.fn = fn
         self.done = trio.Event()
         self.result: Any = None
@@ -445,11 +358,3 @@ def _upstream_message(body: bytes, secret: str | None) -> str:
     except (orjson.JSONDecodeError, KeyError, TypeError):
         pass
     return "no message"
-
-
-def _load_or_default(loader: Any, path: Any, cls: Any) -> Any:
-    try:
-        return loader(path)
-    except ValueError as exc:
-        log.warning("%s; using the built-in table", exc)
-        return cls()

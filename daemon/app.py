@@ -1,0 +1,169 @@
+"""The composition root: `build(settings)` wires every part of one dariod into a `Daemon`.
+
+This is the one module that knows all the rooms. Nothing imports it but `main`, which keeps the
+process concerns (arguments, signals, the lock, sockets and binds, serving) and runs the
+Daemon's background tasks in its nursery.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets as token_source
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+from dario.daemon import paths
+from dario.daemon.accounts import secrets
+from dario.daemon.accounts.clientkeys import ClientKeyStore
+from dario.daemon.accounts.errors import UpstreamUnreachable
+from dario.daemon.accounts.registry import Registry
+from dario.daemon.accounts.service import AccountService, KeyCheck, KeyProbe
+from dario.daemon.control.server import ControlApp
+from dario.daemon.edge.guard import Guard
+from dario.daemon.edge.peergate import PeerGate
+from dario.daemon.edge.public import PublicApp
+from dario.daemon.persist import Persister
+from dario.daemon.recording.analytics import AnalyticsStore
+from dario.daemon.recording.clients import FamilyCache
+from dario.daemon.recording.metrics import Metrics
+from dario.daemon.recording.prices import PriceTable
+from dario.daemon.recording.recorder import AccessLog, AnalyticsObserver, MetricsObserver, Recorder
+from dario.daemon.routing.catalog import ModelCatalog
+from dario.daemon.routing.models import ModelTable
+from dario.daemon.routing.pool import Pool
+from dario.daemon.routing.ratelimits import parse as parse_ratelimits
+from dario.daemon.routing.relay import Relay
+from dario.daemon.settings import Settings
+from dario.daemon.upstream import anthropic as upstream
+from dario.daemon.upstream.errors import parse_error
+from dario.daemon.upstream.httpclient import HttpClient, Timeouts, UpstreamError
+from dario.daemon.views import EdgeServices, StatusView
+
+log = logging.getLogger("dario")
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class Daemon:
+    """One dariod's parts, wired. `main` serves `public` and `control` and runs `run_background`."""
+
+    settings: Settings
+    http: HttpClient
+    pool: Pool
+    accounts: AccountService
+    client_keys: ClientKeyStore
+    persister: Persister
+    recorder: Recorder
+    analytics: AnalyticsStore | None
+    metrics: Metrics
+    view: StatusView
+    catalog: ModelCatalog
+    relay: Relay
+    guard: Guard
+    public: PublicApp
+    control: ControlApp
+    control_token: str | None  # set when the control API is on loopback TCP
+    bound_port: list[int] = field(default_factory=list)  # the public port once bound (the guard reads it)
+
+    def listening(self, host: str, port: int) -> None:
+        """The public port is bound: the guard checks Host against it, status shows it."""
+        self.bound_port[0] = port
+        self.view.listen = f"http://{host}:{port}"
+
+    async def run_background(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Analytics writer, persister and keyring reader; started once the first keyring read had its grace."""
+        async with trio.open_nursery() as nursery:
+            if self.analytics is not None:
+                await nursery.start(self.analytics.run)
+            nursery.start_soon(self.persister.persist_forever)
+            nursery.start_soon(self.accounts.read_secrets_forever)
+            # An unlocked keyring answers within the grace and the daemon starts with its keys; a
+            # locked one (its unlock prompt unanswered) must not keep /health and the socket silent.
+            await self.accounts.wait_first_read(secrets.KEYRING_STARTUP_GRACE)
+            task_status.started()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+def build(settings: Settings, *, tcp_control: bool = False) -> Daemon:
+    """Wire one dariod from its settings: read the files it keeps, connect the parts."""
+    http = HttpClient(
+        timeouts=Timeouts(connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout),
+        # Every open stream holds one upstream connection; thousands of concurrent streams are normal.
+        max_connections_per_origin=settings.max_upstream_connections,
+    )
+    pool = Pool()
+    client_keys = ClientKeyStore(paths.keys_file())
+    persister = Persister(pool, client_keys, paths.pool_state_file())
+    accounts = AccountService(Registry(paths.accounts_file()), pool, key_probe(http))
+    accounts.load()
+    persister.load_pool_state()
+
+    analytics = (
+        AnalyticsStore(paths.analytics_db(), prices=_load_or_default(PriceTable.load, paths.prices_file(), PriceTable),
+                       retention_days=settings.analytics_retention_days)
+        if settings.analytics else None
+    )
+    metrics = Metrics(lambda: [dict(v) for v in pool.views()], lambda: pool.queue_depth)
+    recorder = Recorder()
+    if analytics is not None:
+        recorder.add(AnalyticsObserver(analytics))
+    recorder.add(MetricsObserver(metrics))
+    if settings.verbose:
+        recorder.add(AccessLog(logging.getLogger("dario.server")))
+
+    view = StatusView(settings, pool, http, analytics, metrics, lambda: accounts.keyring_problem)
+    catalog = ModelCatalog(_load_or_default(ModelTable.load, paths.models_file(), ModelTable, "aliases"),
+                           view.fetch_upstream_models)
+    relay = Relay(
+        pool, upstream.upstreams(http),
+        queue_timeout=settings.queue_timeout,
+        failover_deadline=settings.failover_deadline,
+        hold_message_start=settings.hold_message_start,
+        read_timeout=settings.upstream_read_timeout,
+        record=recorder.finished,
+    )
+    bound_port = [settings.port]
+    guard = Guard(
+        listen_host=settings.host, port_ref=lambda: bound_port[0],
+        allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
+        api_key=settings.api_key, client_key_check=client_keys.verify,
+        peer_gate=PeerGate.for_settings(settings.api_key),
+    )
+    public = PublicApp(EdgeServices(view, recorder, FamilyCache()), relay, guard, catalog)
+    control_token = token_source.token_urlsafe(32) if tcp_control else None
+    control = ControlApp(accounts, view, client_keys, token=control_token)
+    return Daemon(
+        settings=settings, http=http, pool=pool, accounts=accounts, client_keys=client_keys,
+        persister=persister, recorder=recorder, analytics=analytics, metrics=metrics, view=view,
+        catalog=catalog, relay=relay, guard=guard, public=public, control=control,
+        control_token=control_token, bound_port=bound_port,
+    )
+
+
+def key_probe(http: HttpClient) -> KeyProbe:
+    """The upstream's key check as the account service needs it (status, rate limits, body)."""
+    async def probe(base_url: str, secret: str) -> KeyCheck:
+        try:
+            status, headers, body = await upstream.validate_key(http, base_url, secret)
+        except UpstreamError as exc:
+            raise UpstreamUnreachable(str(exc), type(exc).__name__) from None
+        return KeyCheck(status, parse_ratelimits(headers), body, spend_limit=parse_error(status, body).spend_limit)
+    return probe
+
+
+def _load_or_default(loader: Callable[[Path], T], path: Path, default: Callable[[], T],
+                     what: str = "table") -> T:
+    try:
+        return loader(path)
+    except ValueError as exc:
+        log.warning("%s; using the built-in %s", exc, what)
+        return default()
+
+
