@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dario.daemon.atomicfile import write_bytes_atomic
+from dario.daemon.commands import command as shell_command
 
 SERVICE_NAME = "dario.service"
 DESKTOP_NAME = "dario-tray.desktop"
@@ -484,13 +485,14 @@ def status(
 def _verdict(kind: str, written: bool, linked: bool, stale: bool) -> tuple[str, bool]:
     """The one line `status` ends with, and whether dariod starts at login."""
     if not written:
-        return "autostart is disabled (run: dario-ctl autostart enable)", False
+        return f"autostart is disabled (run: {shell_command('dario-ctl')} autostart enable)", False
     if kind == "linux" and not linked:
         # The unit file alone starts nothing: systemd needs the default.target.wants link.
         return ("autostart is not active: the unit is written but not enabled in systemd "
-                f"(run: dario-ctl autostart enable, or: {SYSTEMCTL_ENABLE})"), False
+                f"(run: {shell_command('dario-ctl')} autostart enable, or: {SYSTEMCTL_ENABLE})"), False
     if stale:
-        return "autostart is enabled, with entries from another install (run: dario-ctl autostart enable)", True
+        return ("autostart is enabled, with entries from another install "
+                f"(run: {shell_command('dario-ctl')} autostart enable)"), True
     return "autostart is enabled", True
 
 
@@ -598,7 +600,8 @@ def _windows_status() -> AutostartReport:
         value = registry.get(name)
         lines.append(f"HKCU\\{WINDOWS_RUN_KEY}\\{name}: {value if value is not None else 'missing'}")
     enabled = registry.get(WINDOWS_DAEMON_VALUE) is not None
-    lines.append("autostart is " + ("enabled" if enabled else "disabled (run: dario-ctl autostart enable)"))
+    hint = f"disabled (run: {shell_command('dario-ctl')} autostart enable)"
+    lines.append("autostart is " + ("enabled" if enabled else hint))
     return AutostartReport(changed=False, files=[], lines=lines, enabled=enabled)
 
 

@@ -117,7 +117,9 @@ def test_linux_status_gives_one_verdict(tmp_path: Path, fake_commands: None, no_
     before = autostart.status(home=tmp_path, platform="linux")
     assert not before.enabled and not before.changed
     assert "missing" in before.lines[0]
-    assert verdicts(before) == ["autostart is disabled (run: dario-ctl autostart enable)"]
+    from dario.daemon.commands import command
+
+    assert verdicts(before) == [f"autostart is disabled (run: {command('dario-ctl')} autostart enable)"]
     # Files written, systemd never told (--no-start, or no user manager): nothing starts at login.
     autostart.enable(home=tmp_path, platform="linux")
     after = autostart.status(home=tmp_path, platform="linux")
