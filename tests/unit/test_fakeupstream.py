@@ -9,11 +9,11 @@ from __future__ import annotations
 import calendar
 import http.client
 import itertools
-import statistics
 import json
 import math
 import re
 import socket
+import statistics
 import time
 from collections.abc import Iterator
 from typing import Any
