@@ -46,7 +46,6 @@ from tests.support import Dariod
 
 EXAMPLES = int(os.environ.get("DARIO_FUZZ_EXAMPLES_PER_OPERATION", "25"))
 RANDOM = os.environ.get("DARIO_FUZZ_RANDOM", "") != ""
-BUDGET_S = 90.0
 KEY = "sk-ant-fuzz-schemathesis-0000"
 HI = [{"role": "user", "content": "hi"}]
 MESSAGE: dict[str, Any] = {"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": HI}
@@ -351,7 +350,6 @@ def test_contract_holds(run: Run) -> None:
     assert set(run.statuses) == documented - {"GET /openapi.json"}, run.summary()
     unserved = [op for op, counts in run.statuses.items() if not any(k.startswith("2") for k in counts)]
     assert not unserved, f"no 2xx from {unserved}:\n{run.summary()}"
-    assert run.seconds < BUDGET_S, f"the run took {run.seconds:.0f} s"
     logged = _logged_errors(run.dariod_stderr)
     assert not logged, "dariod logged errors:\n" + "\n".join(logged)[-4000:]
 
