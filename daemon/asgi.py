@@ -52,17 +52,9 @@ async def read_body(scope: HTTPScope, receive: Receive, limit: int, *, idle_time
     hypercorn times out a connection only while it is idle between requests; once a head has
     arrived nothing bounds the body. A client that stalls (or drips a byte at a time) would hold
     its connection and file descriptor for ever, so each read gets `idle_timeout` seconds and
-    the whole body `deadline` seconds from now.
+    the whole body `deadline` seconds from now. One cancel scope serves both bounds (its
+    deadline moves after each read): this runs on every request, and each scope costs.
     """
-    body: bytes | None = None
-    with trio.move_on_after(deadline):
-        body = await _read_body(scope, receive, limit, idle_timeout)
-    if body is None:
-        raise BodyTimeout()
-    return body
-
-
-async def _read_body(scope: HTTPScope, receive: Receive, limit: int, idle_timeout: float) -> bytes:
     length = header(scope, b"content-length")
     if length is not None:
         try:
@@ -70,30 +62,32 @@ async def _read_body(scope: HTTPScope, receive: Receive, limit: int, idle_timeou
                 raise BodyTooLarge()
         except ValueError:
             pass
+    now = trio.current_time()
+    last_moment = now + deadline
     first = b""
     chunks: list[bytes] | None = None
     size = 0
-    while True:
-        message = None
-        with trio.move_on_after(idle_timeout):
+    with trio.CancelScope(deadline=min(last_moment, now + idle_timeout)) as bound:
+        while True:
             message = await receive()
-        if message is None:
-            raise BodyTimeout()
-        if message["type"] != "http.request":
-            raise ClientGone()  # http.disconnect: the only other event an HTTP request receives
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge()
-            if chunks is not None:
-                chunks.append(chunk)
-            elif first:
-                chunks = [first, chunk]
-            else:
-                first = chunk
-        if not message.get("more_body", False):
-            break
+            if message["type"] != "http.request":
+                raise ClientGone()  # http.disconnect: the only other event an HTTP request receives
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge()
+                if chunks is not None:
+                    chunks.append(chunk)
+                elif first:
+                    chunks = [first, chunk]
+                else:
+                    first = chunk
+            if not message.get("more_body", False):
+                break
+            bound.deadline = min(last_moment, trio.current_time() + idle_timeout)
+    if bound.cancelled_caught:
+        raise BodyTimeout()
     return b"".join(chunks) if chunks is not None else first
 
 
