@@ -469,7 +469,7 @@ class AnalyticsStore:
             if rates is None or so_far is None:
                 saved[key] = None
             else:
-                per_token = max(0.0, rates["input"] - rates["cache_read"]) / 1_000_000
+                per_token = (rates["input"] - rates["cache_read"]) / 1_000_000
                 saved[key] = round(so_far + float(reads) * per_token, 6)
         return saved
 
