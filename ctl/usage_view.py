@@ -43,6 +43,24 @@ def money(usd: float | None) -> str:
     return f"${usd:,.2f}" if abs(usd) >= 1 else f"${usd:.4f}"
 
 
+def share(fraction: float | None) -> str:
+    """`88%`; a non-zero share too small to round to 1% shows as `<1%`, not as nothing."""
+    if fraction is None or not math.isfinite(fraction):
+        return UNKNOWN
+    pct = fraction * 100
+    return "<1%" if 0 < pct < 0.5 else f"{pct:.0f}%"
+
+
+def cache_sentence(totals: Mapping[str, Any]) -> str | None:
+    """The prompt cache's effect in words, or None when no prompt tokens were sent."""
+    if totals.get("cache_read_share") is None:
+        return None
+    saved = totals.get("cache_saved_usd")
+    tail = "saving unknown (a model has no price)" if saved is None else f"saved {money(saved)}"
+    return (f"Prompt cache: {share(totals.get('cache_read_share'))} of prompt tokens read from the cache, "
+            f"{tail}")
+
+
 def millis(ms: float | None) -> str:
     if ms is None or not math.isfinite(ms):
         return UNKNOWN
@@ -148,7 +166,8 @@ def forecast_sentences(usage: Mapping[str, Any], now: float) -> list[str]:
 
 
 # Columns a narrow terminal drops, least important first, rather than cutting a name or a figure.
-GROUP_DROP = ("ttft p95", "ttft p50", "cache w", "cache r", "p95", "err", "p50", "in")
+# The cache share and saving outlast the raw cache token counts: they are what a user acts on.
+GROUP_DROP = ("ttft p95", "ttft p50", "cache w", "cache r", "p95", "err", "p50", "in", "saved", "cached")
 RECENT_DROP = ("latency", "client", "in", "ago")
 
 
@@ -179,7 +198,8 @@ def _group_table(console: Console, title: str, rows: Sequence[Mapping[str, Any]]
     from rich.text import Text
 
     columns: list[tuple[str, JustifyMethod]] = [(key_header, "left")]
-    for header in ("req", "err", "in", "out", "cache w", "cache r", "cost", "p50", "p95", "ttft p50", "ttft p95"):
+    for header in ("req", "err", "in", "out", "cache w", "cache r", "cost", "cached", "saved", "p50", "p95",
+                   "ttft p50", "ttft p95"):
         columns.append((header, "right"))
     cells = []
     for r in rows:
@@ -194,6 +214,8 @@ def _group_table(console: Console, title: str, rows: Sequence[Mapping[str, Any]]
             count(r.get("cache_write_tokens")),
             count(r.get("cache_read_tokens")),
             money(r.get("cost_usd")),
+            share(r.get("cache_read_share")),
+            money(r.get("cache_saved_usd")),
             millis(r.get("p50_latency_ms")),
             millis(r.get("p95_latency_ms")),
             millis(r.get("p50_ttft_ms")),
@@ -228,6 +250,9 @@ def render_usage(usage: Mapping[str, Any], console: Console) -> None:
         money(totals.get("cost_usd", 0.0)),
     )
     console.print(t)
+    cache_line = cache_sentence(totals)
+    if cache_line is not None and (totals.get("cache_read_tokens") or totals.get("cache_write_tokens")):
+        console.print(Text(cache_line))
 
     if not totals.get("requests"):
         console.print(Text(f"No requests in the last {window}.", style="dim"))

@@ -201,10 +201,18 @@ def _headroom_style(fraction: float | None) -> str:
 
 # Columns of the accounts table, least important first: a narrow terminal drops these in this
 # order (and shortens the bar) rather than cutting an alias or a number.
-DROPPABLE = ("Kind", "In-flight", "Windows")
+DROPPABLE = ("Convs", "Kind", "In-flight", "Windows")
 NOTE_MAX = 120  # characters of one reason shown in the table
 NOTE_MIN_WIDTH = 24  # the note wraps between words; below this it would read one word per line
 SHOWS_HEADROOM = ("ok", "cooling", "exhausted")  # the others cannot serve: a bar would mislead
+
+
+def conversations(account: Mapping[str, object]) -> int:
+    """How many prompt-cache conversations the account holds now (0 from a daemon that does not say)."""
+    value = account.get("conversations", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _without_run_hint(reason: str) -> str:
     """A reason minus its "; run: …" tail, for accounts whose fixing command is printed below."""
     return reason.split("; run: ", 1)[0]
@@ -232,6 +240,7 @@ def _account_rows(accounts: Sequence[AccountView], now: float, bar_width: int) -
             "Headroom": Text(bar, style=_headroom_style(headroom)),
             "Windows": Text(windows_summary(a.get("windows") or {})),
             "In-flight": Text(str(a.get("in_flight", 0))),
+            "Convs": Text(str(conversations(a))),
             # One fact per line: a narrow column then breaks between facts, not inside them.
             "Note": Text("\n".join(bits)),
         })
@@ -251,7 +260,8 @@ def _needed_width(columns: Sequence[str], rows: Sequence[dict[str, Text]]) -> in
 def _fit(accounts: Sequence[AccountView], now: float, width: int) -> tuple[list[str], list[dict[str, Text]]]:
     """The most columns (and longest bar) that fit `width`, dropping the least important first."""
     has_note = any(_note_bits(a, now) for a in accounts)
-    columns = ["Account", "Kind", "Status", "Headroom", "Windows", "In-flight"] + (["Note"] if has_note else [])
+    columns = ["Account", "Kind", "Status", "Headroom", "Windows", "In-flight", "Convs"]
+    columns += ["Note"] if has_note else []
     # Below 100 columns the bar is short even when the long one would just fit: room for the note.
     plans: list[tuple[list[str], int]] = [(columns, 10)] if width >= 100 else []
     plans.append((columns, 5))
@@ -288,7 +298,7 @@ def render_accounts(accounts: Sequence[AccountView], console: Console, now: floa
             table.add_column(name, min_width=NOTE_MIN_WIDTH, ratio=1)
         else:
             # Facts are never cut or wrapped: what does not fit was dropped as a whole column.
-            table.add_column(name, no_wrap=True, justify="right" if name == "In-flight" else "left")
+            table.add_column(name, no_wrap=True, justify="right" if name in ("In-flight", "Convs") else "left")
     for a, row in zip(accounts, rows, strict=True):
         # A disabled account is out of the rotation on purpose: keep it visible but quiet.
         table.add_row(*(row[c] for c in columns), style="dim" if a.get("status") == "disabled" else None)

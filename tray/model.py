@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dario.ctl.views import human_duration, printable
+from dario.ctl.views import conversations, human_duration, printable
 from dario.daemon.control.api import AccountView, Status
 
 DEFAULT_LISTEN = "http://127.0.0.1:3456"
@@ -81,9 +81,9 @@ def account_state(account: AccountView, now: float | None = None) -> str:
         return "disabled"
     if status == "ok":
         headroom = account["headroom"]
-        if headroom is None:
-            return "ok"
-        return f"{_percent(headroom)} · {'low' if _low(account) else 'ok'}"
+        state = "ok" if headroom is None else f"{_percent(headroom)} · {'low' if _low(account) else 'ok'}"
+        held = conversations(account)  # prompt-cache conversations that prefer this account
+        return f"{state} · {held} conversation{'' if held == 1 else 's'}" if held else state
     if status == "needs_login":
         return "needs login"
     if status == "waiting_for_keyring":

@@ -384,6 +384,8 @@ class AnalyticsStore:
         )
         row = conn.execute(f"SELECT {sums} FROM usage WHERE {where}", args).fetchone()
         out["totals"] = _counters(row)
+        reads_sql = f"SELECT NULL, model, TOTAL(cache_read) FROM usage WHERE {where} AND cache_read > 0 GROUP BY 2"
+        out["totals"]["cache_saved_usd"] = self._cache_saved(conn.execute(reads_sql, args)).get(None, 0.0)
 
         for name, column in (("by_account", "account"), ("by_model", "model"), ("by_client", "client")):
             groups: dict[str, dict[str, Any]] = {}
@@ -398,6 +400,13 @@ class AnalyticsStore:
             )
             for key, etype, n in conn.execute(err_sql, args):
                 groups[NONE_KEY if key is None else key]["errors_by_type"][etype] = n
+            reads_sql = (
+                f"SELECT {column}, model, TOTAL(cache_read) FROM usage "
+                f"WHERE {where} AND cache_read > 0 GROUP BY 1, 2"
+            )
+            saved = self._cache_saved(conn.execute(reads_sql, args))
+            for key, g in groups.items():
+                g["cache_saved_usd"] = saved.get(None if key == NONE_KEY else key, 0.0)
             # Latency of failed requests says little (a refusal is instant); percentiles use successes.
             lat: dict[str, list[float]] = collections.defaultdict(list)
             ttft: dict[str, list[float]] = collections.defaultdict(list)
@@ -449,6 +458,27 @@ class AnalyticsStore:
         )
         return list(conn.execute(burn_sql, (now - BURN_SPAN_S, now)))
 
+    def _cache_saved(self, rows: Any) -> dict[Any, float | None]:
+        """Money the cache reads saved, per group: each read token at the model's input rate less
+        its cache-read rate (Anthropic's prompt-caching pricing). Today's price table prices every
+        row, like a cost re-estimate; a model without a price makes its group's saving unknown."""
+        saved: dict[Any, float | None] = {}
+        for key, model, reads in rows:
+            rates = self.prices.rates(str(model)) if model else None
+            so_far = saved.get(key, 0.0)
+            if rates is None or so_far is None:
+                saved[key] = None
+            else:
+                per_token = (rates["input"] - rates["cache_read"]) / 1_000_000
+                saved[key] = round(so_far + float(reads) * per_token, 6)
+        return saved
+
+
+def _cache_read_share(inp: float, cache_write: float, cache_read: float) -> float | None:
+    """Share of the prompt served from the cache: cache reads over all input (uncached, written, read)."""
+    prompt = inp + cache_write + cache_read
+    return None if prompt <= 0 else round(cache_read / prompt, 6)
+
 
 def _counters(row: tuple[Any, ...] | None) -> dict[str, Any]:
     if row is None:
@@ -462,6 +492,8 @@ def _counters(row: tuple[Any, ...] | None) -> dict[str, Any]:
         "cache_write_tokens": int(cw),
         "cache_read_tokens": int(cr),
         "cost_usd": None if cost is None else round(float(cost), 6),
+        "cache_read_share": _cache_read_share(float(inp), float(cw), float(cr)),
+        "cache_saved_usd": 0.0,  # filled in by the query from per-model cache reads
     }
 
 

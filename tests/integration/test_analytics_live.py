@@ -63,6 +63,11 @@ class Made:
         return (self.input_tokens * i + self.output_tokens * o + self.cache_write * cw + self.cache_read * cr) / 1e6
 
     @property
+    def cache_saved(self) -> float:
+        i, _, _, _, cr = RATES[self.model]
+        return self.cache_read * (i - cr) / 1e6
+
+    @property
     def error(self) -> bool:
         return self.status >= 400
 
@@ -200,12 +205,20 @@ def _expected_counters(rows: list[Made]) -> dict[str, Any]:
         "cache_write_tokens": sum(m.cache_write for m in rows),
         "cache_read_tokens": sum(m.cache_read for m in rows),
         "cost_usd": pytest.approx(sum(m.cost for m in rows), abs=2e-6),
+        "cache_read_share": _share(rows),
+        "cache_saved_usd": pytest.approx(sum(m.cache_saved for m in rows), abs=2e-6),
     }
+
+
+def _share(rows: list[Made]) -> Any:
+    reads = sum(m.cache_read for m in rows)
+    prompt = sum(m.input_tokens + m.cache_write + m.cache_read for m in rows)
+    return None if not prompt else pytest.approx(reads / prompt, abs=1e-6)
 
 
 def _counters(group: dict[str, Any]) -> dict[str, Any]:
     return {k: group[k] for k in ("requests", "errors", "input_tokens", "output_tokens", "cache_write_tokens",
-                                  "cache_read_tokens", "cost_usd")}
+                                  "cache_read_tokens", "cost_usd", "cache_read_share", "cache_saved_usd")}
 
 
 def _check_usage(usage: dict[str, Any], made: list[Made]) -> None:
@@ -214,6 +227,7 @@ def _check_usage(usage: dict[str, Any], made: list[Made]) -> None:
     assert _counters(usage["totals"]) == _expected_counters(made)
     # The price formula by hand: sonnet 3/15 $/Mtok, cache write 3.75, cache read 0.30; haiku 1/5.
     assert usage["totals"]["cost_usd"] > 0
+    assert usage["totals"]["cache_saved_usd"] > 0 and 0 < usage["totals"]["cache_read_share"] < 1  # the cache hit
 
     for name, key in (("by_account", lambda m: m.account), ("by_model", lambda m: m.model),
                       ("by_client", lambda m: m.client)):

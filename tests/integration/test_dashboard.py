@@ -387,7 +387,9 @@ NARROW = 500
 def test_dashboard_at_500px_unserved_requests_and_unknown_costs(dariod: Dariod, upstream: Any, page: Page) -> None:
     dariod.login("work", KEYS["work"], upstream.url)
     # claude-opus-5-5 (the default "opus") has no price, so the cost of the window is unknown.
-    assert post(dariod, ask(SONNET, "a [[long:40]]")) == 200
+    # The fake reports 100 cache-read tokens for [[cache]]: on Sonnet ($3 input, $0.30 cache read per
+    # million) they saved $0.00027.
+    assert post(dariod, ask(SONNET, "a [[long:40]] [[cache]]")) == 200
     assert post(dariod, ask("opus", "b [[long:40]]")) == 200
     assert post_chat(dariod, "gpt-no-such-model") == 404  # refused here: served by no account
 
@@ -402,6 +404,7 @@ def test_dashboard_at_500px_unserved_requests_and_unknown_costs(dariod: Dariod, 
         assert sizes["scroll"] <= sizes["client"] <= NARROW, sizes
         # Cost and status are on screen, not past the right edge, and no table needs scrolling sideways.
         for selector in ("#status", "#totals .stat:last-child", "#bymodel tbody tr td:nth-child(8)",
+                         "#byclient tbody tr td:last-child", "#accounts .account .cache",
                          "#recent tbody tr td:last-child", "#recent tbody tr td:nth-child(5)"):
             right = page.eval(f"document.querySelector('{selector}').getBoundingClientRect().right")
             assert 0 < right <= NARROW, (selector, right)
@@ -412,6 +415,14 @@ def test_dashboard_at_500px_unserved_requests_and_unknown_costs(dariod: Dariod, 
             s => [s.querySelector('.k').textContent, s.querySelector('.v').textContent]))""")
         assert totals["requests"] == "3" and totals["errors"] == "1", totals  # the 404 counts
         assert totals["cost"] == "—", totals  # unknown, not $0.0000
+        # The cache: its share of the prompt and what it saved; opus read nothing, so the saving is known.
+        assert totals["cached"].endswith("%") and totals["cached"] not in ("0%", "—"), totals
+        assert totals["saved"] == "$0.0003", totals
+        card = page.eval("document.querySelector('#accounts .account[data-alias=work] .cache').textContent")
+        assert card == f"cache {totals['cached']} read · saved $0.0003", card
+        clients = page.eval("""[...document.querySelectorAll('#byclient tbody tr')].map(tr => ({
+            client: tr.dataset.client, cached: tr.cells[6].textContent, saved: tr.cells[7].textContent}))""")
+        assert [(c["cached"], c["saved"]) for c in clients] == [(totals["cached"], "$0.0003")], clients
         costs = page.eval("""Object.fromEntries([...document.querySelectorAll('#bymodel tbody tr')].map(
             tr => [tr.cells[0].textContent, tr.cells[7].textContent]))""")
         assert costs["claude-opus-5-5"] == "—" and costs[SONNET].startswith("$"), costs

@@ -403,3 +403,69 @@ def test_recent_is_newest_first_and_capped(tmp_path: Path) -> None:
     assert recent[0]["ts"] == NOW - 1000 + 59 and recent[-1]["ts"] == NOW - 1000 + 10
     assert recent[0]["streaming"] is True and recent[1]["streaming"] is False
     assert set(recent[0]) >= {"client", "account", "model", "status", "latency_ms", "ttft_ms", "cost_usd"}
+
+
+def test_cache_read_share_and_saving_per_account_and_client(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    persist(
+        store,
+        [
+            # Sonnet: input $3/M, cache read $0.30/M -> each read token saves $2.70/M.
+            rec(account="work", client="claude-cli", model="claude-sonnet-4-5", input_tokens=1000,
+                cache_write_5m=2000, cache_write_1h=1000, cache_read=96_000),
+            # Haiku 4.5: input $1/M, cache read $0.10/M -> $0.90/M.
+            rec(account="home", client="claude-cli", model="claude-haiku-4-5", input_tokens=10_000,
+                cache_read=10_000, ts=NOW - 50),
+            rec(account="home", client="curl", model="claude-haiku-4-5", input_tokens=500, ts=NOW - 40),
+        ],
+    )
+    u = store.query("1h", now=NOW)
+    work_saved = 96_000 * 2.7 / 1e6
+    home_saved = 10_000 * 0.9 / 1e6
+    by_account = {g["key"]: g for g in u["by_account"]}
+    assert by_account["work"]["cache_read_share"] == pytest.approx(0.96)
+    assert by_account["work"]["cache_saved_usd"] == pytest.approx(work_saved)
+    assert by_account["home"]["cache_read_share"] == pytest.approx(10_000 / 20_500)
+    assert by_account["home"]["cache_saved_usd"] == pytest.approx(home_saved)
+    by_client = {g["key"]: g for g in u["by_client"]}
+    assert by_client["claude-cli"]["cache_read_share"] == pytest.approx(106_000 / 120_000)
+    assert by_client["claude-cli"]["cache_saved_usd"] == pytest.approx(work_saved + home_saved)
+    # No cache reads: nothing saved, a share of zero (not unknown: the prompt was all uncached).
+    assert by_client["curl"]["cache_saved_usd"] == 0.0 and by_client["curl"]["cache_read_share"] == 0.0
+    assert u["totals"]["cache_read_share"] == pytest.approx(106_000 / 120_500)
+    assert u["totals"]["cache_saved_usd"] == pytest.approx(work_saved + home_saved)
+    orjson.dumps(u)
+
+
+def test_cache_saving_of_an_unpriced_model_is_unknown_not_zero(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    persist(
+        store,
+        [
+            rec(account="work", model="mystery-model", input_tokens=100, cache_read=5000),
+            rec(account="home", model="claude-sonnet-4-5", input_tokens=100, cache_read=1000, ts=NOW - 30),
+            # An unpriced model that read nothing from the cache saved nothing: known, $0.
+            rec(account="lab", model="mystery-model", input_tokens=100, ts=NOW - 20),
+            rec(account=None, model=None, status=503, client="curl", ts=NOW - 10),
+        ],
+    )
+    u = store.query("1h", now=NOW)
+    by_account = {g["key"]: g for g in u["by_account"]}
+    assert by_account["work"]["cache_saved_usd"] is None
+    assert by_account["work"]["cache_read_share"] == pytest.approx(5000 / 5100)  # tokens are known
+    assert by_account["home"]["cache_saved_usd"] == pytest.approx(1000 * 2.7 / 1e6)
+    assert by_account["lab"]["cache_saved_usd"] == 0.0
+    assert by_account[analytics.NONE_KEY]["cache_saved_usd"] == 0.0
+    assert by_account[analytics.NONE_KEY]["cache_read_share"] is None  # no prompt at all: no share
+    assert u["totals"]["cache_saved_usd"] is None
+    assert {g["key"]: g for g in u["by_model"]}["mystery-model"]["cache_saved_usd"] is None
+
+
+def test_cache_saving_follows_a_price_file_override(tmp_path: Path) -> None:
+    prices = PriceTable({"claude-sonnet-4": {"input": 3.0, "output": 15.0, "cache_write_5m": 3.75,
+                                             "cache_write_1h": 6.0, "cache_read": 1.0}})
+    store = AnalyticsStore(tmp_path / "usage.sqlite3", prices=prices, flush_interval=3600.0)
+    persist(store, [rec(model="claude-sonnet-4-5", input_tokens=0, cache_read=1_000_000)])
+    u = store.query("1h", now=NOW)
+    assert u["totals"]["cache_saved_usd"] == pytest.approx(2.0)
+    assert u["totals"]["cache_read_share"] == 1.0

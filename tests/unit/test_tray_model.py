@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -106,6 +106,15 @@ def test_tooltip_fits_the_windows_limit() -> None:
     text = tooltip(status, NOW)
     assert len(text) <= 127
     assert text.endswith("…")
+
+
+def test_account_state_counts_the_conversations_an_account_holds() -> None:
+    held = dict(account("work", headroom=0.83), conversations=3)
+    assert account_state(cast(AccountView, held), NOW) == "83% · ok · 3 conversations"
+    one = dict(account("work", headroom=None), conversations=1)
+    assert account_state(cast(AccountView, one), NOW) == "ok · 1 conversation"
+    none = dict(account("work", headroom=0.12), conversations=0)
+    assert account_state(cast(AccountView, none), NOW) == "12% · low"
 
 
 def test_account_state_words() -> None:

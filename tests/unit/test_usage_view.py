@@ -208,3 +208,59 @@ def test_usage_tables_fit_80_columns_without_cutting(tmp_path: Path) -> None:
     assert all(len(line) <= 80 for line in text.splitlines())
     for name in ("personal-account", "work-team-alpha", "claude-sonnet-4-5-20250929", "$46.12", "$30.74"):
         assert name in text, name
+
+
+def _cache_usage(tmp_path: Path) -> dict[str, Any]:
+    store = AnalyticsStore(tmp_path / "u.sqlite3", prices=PriceTable(), flush_interval=3600)
+    base: dict[str, Any] = {"dialect": "anthropic", "endpoint": "messages", "streaming": True, "status": 200,
+                            "error_type": None, "output_tokens": 2000, "latency_ms": 900.0, "ttft_ms": 300.0}
+    records = [
+        # Sonnet saves $2.70 per million cache-read tokens: 9.6M reads -> $25.92.
+        UsageRecord(ts=NOW - 600, client="claude-cli", account="personal-account",
+                    model="claude-sonnet-4-5-20250929", input_tokens=300_000, cache_write_5m=100_000,
+                    cache_read=9_600_000, **base),
+        UsageRecord(ts=NOW - 500, client="opencode-agent", account="work-team-alpha", model="mystery-model",
+                    input_tokens=1000, cache_read=3000, **base),
+    ]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            for r in records:
+                store.record(r)
+            await store.flush()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return store.query("1h", now=NOW)
+
+
+def test_usage_shows_cache_share_and_saving_per_account_and_client_in_80_columns(tmp_path: Path) -> None:
+    console = Console(record=True, width=80)
+    render_usage(_cache_usage(tmp_path), console)
+    text = console.export_text()
+    assert "…" not in text, text
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    lines = text.splitlines()
+
+    def row(title: str, key: str) -> list[str]:
+        start = lines.index(next(line for line in lines if line.startswith(title)))
+        header = [c.strip() for c in lines[start + 1].split("┃")]
+        cells = [c.strip() for c in next(line for line in lines[start:] if line.startswith(key)).split("│")]
+        return [dict(zip(header, cells, strict=True))[name] for name in ("cached", "saved")]
+
+    assert row("By account", "personal-account") == ["96%", "$25.92"]
+    assert row("By account", "work-team-alpha") == ["75%", "—"]  # no price: unknown, not $0
+    assert row("By client", "claude-cli") == ["96%", "$25.92"]
+    assert row("By client", "opencode-agent") == ["75%", "—"]
+    assert "Prompt cache: 96% of prompt tokens read from the cache, saving unknown" in text
+
+
+def test_usage_cache_sentence_and_share_formatting() -> None:
+    from dario.ctl.usage_view import cache_sentence, share
+
+    assert share(None) == "—" and share(0.0) == "0%" and share(0.001) == "<1%" and share(0.875) == "88%"
+    assert cache_sentence({"cache_read_share": None}) is None
+    assert cache_sentence({"cache_read_share": 0.5, "cache_saved_usd": 12.5}) == (
+        "Prompt cache: 50% of prompt tokens read from the cache, saved $12.50"
+    )

@@ -348,3 +348,34 @@ def test_accounts_list_keeps_windows_when_they_fit_and_drops_kind_first() -> Non
     assert "Headroom" in text and "83%" in text
     wide = render(views.render_accounts, accounts, now=NOW)
     assert "anthropic-compatible" in wide and "In-flight" in wide
+
+
+def test_accounts_show_conversations_held_and_drop_them_first_when_narrow() -> None:
+    accounts = [account(alias="personal-account", conversations=3), account(alias="work-team-alpha")]
+    wide = render(views.render_accounts, accounts, now=NOW)
+    header = next(line for line in wide.splitlines() if "Account" in line)
+    assert "Convs" in header
+    column = header.index("Convs") + len("Convs")  # right-justified under its header
+    cells = {line.split()[0]: line[:column].split()[-1] for line in wide.splitlines()
+             if line.startswith(("personal-account", "work-team-alpha"))}
+    # A daemon that does not report conversations yet shows 0, not an error.
+    assert cells == {"personal-account": "3", "work-team-alpha": "0"}, wide
+    console = Console(width=80, record=True)
+    views.render_accounts(accounts, console, now=NOW)
+    text = console.export_text()
+    assert "…" not in text and all(len(line) <= 80 for line in text.splitlines()), text
+    assert "Convs" not in text and "req 49/50 · out 190k/200k" in text  # the least important goes first
+    # Just too narrow for every column (short bar): only this one goes, Kind stays.
+    console = Console(width=96, record=True)
+    views.render_accounts(accounts, console, now=NOW)
+    needed = len(next(line for line in console.export_text().splitlines() if "Account" in line).rstrip())
+    console = Console(width=needed - 1, record=True)
+    views.render_accounts(accounts, console, now=NOW)
+    text = console.export_text()
+    assert "Convs" not in text and "Kind" in text and "In-flight" in text, text
+
+
+def test_conversations_is_a_count_or_zero() -> None:
+    assert views.conversations(account(conversations=4)) == 4
+    assert views.conversations(account()) == 0
+    assert views.conversations(account(conversations=True)) == 0 and views.conversations(account(conversations=-1)) == 0

@@ -38,6 +38,13 @@
     if (typeof v !== "number" || !isFinite(v)) return "—";
     return Math.abs(v) >= 1 ? "$" + v.toFixed(2) : "$" + v.toFixed(4);
   }
+  // A share of the prompt, "96%"; a non-zero share below 1% is "<1%", not "0%".
+  function pct(v) {
+    if (typeof v !== "number" || !isFinite(v)) return "—";
+    const p = v * 100;
+    return p > 0 && p < 0.5 ? "<1%" : Math.round(p) + "%";
+  }
+  const usedCache = (g) => !!g && num(g.cache_read_tokens) + num(g.cache_write_tokens) > 0;
   function ms(v) {
     if (typeof v !== "number" || !isFinite(v)) return "—";
     return v < 1000 ? Math.round(v) + " ms" : (v / 1000).toFixed(1) + " s";
@@ -117,17 +124,19 @@
     const prob = $("problem");
     prob.hidden = !d.problem;
     prob.textContent = d.problem ? String(d.problem) : "";
-    if (state.data) renderAccounts(Array.isArray(d.accounts) ? d.accounts : []);
+    const byAccount = new Map((Array.isArray(d.by_account) ? d.by_account : []).map((g) => [String(g.key), g]));
+    if (state.data) renderAccounts(Array.isArray(d.accounts) ? d.accounts : [], byAccount);
     else $("accounts").replaceChildren(el("p", { class: "empty" },
       state.needKey ? "Enter the API key above to see the accounts." : "Waiting for dariod…"));
     renderTotals(d.totals || {});
     renderForecast(d.forecast || {}, Date.now() / 1000);
     drawChart();
     renderByModel(Array.isArray(d.by_model) ? d.by_model : []);
+    renderByClient(Array.isArray(d.by_client) ? d.by_client : []);
     renderRecent(Array.isArray(d.recent) ? d.recent : []);
   }
 
-  function renderAccounts(accounts) {
+  function renderAccounts(accounts, byAccount) {
     const box = $("accounts");
     if (!accounts.length) {
       box.replaceChildren(el("p", { class: "empty" }, "No accounts yet. Add one with: dario-ctl login"));
@@ -148,10 +157,16 @@
       const meta = [];
       meta.push(h === null ? "headroom unknown" : `${Math.round(h * 100)}% headroom`);
       if (a.in_flight) meta.push(`${a.in_flight} in flight`);
+      const convs = num(a.conversations);  // prompt-cache conversations this account holds now
+      if (convs) meta.push(`${convs} conversation${convs === 1 ? "" : "s"}`);
       if (windows.length) meta.push(windows.join(" · "));
       const note = [];
       if (a.reason) note.push(String(a.reason));
       if (typeof a.until === "number" && a.until > now) note.push("back in " + duration(a.until - now));
+      const usage = byAccount.get(String(a.alias ?? ""));
+      const cache = usedCache(usage)
+        ? el("div", { class: "meta cache" }, `cache ${pct(usage.cache_read_share)} read · saved ${money(usage.cache_saved_usd)}`)
+        : null;
       return el("div", { class: "account", "data-alias": String(a.alias ?? "") },
         el("div", { class: "top" },
           el("span", { class: "name", title: String(a.alias ?? "") }, String(a.alias ?? "")),
@@ -160,6 +175,7 @@
         el("div", { class: "bar" + (h === null ? " unknown" : ""), role: "meter", "aria-valuemin": "0",
           "aria-valuemax": "100", "aria-valuenow": h === null ? null : String(Math.round(h * 100)) }, fill),
         el("div", { class: "meta" }, meta.join(" · ")),
+        cache,
         note.length ? el("div", { class: "meta" }, note.join(" · ")) : null);
     }));
   }
@@ -173,6 +189,9 @@
       stat("output", compact(num(t.output_tokens))),
       stat("cache write", compact(num(t.cache_write_tokens))),
       stat("cache read", compact(num(t.cache_read_tokens))),
+      // Share of prompt tokens read from the cache, and what that saved against the input price.
+      stat("cached", pct(t.cache_read_share)),
+      stat("saved", money(t.cache_saved_usd)),
       stat("cost", money(t.cost_usd)));  // null: a model without a price was used, so the total is unknown
   }
 
@@ -232,6 +251,23 @@
       el("td", {}, money(r.cost_usd)),
       el("td", {}, ms(r.p50_latency_ms)),
       ...[r.p95_latency_ms, r.p50_ttft_ms].map((v) => el("td", { class: "opt" }, ms(v))))));
+    table.replaceChildren(head, body);
+  }
+
+  function renderByClient(rows) {
+    const table = $("byclient");
+    if (!rows.length) { table.replaceChildren(el("tbody", {}, el("tr", {}, el("td", { class: "empty l" }, "No requests in this window.")))); return; }
+    const optional = new Set(["errors", "input", "output"]);
+    const head = el("thead", {}, el("tr", {}, ...["client", "requests", "errors", "input", "output", "cost", "cached", "saved"]
+      .map((h, i) => el("th", { class: i ? (optional.has(h) ? "opt" : "") : "l" }, h))));
+    const body = el("tbody", {}, ...rows.map((r) => el("tr", { "data-client": String(r.key ?? "") },
+      el("td", { class: "l model" }, String(r.key ?? "")),
+      el("td", {}, compact(num(r.requests))),
+      el("td", { class: "opt" + (num(r.errors) ? " err" : "") }, compact(num(r.errors))),
+      ...[r.input_tokens, r.output_tokens].map((v) => el("td", { class: "opt" }, compact(num(v)))),
+      el("td", {}, money(r.cost_usd)),
+      el("td", {}, pct(r.cache_read_share)),
+      el("td", {}, money(r.cache_saved_usd)))));  // null: a model without a price, so unknown
     table.replaceChildren(head, body);
   }
 
