@@ -184,6 +184,14 @@ class AffinityMap:
         while len(self._ttl_of) > self.max_entries:
             self._evict_oldest()
 
+    def forget(self, alias: str) -> None:
+        """Drop every entry `alias` owns (the account is gone). A scan: removal is rare."""
+        if alias not in self.counts:
+            return
+        for entries in self._by_ttl.values():
+            for digest in [d for d, (owner, _) in entries.items() if owner == alias]:
+                self._drop(digest)
+
     def expire(self, now: float) -> None:
         """Drop every entry whose TTL has run out."""
         for entries in self._by_ttl.values():

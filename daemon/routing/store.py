@@ -224,7 +224,7 @@ class PoolStore(Protocol):
         ...
 
     def remove(self, alias: str) -> None:
-        """Forget the account, and the preference for it."""
+        """Forget the account, the preference for it, and the prompt-cache prefixes it owns."""
         ...
 
     def prefer(self, alias: str | None) -> None: ...
@@ -295,6 +295,8 @@ class MemoryStore:
         self.accounts.pop(alias, None)
         if self.preferred == alias:
             self.preferred = None
+        # A new account under the same name may be another organisation: it holds none of these.
+        self.affinity.forget(alias)
 
     def prefer(self, alias: str | None) -> None:
         self.preferred = alias

@@ -362,3 +362,12 @@ def test_choice_without_a_remembered_prefix_is_the_normal_one(affinity: CacheKey
     room(pool, clock, "a", 300)
     room(pool, clock, "b", 900)
     assert choose(pool, affinity) == "b"
+
+
+def test_a_removed_account_owns_nothing_when_it_comes_back() -> None:
+    pool, _ = make_pool("a", "b")
+    owned_by(pool, "a")
+    pool.remember_cache("b", keys_of(conversation(1, system="other")))
+    pool.remove("a")
+    pool.upsert("a", "anthropic", "https://example.invalid", 0.0, "another-org-key")
+    assert pool.conversations() == {"b": 2, "a": 0}
