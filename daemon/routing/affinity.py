@@ -50,7 +50,7 @@ def cache_keys(model: object, parsed: dict[str, Any], body: bytes | None = None)
     None when it has no breakpoint. Malformed shapes give None too: the upstream judges them;
     affinity only ever prefers.
     """
-    if body is not None and b"cache_control" not in body:
+    if body is not None and b'"cache_control"' not in body:  # a JSON key is always quoted
         return None
     if not isinstance(model, str):
         return None

@@ -280,6 +280,7 @@ class Pool:
                 break
             for entry in set_aside:
                 heapq.heappush(ready, entry)
+            ready_fit = chosen is not None  # "ok" and the estimate fits: no need to judge it again
             if chosen is None:
                 # Nothing fits the estimate but some can serve: better to try than to queue on a guess.
                 if pref is not None and pref.alias not in excluded and pref.status(now) is STATUS_OK:
@@ -289,7 +290,7 @@ class Pool:
             if chosen is None:
                 chosen = self._panic_choice(excluded, now)
             if affinity is not None:
-                chosen = self._cache_owner(affinity, chosen, excluded, est, now)
+                chosen = self._cache_owner(affinity, chosen, ready_fit, excluded, est, now)
             if chosen is None:
                 return None
         self.store.reserve(chosen, est)
@@ -297,8 +298,8 @@ class Pool:
         self._touch(chosen)
         return Lease(chosen, est, now, chosen.last_chosen)
 
-    def _cache_owner(self, affinity: CacheKeys, chosen: AccountState | None, excluded: set[str] | frozenset[str],
-                     est: Estimate, now: float) -> AccountState | None:
+    def _cache_owner(self, affinity: CacheKeys, chosen: AccountState | None, chosen_fits: bool,
+                     excluded: set[str] | frozenset[str], est: Estimate, now: float) -> AccountState | None:
         """The account holding the request's longest cached prefix, if it should serve instead of `chosen`.
 
         A cache miss costs the prefix's input at 1.25× (the write) instead of 0.1× (the read): on a
@@ -319,7 +320,7 @@ class Pool:
             return chosen
         if owner.status(now) is not STATUS_OK or not owner.fits(est, now):
             return chosen
-        if chosen is None or chosen.status(now) is not STATUS_OK or not chosen.fits(est, now):
+        if chosen is None or not chosen_fits:
             return owner  # the normal choice was a guess (nothing fitting, or cooling): the owner can serve
         h_owner, h_best = owner.headroom(now), chosen.headroom(now)
         owner_room = 1.0 if h_owner is None else h_owner
