@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import trio
 
@@ -64,6 +64,20 @@ class Usage:
                 self.cache_write_5m = v
 
 
+class CacheKey(NamedTuple):
+    """A prompt prefix the upstream may cache: a digest of the model and the prefix, never the text."""
+
+    digest: bytes
+    ttl: float  # seconds the upstream keeps it after a write or a read
+
+
+class CacheKeys(NamedTuple):
+    """A request's prompt-cache prefixes (routing/affinity.py computes them)."""
+
+    written: tuple[CacheKey, ...]  # each breakpoint's prefix, in prompt order: what a success caches
+    lookup: tuple[bytes, ...]  # digests a cache read could match (breakpoints and lookback), longest first
+
+
 @dataclass(slots=True)
 class Incoming:
     """One client request, already read, parsed and translated to the upstream's form."""
@@ -82,6 +96,7 @@ class Incoming:
     # Watches for the client hanging up and cancels the given scope. Used around a wait in the
     # queue; None when the caller already watches the whole request (streams).
     watch_hangup: Callable[[trio.CancelScope], Awaitable[None]] | None = None
+    cache_keys: CacheKeys | None = None  # prompt-cache prefixes, for the pool's affinity; None: no breakpoints
 
 
 @dataclass(slots=True)

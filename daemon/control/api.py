@@ -60,6 +60,7 @@ class AccountView(TypedDict):
     requests: int  # served since start
     errors: int
     latency_ms: float | None  # recent (EWMA) upstream latency
+    conversations: int  # live prompt-cache prefixes this account holds (prompt-cache affinity)
 
 
 class PoolView(TypedDict):

@@ -18,6 +18,7 @@ from dario.daemon.dialects.link import SSE_HEADERS, ClientLink
 from dario.daemon.dialects.model import model_to_ask, resolve_model
 from dario.daemon.errors import DarioError, anthropic_error_body, anthropic_type_for_status
 from dario.daemon.exchange import Answer, Dialect, Estimate, Incoming
+from dario.daemon.routing.affinity import cache_keys
 from dario.daemon.routing.models import ModelTable
 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
@@ -56,6 +57,7 @@ class AnthropicDialect:
             dialect=self.name, endpoint=self.endpoint, path=self.upstream_path, query=query, headers=headers,
             body=body, stream=parsed.get("stream") is True and self.endpoint == "messages", model=resolved,
             estimate=estimate, client=info.client, t_start=info.t_start,
+            cache_keys=cache_keys(resolved, parsed, body) if self.endpoint == "messages" else None,
         )
         return incoming, None
 

@@ -15,7 +15,7 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -23,7 +23,7 @@ import trio
 
 from dario.daemon.commands import command
 from dario.daemon.control.api import AccountView, PoolView
-from dario.daemon.exchange import Estimate
+from dario.daemon.exchange import CacheKeys, Estimate
 from dario.daemon.redact import redact
 from dario.daemon.routing.ratelimits import WINDOWS, Snapshot, Window
 from dario.daemon.routing.store import (
@@ -46,6 +46,10 @@ COOLDOWN_MAX = 60.0
 DEFAULT_429_COOLDOWN = 30.0  # a 429 that names no reset at all
 SPEND_LIMIT_RECHECK = 3600.0  # a spend-limited account is tried again after this long
 AUTH_REJECTED_PREFIX = "upstream answered"  # starts needs_login when the upstream refused the key
+# Prompt-cache affinity: the account holding a request's cached prefix keeps it unless its headroom
+# is below this share of the normal choice's, or below the floor (see `_cache_owner`).
+AFFINITY_HEADROOM_RATIO = 0.5
+AFFINITY_HEADROOM_FLOOR = 0.05
 
 
 @dataclass(eq=False, slots=True)
@@ -240,8 +244,12 @@ class Pool:
                 self._touch(acc)
 
     # -- choice ------------------------------------------------------------------------
-    def choose(self, est: Estimate, exclude: Iterable[str] = ()) -> Lease | None:
-        """Pick an account now, or None if none can serve this request right now."""
+    def choose(self, est: Estimate, exclude: Iterable[str] = (), affinity: CacheKeys | None = None) -> Lease | None:
+        """Pick an account now, or None if none can serve this request right now.
+
+        `affinity`: the request's prompt-cache prefixes; the account that holds the longest of
+        them is preferred over the normal choice while it can serve (`_cache_owner`).
+        """
         now = self.clock()
         self._run_timers(now)
         excluded = exclude if isinstance(exclude, (set, frozenset)) else set(exclude)
@@ -272,6 +280,7 @@ class Pool:
                 break
             for entry in set_aside:
                 heapq.heappush(ready, entry)
+            ready_fit = chosen is not None  # "ok" and the estimate fits: no need to judge it again
             if chosen is None:
                 # Nothing fits the estimate but some can serve: better to try than to queue on a guess.
                 if pref is not None and pref.alias not in excluded and pref.status(now) is STATUS_OK:
@@ -280,12 +289,55 @@ class Pool:
                     chosen = fallback
             if chosen is None:
                 chosen = self._panic_choice(excluded, now)
+            if affinity is not None:
+                chosen = self._cache_owner(affinity, chosen, ready_fit, excluded, est, now)
             if chosen is None:
                 return None
         self.store.reserve(chosen, est)
         chosen.last_chosen = next(self._seq)
         self._touch(chosen)
         return Lease(chosen, est, now, chosen.last_chosen)
+
+    def _cache_owner(self, affinity: CacheKeys, chosen: AccountState | None, chosen_fits: bool,
+                     excluded: set[str] | frozenset[str], est: Estimate, now: float) -> AccountState | None:
+        """The account holding the request's longest cached prefix, if it should serve instead of `chosen`.
+
+        A cache miss costs the prefix's input at 1.25× (the write) instead of 0.1× (the read): on a
+        long agent context that is about 12× the input cost of the turn, and a slower first token
+        (https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching#pricing). So a
+        moderate headroom imbalance is worth tolerating: the owner keeps the conversation while it
+        is "ok", the estimate fits, and its headroom is at least half the normal choice's and not
+        below 5 % (unless the normal choice is that low too) — a nearly spent account would soon
+        answer 429 and move the conversation anyway, after a failed attempt. Otherwise the normal
+        choice serves, and becomes the owner. Never a reason to wait: this only swaps one account
+        that can serve now for another. One map lookup and a few reads: O(1) next to the heap.
+        """
+        hit = self.store.affinity_get(affinity.lookup, now)
+        if hit is None:
+            return chosen
+        owner = self.accounts.get(hit[0])
+        if owner is None or owner is chosen or owner.alias in excluded:
+            return chosen
+        if owner.status(now) is not STATUS_OK or not owner.fits(est, now):
+            return chosen
+        if chosen is None or not chosen_fits:
+            return owner  # the normal choice was a guess (nothing fitting, or cooling): the owner can serve
+        h_owner, h_best = owner.headroom(now), chosen.headroom(now)
+        owner_room = 1.0 if h_owner is None else h_owner
+        best_room = 1.0 if h_best is None else h_best
+        if owner_room >= best_room * AFFINITY_HEADROOM_RATIO and owner_room >= min(AFFINITY_HEADROOM_FLOOR, best_room):
+            return owner
+        return chosen
+
+    def remember_cache(self, alias: str, affinity: CacheKeys) -> None:
+        """`alias` served a request with these breakpoints: it now holds (or refreshed) their prefixes."""
+        if affinity.written:
+            self.store.affinity_put(affinity.written, alias, self.clock())
+
+    def conversations(self) -> dict[str, int]:
+        """Live remembered prompt-cache prefixes per account (one or more per conversation)."""
+        counts = self.store.affinity_counts(self.clock())
+        return {alias: counts.get(alias, 0) for alias in self.accounts}
 
     def _panic_choice(self, excluded: set[str] | frozenset[str], now: float) -> AccountState | None:
         """No account is ready: the cooling one whose cooldown ends first, if any.
@@ -349,7 +401,8 @@ class Pool:
         ]
         return min(times) if times else None
 
-    async def acquire(self, est: Estimate, exclude: Iterable[str], deadline: float) -> tuple[Lease, float]:
+    async def acquire(self, est: Estimate, exclude: Iterable[str], deadline: float,
+                      affinity: CacheKeys | None = None) -> tuple[Lease, float]:
         """Choose an account, waiting for the earliest reset when none can serve.
 
         Waiters are served first-in first-out, each by the accounts it may use: one waiting
@@ -359,12 +412,12 @@ class Pool:
         """
         excluded = frozenset(exclude)
         self._dispatch()  # earlier arrivals first
-        lease = self.choose(est, excluded)
+        lease = self.choose(est, excluded, affinity)
         if lease is not None:
             return lease, 0.0
         if not self.servable(excluded):
             raise NoAccounts()
-        waiter = _Waiter(est, excluded)
+        waiter = _Waiter(est, excluded, affinity)
         self._queue.append(waiter)
         started = trio.current_time()
         try:
@@ -413,7 +466,7 @@ class Pool:
         self._dispatching = True
         try:
             for waiter in list(self._queue):
-                lease = self.choose(waiter.est, waiter.excluded)
+                lease = self.choose(waiter.est, waiter.excluded, waiter.affinity)
                 if lease is None:
                     if not self._ready and not self._cooling:
                         break  # no account can serve anyone right now
@@ -541,8 +594,11 @@ class Pool:
         self._dispatch()
 
     # -- views -------------------------------------------------------------------------
-    def view(self, acc: AccountState, now: float | None = None) -> AccountView:
+    def view(self, acc: AccountState, now: float | None = None,
+             conversations: Mapping[str, int] | None = None) -> AccountView:
         now = self.clock() if now is None else now
+        if conversations is None:
+            conversations = self.store.affinity_counts(now)
         status = acc.status(now)
         reason: str | None = None
         until: float | None = None
@@ -580,11 +636,13 @@ class Pool:
             "requests": acc.requests,
             "errors": acc.errors,
             "latency_ms": None if acc.latency_ms is None else round(acc.latency_ms, 2),
+            "conversations": conversations.get(acc.alias, 0),
         }
 
     def views(self) -> list[AccountView]:
         now = self.clock()
-        return [self.view(acc, now) for acc in self.accounts.values()]
+        counts = self.store.affinity_counts(now)
+        return [self.view(acc, now, counts) for acc in self.accounts.values()]
 
     def pool_view(self) -> PoolView:
         now = self.clock()
@@ -704,6 +762,7 @@ def _block_kind(saved: object) -> BlockKind | None:
 class _Waiter:
     est: Estimate
     excluded: frozenset[str]
+    affinity: CacheKeys | None = None
     event: trio.Event = field(default_factory=trio.Event)
     lease: Lease | None = None
 

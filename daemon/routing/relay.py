@@ -140,6 +140,8 @@ class Relay:
             out.account = lease.account.alias
             try:
                 await self._attempt(lease, inc, sink, out)
+                if inc.cache_keys is not None and out.status == 200 and out.error_type is None:
+                    self.pool.remember_cache(lease.account.alias, inc.cache_keys)
                 return
             except _Retry as retry:
                 last = retry
@@ -153,18 +155,18 @@ class Relay:
 
     async def _acquire(self, inc: Incoming, excluded: list[str], deadline: float) -> tuple[Lease, float]:
         if not self.pool.queue_depth:
-            lease = self.pool.choose(inc.estimate, excluded)
+            lease = self.pool.choose(inc.estimate, excluded, inc.cache_keys)
             if lease is not None:
                 return lease, 0.0
         if inc.watch_hangup is None:
-            return await self.pool.acquire(inc.estimate, excluded, deadline)
+            return await self.pool.acquire(inc.estimate, excluded, deadline, inc.cache_keys)
         # Waiting in the queue: a client that hangs up must leave it at once.
         result: tuple[Lease, float] | None = None
         error: Exception | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(inc.watch_hangup, nursery.cancel_scope)
             try:
-                result = await self.pool.acquire(inc.estimate, excluded, deadline)
+                result = await self.pool.acquire(inc.estimate, excluded, deadline, inc.cache_keys)
             except (NoAccounts, PoolExhausted) as exc:
                 error = exc
             nursery.cancel_scope.cancel()

@@ -33,6 +33,13 @@ How a Redis-backed store (team mode) implements the same operations, as an added
   alias on a channel; each instance subscribes, refreshes that record in its mirror and calls
   `Pool.notify()`, so its queued requests are judged again — as `MemoryStore`'s callers do
   locally today.
+- Prompt-cache affinity (`affinity_get` / `affinity_put`): one string per prefix digest,
+  `dario:aff:<hex digest>` = alias, written with `SET … PX <ttl ms>` so Redis expires it at the
+  TTL and a rewrite refreshes it; `affinity_get` is one `MGET` of the request's lookup digests
+  (the first non-nil, longest prefix first, wins). The size cap is Redis's own `maxmemory` with
+  `volatile-lru`. The per-account counts for views are a sorted set per alias
+  (`dario:aff-owner:<alias>`, score = expiry, `ZREMRANGEBYSCORE` then `ZCARD`), kept by the same
+  Lua script that writes the strings.
 - Per-instance facts stay local and are not stored: the key itself (each instance reads its own
   OS keyring), keyring waits, the heap bookkeeping (uid, version, timer_due, last_chosen) and the
   request/error/latency counters shown in views.
@@ -42,13 +49,14 @@ May import: routing's siblings, exchange, control.api (the status vocabulary).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, cast
 
 from dario.daemon.control.api import AccountStatus
-from dario.daemon.exchange import Estimate
+from dario.daemon.exchange import CacheKey, Estimate
+from dario.daemon.routing.affinity import AffinityMap
 from dario.daemon.routing.ratelimits import Window
 
 
@@ -216,7 +224,7 @@ class PoolStore(Protocol):
         ...
 
     def remove(self, alias: str) -> None:
-        """Forget the account, and the preference for it."""
+        """Forget the account, the preference for it, and the prompt-cache prefixes it owns."""
         ...
 
     def prefer(self, alias: str | None) -> None: ...
@@ -258,6 +266,18 @@ class PoolStore(Protocol):
         """Failures counted before a restart (the block itself is restored with `block`)."""
         ...
 
+    def affinity_get(self, lookup: Sequence[bytes], now: float) -> tuple[str, bytes] | None:
+        """The account holding the longest live prefix in `lookup` (longest first), and its digest."""
+        ...
+
+    def affinity_put(self, keys: Sequence[CacheKey], alias: str, now: float) -> None:
+        """`alias` served these prefixes: it owns each for the key's TTL from `now`."""
+        ...
+
+    def affinity_counts(self, now: float) -> Mapping[str, int]:
+        """Live remembered prefixes per alias."""
+        ...
+
 
 class MemoryStore:
     """The pool's state in this process's memory: what a single dariod uses."""
@@ -266,6 +286,7 @@ class MemoryStore:
         # Plain attributes, not properties: the pool reads both on every choice.
         self.accounts: dict[str, AccountState] = {}
         self.preferred: str | None = None
+        self.affinity = AffinityMap()
 
     def add(self, record: AccountState) -> AccountState:
         return self.accounts.setdefault(record.alias, record)
@@ -274,6 +295,8 @@ class MemoryStore:
         self.accounts.pop(alias, None)
         if self.preferred == alias:
             self.preferred = None
+        # A new account under the same name may be another organisation: it holds none of these.
+        self.affinity.forget(alias)
 
     def prefer(self, alias: str | None) -> None:
         self.preferred = alias
@@ -321,3 +344,13 @@ class MemoryStore:
 
     def restore(self, acc: AccountState, *, failures: int) -> None:
         acc.failures = failures
+
+    def affinity_get(self, lookup: Sequence[bytes], now: float) -> tuple[str, bytes] | None:
+        return self.affinity.get(lookup, now)
+
+    def affinity_put(self, keys: Sequence[CacheKey], alias: str, now: float) -> None:
+        self.affinity.put(keys, alias, now)
+
+    def affinity_counts(self, now: float) -> Mapping[str, int]:
+        self.affinity.expire(now)
+        return self.affinity.counts

@@ -373,3 +373,27 @@ def test_openai_clients_get_503_at_once_while_the_lone_account_is_overloaded(dar
     assert time.monotonic() - started < 4.0  # none of them queued behind the growing cooldown
     reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert reply.choices[0].message.content
+
+
+def test_a_cached_conversation_stays_on_one_account_and_the_account_shows_it(dariod: Dariod, upstream: Any) -> None:
+    pool_of(dariod, upstream, "a", "b", "c")
+    cc = {"type": "ephemeral"}
+    marker = uuid.uuid4().hex
+    messages: list[dict[str, Any]] = []
+    served = []
+    for turn in range(5):
+        if turn:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": f"answer {turn}"}]})
+        for m in messages:
+            for block in m["content"]:
+                block.pop("cache_control", None)
+        messages.append({"role": "user", "content": [{"type": "text", "text": f"{marker} turn {turn}",
+                                                      "cache_control": cc}]})
+        body = {"model": MODEL, "max_tokens": 64, "messages": messages,
+                "system": [{"type": "text", "text": "a long system prompt", "cache_control": cc}]}
+        status, headers, _ = post(dariod.url, body)
+        assert status == 200
+        served.append(headers["x-dario-account"])
+    assert len(set(served)) == 1, served  # without affinity the pool would rotate between equals
+    counts = {alias: account(dariod, alias)["conversations"] for alias in ("a", "b", "c")}
+    assert counts[served[0]] >= 2 and sum(counts.values()) == counts[served[0]], counts

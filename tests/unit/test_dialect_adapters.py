@@ -288,3 +288,21 @@ def test_a_foreign_host_is_refused_in_the_dialect_of_the_path() -> None:
         status, _, answer = call(app, "POST", path, chat("sonnet"), host=b"evil.example")
         assert status == 403
         assert ("type" not in answer) == openai_shape, path
+
+
+# --- prompt-cache affinity keys ---------------------------------------------------------------
+
+
+def test_both_dialects_compute_prompt_cache_keys_once_per_request() -> None:
+    cached = messages("claude-opus-4-7", system=[{"type": "text", "text": "S", "cache_control": {"type": "ephemeral"}}])
+    inc = parse(anthropic(), cached)
+    assert inc.cache_keys is not None and len(inc.cache_keys.written) == 1
+    assert parse(anthropic(), messages("claude-opus-4-7")).cache_keys is None
+    counted = parse(AnthropicDialect("count_tokens", "/v1/messages/count_tokens"), cached)
+    assert counted.cache_keys is None  # counting tokens reads no cache
+    # An OpenAI client's request is keyed by the Anthropic body it becomes (parts may carry cache_control).
+    assert parse(openai(), chat("claude-opus-4-7")).cache_keys is None
+    marked = chat("claude-opus-4-7", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}])
+    keys = parse(openai(), marked).cache_keys
+    assert keys is not None and [k.ttl for k in keys.written] == [3600.0]

@@ -518,3 +518,36 @@ def test_in_band_spend_limit_before_content_takes_the_account_out_and_fails_over
     assert up.sent == ["a", "b"] and out.account == "b"
     acc = pool.accounts["a"]
     assert acc.block_until is not None and acc.block_until - pool.clock() > 3000
+
+
+# -- prompt-cache affinity -------------------------------------------------------------------
+
+def _with_breakpoint(inc: Incoming) -> Incoming:
+    from dario.daemon.routing.affinity import cache_keys
+    inc.cache_keys = cache_keys("claude-test", {"system": [{"type": "text", "text": "s", "cache_control": {
+        "type": "ephemeral"}}], "messages": [{"role": "user", "content": "hi"}]})
+    return inc
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_served_request_makes_its_account_the_owner_of_its_prefixes(streamed: bool) -> None:
+    pool = make_pool("a", "b")
+    pool.prefer("b")
+    answer = whole_stream() if streamed else ok_json()
+    up = ScriptedUpstream(b=[answer])
+    run(pool, up, _with_breakpoint(incoming(stream=streamed)))
+    assert pool.conversations() == {"a": 0, "b": 1}
+    pool.prefer(None)
+    up = ScriptedUpstream(a=[ok_json()], b=[ok_json(), ok_json()])
+    for _ in range(2):  # without affinity these would alternate (round robin)
+        out, _sink = run(pool, up, _with_breakpoint(incoming(stream=False)))
+        assert out.account == "b"
+
+
+def test_a_failed_request_makes_no_owner_and_failover_ignores_the_owner() -> None:
+    pool = make_pool("a", "b")
+    pool.remember_cache("a", _with_breakpoint(incoming()).cache_keys)  # type: ignore[arg-type]
+    up = ScriptedUpstream(a=[error(529, "overloaded_error")], b=[error(400, "invalid_request_error")])
+    out, _sink = run(pool, up, _with_breakpoint(incoming(stream=False)))
+    assert up.sent == ["a", "b"] and out.status == 400
+    assert pool.conversations() == {"a": 1, "b": 0}

@@ -19,6 +19,7 @@ from dario.daemon.dialects.openai.sink import OpenAISink
 from dario.daemon.dialects.openai.thinking import ThinkingCache
 from dario.daemon.errors import DarioError, openai_error_status_and_body
 from dario.daemon.exchange import Dialect, Estimate, Incoming
+from dario.daemon.routing.affinity import cache_keys
 from dario.daemon.routing.models import ModelTable
 
 _BYTES_PER_TOKEN = 4
@@ -53,6 +54,7 @@ class OpenAIDialect:
             estimate=Estimate(min(len(upstream_body) // _BYTES_PER_TOKEN, _MAX_ESTIMATE),
                               max_tokens if isinstance(max_tokens, int) else 0),
             client=info.client, t_start=info.t_start,
+            cache_keys=cache_keys(anthropic_body.get("model"), anthropic_body, upstream_body),
         )
         return incoming, (ctx, created)
 
