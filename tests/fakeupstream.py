@@ -509,7 +509,8 @@ class _PromptCache:
 
 
 def _breakpoint_error(body: dict[str, Any]) -> str | None:
-    found = sum(1 for _, b in _cacheable_blocks(body) if "cache_control" in b)
+    # The top-level (automatic) marker takes one of the four slots too.
+    found = sum(1 for _, b in _cacheable_blocks(body) if "cache_control" in b) + ("cache_control" in body)
     if found > MAX_BREAKPOINTS:
         return f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {found}."
     return None

@@ -854,3 +854,16 @@ def test_prompt_cache_stream_usage_and_breakpoint_limit(fake: FakeUpstream) -> N
     five = {**body, "system": [{**block, "text": f"block {i}"} for i in range(5)]}
     status, _, data = raw(fake, "POST", "/v1/messages", five)
     assert status == 400 and b"A maximum of 4 blocks with cache_control" in data
+    four_and_auto = {**five, "system": five["system"][:4], "cache_control": EPHEMERAL}
+    status, _, data = raw(fake, "POST", "/v1/messages", four_and_auto)
+    assert status == 400 and b"Found 5" in data
+
+
+def test_prompt_cache_top_level_marker_caches_the_last_block(fake: FakeUpstream, client: anthropic.Anthropic) -> None:
+    fake.set_prompt_cache(True)
+    messages = user("automatic caching marks the last cacheable block " * 20)
+    auto = {"cache_control": EPHEMERAL}
+    first = client.messages.create(model=MODEL, max_tokens=8, messages=messages, extra_body=auto)
+    again = client.messages.create(model=MODEL, max_tokens=8, messages=messages, extra_body=auto)
+    assert first.usage.cache_creation_input_tokens > 0 and first.usage.cache_read_input_tokens == 0
+    assert again.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
