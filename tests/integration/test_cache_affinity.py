@@ -211,3 +211,61 @@ def test_affinity_never_delays_a_request(dariod: Dariod, upstream: Any) -> None:
     # The cooling owner was not even tried, and no request waited in the queue for it (or for anything).
     assert [alias_of(r["key"]) for r in upstream.requests()[before:]] == [conv.accounts[1]]
     assert queue_waits_ms(dariod, expected_rows=2 + OVERLOADS) == [0.0] * (2 + OVERLOADS)
+
+
+# -- OpenAI-dialect clients, with dario's automatic breakpoints --------------------------------
+
+OPENAI_CONVERSATIONS = 4  # not a multiple of the pool: plain rotation cannot keep them apart by luck
+OPENAI_TURNS = 4
+
+
+def openai_share(dariod: Dariod) -> tuple[float, list[str]]:
+    """Follow-up turns whose cached input covers (nearly) all of the previous turn's prompt.
+
+    The system prompt is short and each question long, so a turn that read only the shared system
+    prompt (another account's cache) is far below the mark: reading "history" is unambiguous.
+    """
+    import openai
+
+    system = {"role": "system", "content": "You are terse."}
+    histories: list[list[Any]] = [[system] for _ in range(OPENAI_CONVERSATIONS)]
+    prompts: list[list[int]] = [[] for _ in range(OPENAI_CONVERSATIONS)]
+    cached: list[list[int]] = [[] for _ in range(OPENAI_CONVERSATIONS)]
+    accounts = ["" for _ in range(OPENAI_CONVERSATIONS)]
+    with openai.OpenAI(base_url=dariod.url + "/v1", api_key="x", max_retries=0) as client:
+        for _ in range(OPENAI_TURNS):
+            for i, history in enumerate(histories):
+                history.append({"role": "user", "content": f"conversation {i} {uuid.uuid4().hex} " + "words " * 300})
+                raw = client.chat.completions.with_raw_response.create(model="sonnet", messages=history)
+                completion = raw.parse()
+                accounts[i] += raw.headers["x-dario-account"]
+                history.append({"role": "assistant", "content": completion.choices[0].message.content})
+                usage = completion.usage
+                assert usage is not None
+                details = usage.prompt_tokens_details
+                prompts[i].append(usage.prompt_tokens)
+                cached[i].append(int(details.cached_tokens or 0) if details is not None else 0)
+    hits = [
+        cached[i][t] >= 0.9 * prompts[i][t - 1] for i in range(OPENAI_CONVERSATIONS) for t in range(1, OPENAI_TURNS)
+    ]
+    return sum(hits) / len(hits), accounts
+
+
+def test_openai_conversations_with_auto_cache_keep_their_cache_in_a_pool(
+    dariod_factory: Any, upstream: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cached_upstream(upstream)
+    solo = dariod_factory(env={"DARIO_AUTO_CACHE": "1"})
+    solo.login("solo", SOLO_KEY, upstream.url)
+    single, _ = openai_share(solo)
+    pool = dariod_factory(env={"DARIO_AUTO_CACHE": "1"})
+    pool_of_three(pool, upstream)
+    pooled, accounts = openai_share(pool)
+    with capsys.disabled():
+        print(
+            f"\ncache-affinity (OpenAI dialect, DARIO_AUTO_CACHE=1): {OPENAI_CONVERSATIONS} conversations x "
+            f"{OPENAI_TURNS} turns; follow-ups reading their history: one account {single:.0%}, pool of three "
+            f"{pooled:.0%}; accounts per conversation: {accounts}"
+        )
+    assert single == 1.0
+    assert pooled >= single - SHARE_TOLERANCE, (pooled, single, accounts)
