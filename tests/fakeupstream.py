@@ -1709,6 +1709,7 @@ def fixture(
     name: str = "fake_upstream",
     scope: Literal["session", "package", "module", "class", "function"] = "module",
     keys: list[str] | None = None,
+    prompt_cache: bool = False,
 ) -> Any:
     """A pytest fixture yielding a started FakeUpstream; assign it to a module-level name.
 
@@ -1718,7 +1719,7 @@ def fixture(
     import pytest  # only the test side needs pytest
 
     def _fixture() -> Iterator[FakeUpstream]:
-        with FakeUpstream(keys) as fake:
+        with FakeUpstream(keys, prompt_cache=prompt_cache) as fake:
             yield fake
 
     return pytest.fixture(_fixture, scope=scope, name=name)
