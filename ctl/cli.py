@@ -197,9 +197,9 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    key = _client(args).create_key(args.name)
+    key = _client(args).create_key(args.name, auto_cache=args.auto_cache)
     if args.json:
-        _print_json({"name": args.name, "key": key})
+        _print_json({"name": args.name, "key": key, "auto_cache": args.auto_cache})
         return EXIT_OK
     console = _console()
     _say(console, f"Created client key {args.name}:")
@@ -354,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     p = add(keys, "create", "create a client key (shown once)", cmd_keys_create)
     p.add_argument("name", metavar="NAME")
+    p.add_argument("--auto-cache", action="store_true",
+                   help="add prompt-cache breakpoints to this key's OpenAI-dialect requests "
+                   "(cache writes cost 1.25x input, reads 0.1x)")
     json_flag(p)
     json_flag(add(keys, "list", "list client keys", cmd_keys_list))
     add(keys, "revoke", "revoke a client key", cmd_keys_revoke).add_argument("name", metavar="NAME")

@@ -240,8 +240,9 @@ class ControlClient:
     def keys(self) -> list[ClientKeyView]:
         return cast(list[ClientKeyView], self.request("GET", "/v1/keys")["keys"])
 
-    def create_key(self, name: str) -> str:
-        return cast(str, self.request("POST", "/v1/keys", {"name": name})["key"])
+    def create_key(self, name: str, auto_cache: bool = False) -> str:
+        body: dict[str, Any] = {"name": name, "auto_cache": True} if auto_cache else {"name": name}
+        return cast(str, self.request("POST", "/v1/keys", body)["key"])
 
     def revoke_key(self, name: str) -> None:
         self.request("DELETE", f"/v1/keys/{quote(name, safe='')}")

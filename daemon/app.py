@@ -136,7 +136,8 @@ def build(settings: Settings, *, tcp_control: bool = False) -> Daemon:
         api_key=settings.api_key, client_key_check=client_keys.verify,
         peer_gate=PeerGate.for_settings(settings.api_key),
     )
-    public = PublicApp(EdgeServices(view, recorder, FamilyCache()), relay, guard, catalog)
+    public = PublicApp(EdgeServices(view, recorder, FamilyCache()), relay, guard, catalog,
+                       auto_cache_key=client_keys.auto_cache)
     control_token = token_source.token_urlsafe(32) if tcp_control else None
     control = ControlApp(accounts, view, client_keys, token=control_token)
     return Daemon(

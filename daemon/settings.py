@@ -42,6 +42,7 @@ class Settings:
     http2_cleartext: bool = False  # serve h2c (prior knowledge, Upgrade: h2c); off: HTTP/1.1 only
     body_idle_timeout: float = 30.0  # a request body that sends nothing for this long is cut off
     body_deadline: float = 120.0  # and one that takes longer than this in all
+    auto_cache: bool = False  # OpenAI dialect: add prompt-cache breakpoints for every client
 
     @property
     def is_loopback(self) -> bool:
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-analytics", action="store_true", help="do not record usage in SQLite")
     p.add_argument("--http2-cleartext", action="store_true",
                    help="also serve HTTP/2 without TLS (h2c); off by default, as no client needs it")
+    p.add_argument("--auto-cache", action="store_true",
+                   help="OpenAI dialect: add prompt-cache breakpoints to every request (DARIO_AUTO_CACHE=1); "
+                   "cache writes cost 1.25x input, reads 0.1x")
     p.add_argument("--version", action="version", version=f"dariod {__version__}")
     return p
 
@@ -132,6 +136,7 @@ def from_args(argv: list[str] | None = None) -> Settings:
         http2_cleartext=args.http2_cleartext,
         body_idle_timeout=_env_float("DARIO_BODY_IDLE_TIMEOUT", 30.0),
         body_deadline=_env_float("DARIO_BODY_DEADLINE", 120.0),
+        auto_cache=args.auto_cache or env.get("DARIO_AUTO_CACHE", "") not in ("", "0"),
     )
     settings.check()
     return settings

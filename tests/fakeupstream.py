@@ -9,6 +9,12 @@ What a /v1/messages reply contains is chosen by directives in the text of the la
 are set with ``POST /_fake/limits``, ``POST /_fake/clock {"offset": s}`` makes the ``Date`` header run
 ``s`` seconds off, and ``GET /_fake/requests`` returns what was received.
 
+Prompt-cache mode (``--prompt-cache``, ``FakeUpstream(prompt_cache=True)`` or ``POST /_fake/cache
+{"enabled": true}``) keeps one prompt cache per API key with the API's rules (see ``_PromptCache``)
+and reports ``cache_read_input_tokens``/``cache_creation_input_tokens`` from it instead of the
+``[[cache]]`` directive's fixed numbers. ``POST /_fake/clock {"advance": s}`` moves the fake's own
+clock (which cache entries expire by) s seconds forward, so tests expire entries without sleeping.
+
 Hostile upstream actions (each a key of a scripted action; they combine):
 
 ``truncate: N``
@@ -383,18 +389,152 @@ def _nonneg_int(value: Any, what: str) -> int:
     return value
 
 
+# ---------------------------------------------------------------------------------------------
+# Prompt cache (https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching)
+# ---------------------------------------------------------------------------------------------
+
+MAX_BREAKPOINTS = 4  # "You can define up to 4 cache breakpoints"
+LOOKBACK_BLOCKS = 20  # hits are also checked at block boundaries up to ~20 blocks before a breakpoint
+TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
+
+
+class _Prefix:
+    """The request as the cache sees it: tools, then system, then messages, one entry per block."""
+
+    __slots__ = ("breakpoints", "hashes", "tokens")
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        blocks = _cacheable_blocks(body)
+        h = hashlib.sha256(orjson.dumps(body.get("model")))
+        self.hashes: list[str] = []
+        self.tokens: list[int] = []  # tokens of the prefix ending with block i (the fake's bytes/4 estimate)
+        self.breakpoints: list[tuple[int, str]] = []  # (block index, ttl name)
+        size = 0
+        for i, (tag, block) in enumerate(blocks):
+            # The marker itself is not content: moving a breakpoint must not change the prefix.
+            content = orjson.dumps({k: v for k, v in block.items() if k != "cache_control"})
+            h.update(tag.encode() + b"\0" + content + b"\0")
+            self.hashes.append(h.hexdigest())
+            size += len(content)
+            self.tokens.append(size // 4)
+            cc = block.get("cache_control")
+            if isinstance(cc, dict):
+                self.breakpoints.append((i, "1h" if cc.get("ttl") == "1h" else "5m"))
+        top = body.get("cache_control")
+        # Automatic caching: a top-level marker puts the breakpoint on the last cacheable block.
+        if isinstance(top, dict) and blocks and (not self.breakpoints or self.breakpoints[-1][0] != len(blocks) - 1):
+            self.breakpoints.append((len(blocks) - 1, "1h" if top.get("ttl") == "1h" else "5m"))
+
+
+def _cacheable_blocks(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    out: list[tuple[str, dict[str, Any]]] = [("tools", t) for t in body.get("tools") or [] if isinstance(t, dict)]
+    system = body.get("system")
+    if isinstance(system, str) and system:
+        out.append(("system", {"type": "text", "text": system}))
+    elif isinstance(system, list):
+        out += [("system", b) for b in system if isinstance(b, dict)]
+    for m in body.get("messages") or []:
+        role, content = str(m.get("role")), m.get("content")
+        if isinstance(content, str):
+            out.append((role, {"type": "text", "text": content}))
+        elif isinstance(content, list):
+            out += [(role, b) for b in content if isinstance(b, dict)]
+    return out
+
+
+class CacheUsage:
+    __slots__ = ("created_1h", "created_5m", "read")
+
+    def __init__(self, read: int = 0, created_5m: int = 0, created_1h: int = 0) -> None:
+        self.read = read
+        self.created_5m = created_5m
+        self.created_1h = created_1h
+
+    @property
+    def created(self) -> int:
+        return self.created_5m + self.created_1h
+
+
+class _PromptCache:
+    """One cache per API key: prefix hash -> (expires at, ttl name).
+
+    For each breakpoint the longest cached prefix is looked for at that breakpoint and at the block
+    boundaries up to LOOKBACK_BLOCKS before it; the longest hit over all breakpoints is read (and
+    its entry refreshed), and every breakpoint past it is written, so a conversation whose
+    breakpoint moves to the newest message each turn reads its history from the last turn's entry.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[str, dict[str, tuple[float, str]]] = {}
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def apply(self, key: str, prefix: _Prefix, now: float) -> CacheUsage:
+        if not prefix.breakpoints:
+            return CacheUsage()
+        cache = self.entries.setdefault(key, {})
+        for h in [h for h, (exp, _) in cache.items() if exp <= now]:
+            del cache[h]
+        hit = self._longest_hit(cache, prefix)
+        read = prefix.tokens[hit] if hit >= 0 else 0
+        if hit >= 0:  # a hit refreshes the entry for its own lifetime
+            ttl_name = cache[prefix.hashes[hit]][1]
+            cache[prefix.hashes[hit]] = (now + TTL_SECONDS[ttl_name], ttl_name)
+        usage = CacheUsage(read)
+        done = read
+        for i, ttl in prefix.breakpoints:
+            if i <= hit:
+                continue
+            written = prefix.tokens[i] - done
+            if ttl == "1h":
+                usage.created_1h += written
+            else:
+                usage.created_5m += written
+            done = prefix.tokens[i]
+            cache[prefix.hashes[i]] = (now + TTL_SECONDS[ttl], ttl)
+        return usage
+
+    @staticmethod
+    def _longest_hit(cache: dict[str, tuple[float, str]], prefix: _Prefix) -> int:
+        best = -1
+        for i, _ in prefix.breakpoints:
+            for j in range(i, max(-1, i - LOOKBACK_BLOCKS - 1), -1):
+                if j <= best:
+                    break
+                if prefix.hashes[j] in cache:
+                    best = j
+                    break
+        return best
+
+
+def _breakpoint_error(body: dict[str, Any]) -> str | None:
+    # The top-level (automatic) marker takes one of the four slots too.
+    found = sum(1 for _, b in _cacheable_blocks(body) if "cache_control" in b) + ("cache_control" in body)
+    if found > MAX_BREAKPOINTS:
+        return f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {found}."
+    return None
+
+
 class _State:
-    def __init__(self, keys: set[str] | None, log_max: int) -> None:
+    def __init__(self, keys: set[str] | None, log_max: int, prompt_cache: bool = False) -> None:
         self.keys = keys
         self.n = 0
         self.scripts: list[tuple[str | None, dict[str, Any]]] = []
         self.log: deque[dict[str, Any]] = deque(maxlen=log_max)
         self.limits = _Limits()
         self.clock_offset = 0.0  # seconds added to the Date header, for clock-skew tests
+        self.clock_advance = 0.0  # seconds the fake's own clock (cache expiry) has been moved on
+        self.prompt_cache_default = prompt_cache
+        self.prompt_cache = prompt_cache
+        self.cache = _PromptCache()
         # In-flight API requests, so tests can wait (server-side) until dario has let go of them.
         self.in_flight = 0
         self.idle = trio.Event()
         self.idle.set()
+
+    def now(self) -> float:
+        return time.time() + self.clock_advance
 
     def stats(self) -> dict[str, int]:
         return {"in_flight": self.in_flight, "requests": self.n, "pending_actions": len(self.scripts)}
@@ -641,7 +781,8 @@ class _Block:
 
 class _Plan:
     __slots__ = (
-        "blocks", "cache", "input_tokens", "model", "msg_id", "output_tokens", "stop_reason", "stop_sequence"
+        "blocks", "cache", "cache_usage", "input_tokens", "model", "msg_id", "output_tokens", "stop_reason",
+        "stop_sequence",
     )  # fmt: skip
 
     def __init__(self, n: int, body: dict[str, Any], size: int) -> None:
@@ -653,6 +794,7 @@ class _Plan:
         for m in _DIRECTIVE.finditer(text):
             d.setdefault(m.group(1), m.group(2) or "")
         self.cache = "cache" in d
+        self.cache_usage = CacheUsage(100, 50) if self.cache else CacheUsage()
         blocks: list[_Block] = []
         if "thinking" in d:
             sig = base64.b64encode(hashlib.sha256(b"fake-signature-%d" % n).digest() * 3).decode()
@@ -686,13 +828,18 @@ class _Plan:
         else:
             self.stop_reason = "end_turn"
 
+    def use_prompt_cache(self, usage: CacheUsage) -> None:
+        """Report a real cache lookup: input_tokens is then what was neither read nor written."""
+        self.cache_usage = usage
+        self.input_tokens = max(0, self.input_tokens - usage.read - usage.created)
+
     def _usage(self, output_tokens: int) -> dict[str, Any]:
-        created, read = (50, 100) if self.cache else (0, 0)
+        c = self.cache_usage
         return {
             "input_tokens": self.input_tokens,
-            "cache_creation_input_tokens": created,
-            "cache_read_input_tokens": read,
-            "cache_creation": {"ephemeral_5m_input_tokens": created, "ephemeral_1h_input_tokens": 0},
+            "cache_creation_input_tokens": c.created,
+            "cache_read_input_tokens": c.read,
+            "cache_creation": {"ephemeral_5m_input_tokens": c.created_5m, "ephemeral_1h_input_tokens": c.created_1h},
             "output_tokens": output_tokens,
             "service_tier": "standard",
         }
@@ -734,12 +881,11 @@ class _Plan:
                 sig = {"type": "signature_delta", "signature": b.extra["signature"]}
                 out.append(_sse({"type": "content_block_delta", "index": i, "delta": sig}))
             out.append(_block_stop(i))
-        created, read = (50, 100) if self.cache else (0, 0)
         # Usage here is cumulative, and newer APIs repeat input/cache counts (https://docs.anthropic.com/en/api/messages-streaming).
         final_usage = {
             "input_tokens": self.input_tokens,
-            "cache_creation_input_tokens": created,
-            "cache_read_input_tokens": read,
+            "cache_creation_input_tokens": self.cache_usage.created,
+            "cache_read_input_tokens": self.cache_usage.read,
             "output_tokens": self.output_tokens,
         }
         delta = {"stop_reason": self.stop_reason, "stop_sequence": self.stop_sequence}
@@ -856,8 +1002,8 @@ def _api_key(headers: dict[str, str]) -> str | None:
 class App:
     """The ASGI application. One instance holds all the fake's state (single trio thread)."""
 
-    def __init__(self, keys: set[str] | None = None, log_max: int = 10_000) -> None:
-        self.s = _State(keys, log_max)
+    def __init__(self, keys: set[str] | None = None, log_max: int = 10_000, prompt_cache: bool = False) -> None:
+        self.s = _State(keys, log_max, prompt_cache)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -1065,7 +1211,7 @@ class App:
 
     async def _messages(self, req: _Req) -> None:
         body: dict[str, Any] = req.body
-        err = _validate(body, count=False)
+        err = _validate(body, count=False) or (_breakpoint_error(body) if self.s.prompt_cache else None)
         if err:
             await self._error(req, 400, "invalid_request_error", err)
             return
@@ -1090,6 +1236,8 @@ class App:
             return
         for w, c in zip(ws, costs, strict=True):
             w.remaining -= c
+        if self.s.prompt_cache:
+            plan.use_prompt_cache(self.s.cache.apply(req.key or "", _Prefix(body), self.s.now()))
         action = action or {}
         if not stream:
             if _HOSTILE_BODY & action.keys():
@@ -1333,9 +1481,21 @@ class App:
                     await s.idle.wait()
                 out = orjson.dumps(s.stats())
             elif (method, path) == ("POST", "/_fake/clock"):
-                s.clock_offset = float(body.get("offset", 0))
+                if "advance" in body:
+                    s.clock_advance += float(body["advance"])
+                if "offset" in body or "advance" not in body:
+                    s.clock_offset = float(body.get("offset", 0))
+            elif (method, path) == ("POST", "/_fake/cache"):
+                if "enabled" in body:
+                    s.prompt_cache = bool(body["enabled"])
+                if body.get("clear"):
+                    s.cache.clear()
+                out = orjson.dumps({"enabled": s.prompt_cache})
             elif (method, path) == ("POST", "/_fake/reset"):
                 s.clock_offset = 0.0
+                s.clock_advance = 0.0
+                s.prompt_cache = s.prompt_cache_default
+                s.cache.clear()
                 s.scripts.clear()
                 s.log.clear()
                 s.limits.reset()
@@ -1383,8 +1543,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--key", action="append", default=[], help="accepted API key (repeatable)")
     p.add_argument("--log-max", type=int, default=10_000, help="request log entries kept")
+    p.add_argument("--prompt-cache", action="store_true", help="keep a prompt cache per key (see _PromptCache)")
     args = p.parse_args(argv)
-    app = App(set(args.key) if args.key else None, args.log_max)
+    app = App(set(args.key) if args.key else None, args.log_max, args.prompt_cache)
     trio.run(_serve, app, args.host, args.port)
 
 
@@ -1396,8 +1557,11 @@ def main(argv: list[str] | None = None) -> None:
 class FakeUpstream:
     """Runs the fake in a subprocess and drives its admin API (synchronously, via urllib)."""
 
-    def __init__(self, keys: list[str] | None = None, *, log_max: int | None = None) -> None:
+    def __init__(
+        self, keys: list[str] | None = None, *, log_max: int | None = None, prompt_cache: bool = False
+    ) -> None:
         self.keys = list(keys or [])
+        self.prompt_cache = prompt_cache  # keep a prompt cache per key from the start (and after clear())
         self.log_max = log_max  # request-log entries the server keeps (its default: 10,000)
         self.url = ""
         self.returncode: int | None = None  # the server's exit status once stopped
@@ -1412,6 +1576,8 @@ class FakeUpstream:
             cmd += ["--key", k]
         if self.log_max is not None:
             cmd += ["--log-max", str(self.log_max)]
+        if self.prompt_cache:
+            cmd.append("--prompt-cache")
         self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
             cmd, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr
@@ -1521,6 +1687,14 @@ class FakeUpstream:
         """Make the Date header `offset` seconds off local time (clear() puts it back)."""
         self._call("POST", "/_fake/clock", {"offset": offset})
 
+    def advance_clock(self, seconds: float) -> None:
+        """Move the fake's own clock (prompt-cache expiry) forward; the Date header is unaffected."""
+        self._call("POST", "/_fake/clock", {"advance": seconds})
+
+    def set_prompt_cache(self, enabled: bool, clear: bool = False) -> None:
+        """Turn the per-key prompt cache on or off (clear=True also forgets every entry)."""
+        self._call("POST", "/_fake/cache", {"enabled": enabled, "clear": clear})
+
     def clear(self) -> None:
         self._call("POST", "/_fake/reset", {})
 
@@ -1535,6 +1709,7 @@ def fixture(
     name: str = "fake_upstream",
     scope: Literal["session", "package", "module", "class", "function"] = "module",
     keys: list[str] | None = None,
+    prompt_cache: bool = False,
 ) -> Any:
     """A pytest fixture yielding a started FakeUpstream; assign it to a module-level name.
 
@@ -1544,7 +1719,7 @@ def fixture(
     import pytest  # only the test side needs pytest
 
     def _fixture() -> Iterator[FakeUpstream]:
-        with FakeUpstream(keys) as fake:
+        with FakeUpstream(keys, prompt_cache=prompt_cache) as fake:
             yield fake
 
     return pytest.fixture(_fixture, scope=scope, name=name)

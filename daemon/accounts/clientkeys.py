@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import orjson
 
@@ -32,6 +32,7 @@ class _Entry(TypedDict):
     prefix: str
     sha256: str
     last_used: float | None
+    auto_cache: NotRequired[bool]  # written only when set, so older files and dariods read the same
 
 
 def _digest(key: str) -> str:
@@ -76,6 +77,8 @@ class ClientKeyStore:
                     sha256=str(item["sha256"]),
                     last_used=None if item.get("last_used") is None else float(item["last_used"]),
                 )
+                if item.get("auto_cache") is True:
+                    entry["auto_cache"] = True
                 self._by_name[entry["name"]] = entry
                 self._by_hash[entry["sha256"]] = entry
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
@@ -99,7 +102,7 @@ class ClientKeyStore:
         write_json_atomic(self._path, doc, mode=0o600)
         self._dirty = False
 
-    def create(self, name: str) -> str:
+    def create(self, name: str, auto_cache: bool = False) -> str:
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise ValueError("client key name must be 1-64 characters of A-Z a-z 0-9 . _ -")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -110,6 +113,8 @@ class ClientKeyStore:
             sha256=_digest(key),
             last_used=None,
         )
+        if auto_cache:
+            entry["auto_cache"] = True
         with self._lock:
             if name in self._by_name:
                 raise ValueError(f"a client key named {name!r} already exists")
@@ -144,9 +149,15 @@ class ClientKeyStore:
                     "created": e["created"],
                     "prefix": e["prefix"],
                     "last_used": e["last_used"],
+                    "auto_cache": e.get("auto_cache", False),
                 }
                 for e in entries
             ]
+
+    def auto_cache(self, name: str) -> bool:
+        """Whether the key named `name` asked for automatic prompt-cache breakpoints (OpenAI dialect)."""
+        entry = self._by_name.get(name)
+        return entry is not None and entry.get("auto_cache", False)
 
     def verify(self, key: str) -> str | None:
         if not isinstance(key, str) or not key.startswith(KEY_PREFIX):

@@ -104,6 +104,7 @@ class ClientKeyView(TypedDict):
     created: float
     prefix: str  # first characters of the key, to recognise it; never the whole key
     last_used: float | None
+    auto_cache: bool  # OpenAI-dialect requests with this key get automatic prompt-cache breakpoints
 
 
 class ControlError(TypedDict):

@@ -177,12 +177,15 @@ class ControlApp:
                 return 200, {"keys": self.client_keys.list()}
             case "POST", ["keys"]:
                 name = _str(body, "name")
+                auto_cache = body.get("auto_cache", False)
+                if not isinstance(auto_cache, bool):
+                    raise ControlFailure(400, "invalid_request", "auto_cache must be true or false")
                 try:
                     # The store writes its file (fsync) — keep that off the event loop.
-                    key = await trio.to_thread.run_sync(self.client_keys.create, name)
+                    key = await trio.to_thread.run_sync(self.client_keys.create, name, auto_cache)
                 except ValueError as exc:
                     raise ControlFailure(400, "invalid_request", str(exc)) from None
-                return 201, {"name": name, "key": key}
+                return 201, {"name": name, "key": key, "auto_cache": auto_cache}
             case "DELETE", ["keys", name]:
                 try:
                     await trio.to_thread.run_sync(self.client_keys.revoke, name)

@@ -19,13 +19,15 @@ from dario.daemon.routing.models import ModelTable
 class RequestInfo:
     """What the edge learnt about a request before its body was read."""
 
-    __slots__ = ("client", "owner", "request_id", "t_start")
+    __slots__ = ("auto_cache", "client", "owner", "request_id", "t_start")
 
-    def __init__(self, t_start: float, request_id: str, client: str, owner: str = "") -> None:
+    def __init__(self, t_start: float, request_id: str, client: str, owner: str = "",
+                 auto_cache: bool = False) -> None:
         self.t_start = t_start
         self.request_id = request_id
         self.client = client
         self.owner = owner  # who this caller is, for state private to a client (thinking blocks)
+        self.auto_cache = auto_cache  # OpenAI dialect: add prompt-cache breakpoints (settings or client key)
 
 
 class LinkedSink(Sink, Protocol):

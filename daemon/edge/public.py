@@ -62,8 +62,10 @@ MAX_HEAD_BYTES = 64 * 1024
 
 
 class PublicApp:
-    def __init__(self, state: EdgeServices, relay: Relay, guard: Guard, models: ModelCatalog) -> None:
+    def __init__(self, state: EdgeServices, relay: Relay, guard: Guard, models: ModelCatalog,
+                 auto_cache_key: Callable[[str], bool] | None = None) -> None:
         self.state = state
+        self.auto_cache_key = auto_cache_key  # is a client key marked for automatic cache breakpoints?
         self.relay = relay
         self.guard = guard
         self.models = models
@@ -132,7 +134,10 @@ class PublicApp:
             client = family
         peer = scope.get("client")
         owner = thinking_owner(key_name, family, peer[0] if peer else None)
-        await handler(scope, receive, send, RequestInfo(t_start, request_id, client, owner))
+        auto_cache = self.settings.auto_cache or bool(
+            key_name and self.auto_cache_key is not None and self.auto_cache_key(key_name)
+        )
+        await handler(scope, receive, send, RequestInfo(t_start, request_id, client, owner, auto_cache))
 
     def _refusal(self, scope: HTTPScope, method: str, path: str) -> DarioError | None:
         """A request refused before routing: an oversized head, or a Host/Origin that is not ours."""

@@ -545,7 +545,14 @@ def test_keys_create_json(daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]
     body = {"name": "cursor", "key": "dario-ck-xyz"}
     daemon.on("POST", "/v1/keys", body, status=201)
     assert run(daemon, "keys", "create", "cursor", "--json") == 0
-    assert json.loads(capsys.readouterr().out) == body
+    assert json.loads(capsys.readouterr().out) == {**body, "auto_cache": False}
+
+
+def test_keys_create_auto_cache(daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+    daemon.on("POST", "/v1/keys", {"name": "agent", "key": "dario-ck-xyz", "auto_cache": True}, status=201)
+    assert run(daemon, "keys", "create", "agent", "--auto-cache", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == {"name": "agent", "key": "dario-ck-xyz", "auto_cache": True}
+    assert daemon.bodies("POST", "/v1/keys") == [{"name": "agent", "auto_cache": True}]
 
 
 def test_keys_list(daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,7 +26,7 @@ def test_create_verify_list_revoke(tmp_path: Path) -> None:
 
     listed = {k["name"]: k for k in store.list()}
     assert set(listed) == {"aider", "cursor.laptop_2"}
-    assert set(listed["aider"]) == {"name", "created", "prefix", "last_used"}
+    assert set(listed["aider"]) == {"name", "created", "prefix", "last_used", "auto_cache"}
     assert listed["aider"]["prefix"] == key[:10]
     assert listed["aider"]["last_used"] is not None
     assert listed["cursor.laptop_2"]["created"] > 0
@@ -36,6 +36,18 @@ def test_create_verify_list_revoke(tmp_path: Path) -> None:
     assert store.verify(other) == "cursor.laptop_2"
     with pytest.raises(KeyError):
         store.revoke("aider")
+
+
+def test_auto_cache_is_kept_per_key_and_survives_a_reload(tmp_path: Path) -> None:
+    path = tmp_path / "client-keys.json"
+    store = ClientKeyStore(path)
+    store.create("agent", auto_cache=True)
+    store.create("plain")
+    assert (store.auto_cache("agent"), store.auto_cache("plain"), store.auto_cache("nobody")) == (True, False, False)
+    reloaded = ClientKeyStore(path)
+    assert {k["name"]: k["auto_cache"] for k in reloaded.list()} == {"agent": True, "plain": False}
+    assert reloaded.auto_cache("agent") and not reloaded.auto_cache("plain")
+    assert '"auto_cache"' in path.read_text() and path.read_text().count("auto_cache") == 1  # only where set
 
 
 def test_file_holds_no_key_and_is_private(tmp_path: Path) -> None:

@@ -742,3 +742,128 @@ def test_late_bytes_arrive_on_the_idle_connection(fake: FakeUpstream) -> None:
     _, late = raw_exchange(fake, {**stream_body("hi"), "stream": False}, keep_open_for_late=True)
     assert late == LATE_RESPONSE
     wait_until(lambda: fake.requests()[-1].get("late_bytes_sent"), 5, "the fake to log the late bytes")
+
+
+# --- prompt-cache mode ---------------------------------------------------------------------------
+
+EPHEMERAL: dict[str, Any] = {"type": "ephemeral"}
+AGENT_SYSTEM = "You are a coding agent. " * 200  # ~1,200 tokens by the fake's bytes/4 estimate
+
+
+def agent_turn(history: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """Claude Code's pattern: the breakpoint sits on the newest message only (earlier ones are bare)."""
+    bare = [{"role": m["role"], "content": [{"type": "text", "text": _text_of(m)}]} for m in history]
+    return [*bare, {"role": "user", "content": [{"type": "text", "text": text, "cache_control": EPHEMERAL}]}]
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(b["text"] for b in content)
+
+
+def cached_create(client: anthropic.Anthropic, messages: list[dict[str, Any]], **extra: Any) -> Any:
+    system = [{"type": "text", "text": AGENT_SYSTEM, "cache_control": EPHEMERAL}]
+    return client.messages.create(model=MODEL, max_tokens=64, system=system, messages=messages, **extra)  # type: ignore[arg-type]
+
+
+def test_prompt_cache_off_by_default_keeps_fixed_usage(fake: FakeUpstream, client: anthropic.Anthropic) -> None:
+    for _ in range(2):
+        msg = cached_create(client, agent_turn([], "hi"))
+        assert (msg.usage.cache_read_input_tokens, msg.usage.cache_creation_input_tokens) == (0, 0)
+
+
+def test_prompt_cache_conversation_reads_its_history(fake: FakeUpstream, client: anthropic.Anthropic) -> None:
+    fake.set_prompt_cache(True)
+    history: list[dict[str, Any]] = []
+    reads: list[int] = []
+    previous_prefix = 0
+    for turn in range(5):
+        messages = agent_turn(history, f"step {turn}: " + "context " * 50)
+        msg = cached_create(client, messages)
+        u = msg.usage
+        total = u.input_tokens + (u.cache_read_input_tokens or 0) + (u.cache_creation_input_tokens or 0)
+        entry = fake.requests()[-1]
+        assert total == max(1, entry["size"] // 4)  # the three parts add up to the fake's estimate
+        if turn == 0:
+            assert u.cache_read_input_tokens == 0 and (u.cache_creation_input_tokens or 0) > 1000
+        else:
+            # The whole of the previous request (up to its breakpoint) is read; only the new turn is written.
+            assert u.cache_read_input_tokens == previous_prefix
+            assert 0 < (u.cache_creation_input_tokens or 0) < 200
+        reads.append(u.cache_read_input_tokens or 0)
+        previous_prefix = (u.cache_read_input_tokens or 0) + (u.cache_creation_input_tokens or 0)
+        history = [*messages, {"role": "assistant", "content": msg.content[0].text}]  # type: ignore[union-attr]
+    assert reads == sorted(reads) and reads[-1] > reads[1] > 0
+
+
+def test_prompt_cache_is_per_key(fake: FakeUpstream, client: anthropic.Anthropic) -> None:
+    fake.set_prompt_cache(True)
+    cached_create(client, agent_turn([], "hi"))
+    assert cached_create(client, agent_turn([], "hi")).usage.cache_read_input_tokens > 0
+    with anthropic.Anthropic(base_url=fake.url, api_key="sk-test-other", max_retries=0) as other:
+        assert cached_create(other, agent_turn([], "hi")).usage.cache_read_input_tokens == 0
+
+
+def test_prompt_cache_shared_system_and_lookback(fake: FakeUpstream, client: anthropic.Anthropic) -> None:
+    fake.set_prompt_cache(True)
+    first = cached_create(client, agent_turn([], "conversation A"))
+    system_tokens = first.usage.cache_creation_input_tokens
+    # Another conversation shares the cached system prompt (its own breakpoint), not A's message.
+    other = cached_create(client, agent_turn([], "conversation B"))
+    assert 0 < (other.usage.cache_read_input_tokens or 0) < (system_tokens or 0)
+    # A breakpoint more than ~20 blocks past the last cached boundary cannot see it, except through
+    # the system prompt's own breakpoint.
+    long_history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"} for i in range(30)]
+    cached_create(client, agent_turn(long_history[:2], "m2"))  # writes the prefix ending at block 3 (m2)
+    far = cached_create(client, agent_turn(long_history[:29], "y"))  # breakpoint at block 30
+    assert far.usage.cache_read_input_tokens == other.usage.cache_read_input_tokens  # the system prompt only
+    near = cached_create(client, agent_turn(long_history[:15], "z"))  # breakpoint at block 16: m2 in reach
+    assert (near.usage.cache_read_input_tokens or 0) > (other.usage.cache_read_input_tokens or 0)
+
+
+def test_prompt_cache_ttl_refresh_and_one_hour(fake: FakeUpstream, client: anthropic.Anthropic) -> None:
+    fake.set_prompt_cache(True)
+    cached_create(client, agent_turn([], "hi"))
+    fake.advance_clock(200)
+    assert cached_create(client, agent_turn([], "hi")).usage.cache_read_input_tokens > 0  # and refreshed
+    fake.advance_clock(200)  # 400 s after the write, 200 s after the refreshing read
+    assert cached_create(client, agent_turn([], "hi")).usage.cache_read_input_tokens > 0
+    fake.advance_clock(301)
+    expired = cached_create(client, agent_turn([], "hi"))
+    assert expired.usage.cache_read_input_tokens == 0 and expired.usage.cache_creation_input_tokens > 0
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "long-lived", "cache_control": hour}]}]
+    written = client.messages.create(model=MODEL, max_tokens=8, messages=messages)  # type: ignore[arg-type]
+    assert written.usage.cache_creation.ephemeral_1h_input_tokens > 0  # type: ignore[union-attr]
+    assert written.usage.cache_creation.ephemeral_5m_input_tokens == 0  # type: ignore[union-attr]
+    fake.advance_clock(3000)
+    assert client.messages.create(model=MODEL, max_tokens=8, messages=messages).usage.cache_read_input_tokens > 0  # type: ignore[arg-type]
+
+
+def test_prompt_cache_stream_usage_and_breakpoint_limit(fake: FakeUpstream) -> None:
+    fake.set_prompt_cache(True)
+    block = {"type": "text", "text": "a block of text", "cache_control": EPHEMERAL}
+    body = {**stream_body("hi"), "system": [block, {**block, "text": "another block"}]}
+    raw(fake, "POST", "/v1/messages", body)
+    status, _, data = raw(fake, "POST", "/v1/messages", body)
+    assert status == 200
+    events = dict(sse(data))
+    start, delta = events["message_start"]["message"]["usage"], events["message_delta"]["usage"]
+    assert start["cache_read_input_tokens"] > 0 and start["cache_creation_input_tokens"] == 0
+    assert delta["cache_read_input_tokens"] == start["cache_read_input_tokens"]
+    five = {**body, "system": [{**block, "text": f"block {i}"} for i in range(5)]}
+    status, _, data = raw(fake, "POST", "/v1/messages", five)
+    assert status == 400 and b"A maximum of 4 blocks with cache_control" in data
+    four_and_auto = {**five, "system": five["system"][:4], "cache_control": EPHEMERAL}
+    status, _, data = raw(fake, "POST", "/v1/messages", four_and_auto)
+    assert status == 400 and b"Found 5" in data
+
+
+def test_prompt_cache_top_level_marker_caches_the_last_block(fake: FakeUpstream, client: anthropic.Anthropic) -> None:
+    fake.set_prompt_cache(True)
+    messages = user("automatic caching marks the last cacheable block " * 20)
+    auto = {"cache_control": EPHEMERAL}
+    first = client.messages.create(model=MODEL, max_tokens=8, messages=messages, extra_body=auto)
+    again = client.messages.create(model=MODEL, max_tokens=8, messages=messages, extra_body=auto)
+    assert first.usage.cache_creation_input_tokens > 0 and first.usage.cache_read_input_tokens == 0
+    assert again.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens

@@ -14,6 +14,7 @@ import orjson
 
 from dario.daemon.asgi import Send
 from dario.daemon.dialects.base import RequestInfo
+from dario.daemon.dialects.openai.autocache import add_breakpoints
 from dario.daemon.dialects.openai.request import ChatContext, chat_to_messages
 from dario.daemon.dialects.openai.sink import OpenAISink
 from dario.daemon.dialects.openai.thinking import ThinkingCache
@@ -45,6 +46,8 @@ class OpenAIDialect:
         created = int(time.time())
         anthropic_body, ctx = chat_to_messages(parsed, models, thinking_cache=self.thinking,
                                                thinking_owner=info.owner, force_model=force_model)
+        if info.auto_cache:
+            anthropic_body = add_breakpoints(anthropic_body)
         upstream_body = orjson.dumps(anthropic_body)
         max_tokens = anthropic_body.get("max_tokens")
         incoming = Incoming(
