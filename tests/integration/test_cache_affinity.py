@@ -40,6 +40,7 @@ class Conversation:
     """One agent conversation in Claude Code's pattern: the breakpoint moves to the newest message."""
 
     topic: str
+    own_system: bool = False  # a system prompt of its own (project notes), not only the shared one
     history: list[dict[str, Any]] = field(default_factory=list)
     accounts: list[str] = field(default_factory=list)
     reads: list[int] = field(default_factory=list)
@@ -66,21 +67,23 @@ class Conversation:
         return [self.reads[t] >= self.prefixes[t - 1] > 0 for t in range(1, len(self.reads))]
 
 
-def system() -> list[dict[str, Any]]:
-    return [{"type": "text", "text": SYSTEM_TEXT, "cache_control": EPHEMERAL}]
+def system(conv: Conversation) -> list[dict[str, Any]]:
+    # Shared by every conversation, as Claude Code's is; a conversation may add its own project notes.
+    text = SYSTEM_TEXT + (f"\nProject notes for {conv.topic}." if conv.own_system else "")
+    return [{"type": "text", "text": text, "cache_control": EPHEMERAL}]
 
 
 def turn(client: anthropic.Anthropic, conv: Conversation, n: int) -> str:
     messages = conv.next_messages(n)
-    with client.messages.stream(model=MODEL, max_tokens=64, system=system(), messages=messages) as s:  # type: ignore[arg-type]
+    with client.messages.stream(model=MODEL, max_tokens=64, system=system(conv), messages=messages) as s:  # type: ignore[arg-type]
         msg = s.get_final_message()
         account = s.response.headers["x-dario-account"]
     conv.record(messages, msg, account)
     return account
 
 
-def run_conversations(dariod: Dariod) -> list[Conversation]:
-    convs = [Conversation(f"conv-{i}-{uuid.uuid4().hex[:8]}") for i in range(CONVERSATIONS)]
+def run_conversations(dariod: Dariod, own_system: bool = False) -> list[Conversation]:
+    convs = [Conversation(f"conv-{i}-{uuid.uuid4().hex[:8]}", own_system) for i in range(CONVERSATIONS)]
     with anthropic.Anthropic(base_url=dariod.url, api_key="x", max_retries=0) as client:
         for n in range(TURNS):
             for conv in convs:  # interleaved, as several agent sessions sharing one gateway are
@@ -122,26 +125,33 @@ def queue_waits_ms(dariod: Dariod, expected_rows: int) -> list[float]:
     return result
 
 
+@pytest.mark.parametrize("own_system", [False, True], ids=["shared-system", "own-system"])
 def test_pool_keeps_the_cache_hit_share_of_a_single_account(
-    dariod_factory: Any, upstream: Any, capsys: pytest.CaptureFixture[str]
+    dariod_factory: Any, upstream: Any, capsys: pytest.CaptureFixture[str], own_system: bool
 ) -> None:
     cached_upstream(upstream)
     solo = dariod_factory()
     solo.login("solo", SOLO_KEY, upstream.url)
-    single = share(run_conversations(solo))
+    single = share(run_conversations(solo, own_system))
 
     pool = dariod_factory()
     pool_of_three(pool, upstream)
-    convs = run_conversations(pool)
+    convs = run_conversations(pool, own_system)
     pooled = share(convs)
     with capsys.disabled():
         print(
-            f"\ncache-affinity: {CONVERSATIONS} conversations x {TURNS} turns; follow-up turns reading their own "
-            f"history: one account {single:.0%}, pool of three {pooled:.0%}; "
-            f"accounts per conversation: {[''.join(c.accounts) for c in convs]}"
+            f"\ncache-affinity ({'own' if own_system else 'shared'} system prompts): {CONVERSATIONS} conversations "
+            f"x {TURNS} turns; follow-up turns reading their own history: one account {single:.0%}, pool of three "
+            f"{pooled:.0%}; accounts per conversation: {[''.join(c.accounts) for c in convs]}"
         )
     assert single == 1.0  # the fake's cache works for the baseline (else the comparison means nothing)
-    assert len({a for c in convs for a in c.accounts}) > 1  # the pool really spread the conversations
+    for c in convs:  # each conversation stays where its cache is
+        assert len(set(c.accounts)) == 1, c.accounts
+    if own_system:
+        # Nothing shared to follow: first turns go by headroom, so the pool really spreads them.
+        assert len({c.accounts[0] for c in convs}) > 1
+    # With one shared system prompt, new conversations follow the account that holds it while its
+    # headroom stays within the pool's threshold; with a pool of fresh accounts that is all of them.
     assert pooled >= single - SHARE_TOLERANCE, (pooled, single)
 
 
