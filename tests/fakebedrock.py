@@ -49,7 +49,7 @@ import urllib.request
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import IO, Any
@@ -67,6 +67,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VERSION = "bedrock-2023-05-31"
 REPLY_TEXT = "Hello from Bedrock."
+_BAD_TOKEN = "The security token included in the request is invalid."
 CLOCK_SKEW = 300  # seconds; SigV4 requests older or newer than this are refused, as AWS does
 _MODEL_ID = re.compile(r"^(?:(us|eu|apac|global)\.)?anthropic\.claude-[a-z0-9.-]+-v\d+:\d+$")
 _AUTH = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
@@ -148,7 +149,8 @@ def _message(model: str, body: dict[str, Any], blocks: list[dict[str, Any]], out
 
 def _events(message: dict[str, Any], omit_delta_usage: bool) -> list[dict[str, Any]]:
     usage = message["usage"]
-    start = dict(message, content=[], stop_reason=None, usage={"input_tokens": usage["input_tokens"], "output_tokens": 1})
+    first_usage = {"input_tokens": usage["input_tokens"], "output_tokens": 1}
+    start = dict(message, content=[], stop_reason=None, usage=first_usage)
     out: list[dict[str, Any]] = [{"type": "message_start", "message": start}]
     for i, block in enumerate(message["content"]):
         if block["type"] == "text":
@@ -303,23 +305,23 @@ class App:
         auth = hmap.get("authorization", "")
         if auth.startswith("Bearer "):
             if not any(hmac.compare_digest(auth[7:].encode(), k.encode()) for k in self.api_keys):
-                raise Fault(403, "UnrecognizedClientException", "The security token included in the request is invalid.")
+                raise Fault(403, "UnrecognizedClientException", _BAD_TOKEN)
             return
         m = _AUTH.match(auth)
         if m is None:
             raise Fault(403, "MissingAuthenticationTokenException", "Missing Authentication Token")
         akid, day, region, service, signed, signature = m.groups()
         if akid not in self.creds:
-            raise Fault(403, "UnrecognizedClientException", "The security token included in the request is invalid.")
+            raise Fault(403, "UnrecognizedClientException", _BAD_TOKEN)
         secret, token = self.creds[akid]
         if token is not None and hmap.get("x-amz-security-token") != token:
-            raise Fault(403, "UnrecognizedClientException", "The security token included in the request is invalid.")
+            raise Fault(403, "UnrecognizedClientException", _BAD_TOKEN)
         if region != self.region or service != "bedrock":
             raise Fault(403, "InvalidSignatureException", f"Credential should be scoped to a valid region/service "
                         f"({self.region}/bedrock), not {region}/{service}.")
         amz_date = hmap.get("x-amz-date", "")
         try:
-            when = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
+            when = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
         except ValueError:
             raise Fault(403, "IncompleteSignatureException", "x-amz-date is missing or malformed") from None
         if abs(when - time.time()) > CLOCK_SKEW or amz_date[:8] != day:

@@ -269,13 +269,15 @@ class CredentialChain:
 
 
 def _resolve_chain(profile: str | None) -> _Cached:
-    import botocore.session  # noqa: PLC0415 - only accounts using the chain need a session
+    import botocore.session
 
     session = botocore.session.Session(profile=profile)
     creds = session.get_credentials()
     if creds is None:
         where = f"profile {profile!r}" if profile else "the default AWS credential chain"
-        raise CredentialsUnavailable(f"no AWS credentials found through {where}; run `aws configure` or `aws sso login`")
+        raise CredentialsUnavailable(
+            f"no AWS credentials found through {where}; run `aws configure` or `aws sso login`"
+        )
     frozen = creds.get_frozen_credentials()
     expiry = getattr(creds, "_expiry_time", None)  # RefreshableCredentials keep it here
     return _Cached(frozen, expiry.timestamp() if expiry is not None else None)
@@ -468,7 +470,8 @@ def _has_output_count(event: dict[str, Any]) -> bool:
 
 
 def _fill_usage(delta: dict[str, Any], metrics: Any) -> None:
-    usage = delta.get("usage") if isinstance(delta.get("usage"), dict) else {}
+    found = delta.get("usage")
+    usage: dict[str, Any] = found if isinstance(found, dict) else {}
     if isinstance(metrics, dict):
         for ours, theirs in (("output_tokens", "outputTokenCount"), ("input_tokens", "inputTokenCount"),
                              ("cache_read_input_tokens", "cacheReadInputTokenCount"),

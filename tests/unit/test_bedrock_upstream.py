@@ -254,7 +254,9 @@ def test_region_from_standard_host() -> None:
     assert bedrock.region_from_url("http://127.0.0.1:9") is None
 
 
-def test_named_profile_through_botocore_chain(fake: FakeBedrock, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_named_profile_through_botocore_chain(
+    fake: FakeBedrock, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     creds = tmp_path / "credentials"
     creds.write_text(f"[dario-test]\naws_access_key_id = {AKID}\naws_secret_access_key = {SECRET}\n")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
