@@ -142,6 +142,18 @@ def parse_target(secret: str) -> Target:
     return Target(doc["region"], _parse_auth(doc["auth"]), prefix)
 
 
+def secret_values(secret: str) -> tuple[str, ...]:
+    """The credential strings inside an account document, for redacting upstream text.
+
+    Redacting the whole document (as for an Anthropic key) would miss a secret key quoted alone.
+    """
+    try:
+        auth = parse_target(secret).auth
+    except ValueError:
+        return (secret,)
+    return tuple(v for v in (auth.secret_access_key, auth.session_token, auth.api_key, secret) if v)
+
+
 def _parse_auth(raw: dict[str, Any]) -> Auth:
     kind = raw.get("type")
     if kind == "keys":

@@ -300,3 +300,45 @@ def test_chain_credentials_are_renewed_before_expiry(monkeypatch: pytest.MonkeyP
     fresh = bedrock.CredentialChain(margin=5)
     assert trio.run(lambda: fresh.get("p")).access_key == "AKID3"
     assert trio.run(lambda: fresh.get("p")).access_key == "AKID3"  # still valid: cached
+
+
+def test_a_body_changed_after_signing_is_refused(fake: FakeBedrock) -> None:
+    async def main() -> int:
+        async with HttpClient(trust_env=False) as client:
+            up = bedrock.BedrockUpstream(client)
+            request = up.prepare(fake.url, secret(), Call("POST", "/v1/messages", body=messages()))
+            headers = await up.authorize(request)
+            tampered = request.body.replace(b'"hi"', b'"ho"')
+            response = await client.request("POST", request.url, headers, tampered)
+            await response.aclose()
+            return response.status
+    assert trio.run(main) == 403
+
+
+def test_session_token_is_signed_and_sent() -> None:
+    token = "session-token-for-tests"
+    with FakeBedrock({"ASIATEMPORARY0001": SECRET}, session_tokens={"ASIATEMPORARY0001": token}) as temp:
+        auth = {"type": "keys", "access_key_id": "ASIATEMPORARY0001", "secret_access_key": SECRET}
+        response, raw, _ = run(temp, messages(), sec=secret({**auth, "session_token": token}))
+        assert response.status == 200, raw
+        assert "x-amz-security-token" in temp.requests()[-1]["headers"]["authorization"]
+        response, _, _ = run(temp, messages(), sec=secret(auth))  # the token is required
+        assert response.status == 403
+
+
+def test_in_stream_error_event_classifies_as_the_relay_reads_it() -> None:
+    # The relay re-classifies an in-stream `error` event's data with the status of its type.
+    up = bedrock.BedrockUpstream(HttpClient(trust_env=False))
+    data = orjson.dumps({"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}})
+    verdict = up.classify(429, [], data)
+    assert verdict.kind is VerdictKind.RATE_LIMITED and verdict.error is not None
+    assert verdict.error.message == "slow down"
+    overloaded = orjson.dumps({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}})
+    assert up.classify(529, [], overloaded).kind is VerdictKind.OVERLOADED
+
+
+def test_secret_values_for_redaction() -> None:
+    doc = secret({**KEYS, "session_token": "tok-123"})
+    assert set(bedrock.secret_values(doc)) >= {SECRET, "tok-123", doc}
+    assert API_KEY in bedrock.secret_values(secret({"type": "api_key", "api_key": API_KEY}))
+    assert AKID not in bedrock.secret_values(doc)  # an access key id is an identifier, not a secret
