@@ -37,12 +37,14 @@ from __future__ import annotations
 import argparse
 import base64
 import hmac
+import queue
 import re
 import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -428,10 +430,15 @@ class FakeBedrock:
         self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=self._stderr)
-        assert self._proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        line = self._proc.stdout.readline().decode().strip()  # the child prints READY or exits
-        if not line.startswith("READY http://") or time.monotonic() > deadline:
+        stdout = self._proc.stdout
+        assert stdout is not None
+        lines: queue.Queue[bytes] = queue.Queue()  # a reader thread keeps the wait bounded
+        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
+        try:
+            line = lines.get(timeout=timeout).decode().strip()
+        except queue.Empty:
+            line = f"no READY line within {timeout:g}s"
+        if not line.startswith("READY http://"):
             self._stderr.seek(0)
             err = self._stderr.read().decode(errors="replace")
             self.stop()

@@ -70,19 +70,22 @@ CREDENTIAL_REFRESH_MARGIN = 300.0  # seconds before expiry when chain credential
 # (https://docs.aws.amazon.com/bedrock/latest/userguide/model-ids.html). Users extend it later
 # through models.json; `bedrock_model_id` also accepts an id already in Bedrock's form.
 MODEL_IDS: dict[str, str] = {}
-for _alias, _dated in [
-    ("claude-opus-4-5", "claude-opus-4-5-20251101"),
-    ("claude-haiku-4-5", "claude-haiku-4-5-20251001"),
-    ("claude-sonnet-4-5", "claude-sonnet-4-5-20250929"),
-    ("claude-opus-4-1", "claude-opus-4-1-20250805"),
-    ("claude-opus-4", "claude-opus-4-20250514"),
-    ("claude-opus-4-0", "claude-opus-4-20250514"),
-    ("claude-sonnet-4", "claude-sonnet-4-20250514"),
-    ("claude-sonnet-4-0", "claude-sonnet-4-20250514"),
-    ("claude-3-7-sonnet-latest", "claude-3-7-sonnet-20250219"),
-    ("claude-3-5-haiku-latest", "claude-3-5-haiku-20241022"),
+for _aliases, _dated, _version in [
+    (("claude-opus-4-5",), "claude-opus-4-5-20251101", "v1:0"),
+    (("claude-haiku-4-5",), "claude-haiku-4-5-20251001", "v1:0"),
+    (("claude-sonnet-4-5",), "claude-sonnet-4-5-20250929", "v1:0"),
+    (("claude-opus-4-1",), "claude-opus-4-1-20250805", "v1:0"),
+    (("claude-opus-4", "claude-opus-4-0"), "claude-opus-4-20250514", "v1:0"),
+    (("claude-sonnet-4", "claude-sonnet-4-0"), "claude-sonnet-4-20250514", "v1:0"),
+    (("claude-3-7-sonnet-latest",), "claude-3-7-sonnet-20250219", "v1:0"),
+    (("claude-3-5-haiku-latest",), "claude-3-5-haiku-20241022", "v1:0"),
+    (("claude-3-5-sonnet-latest",), "claude-3-5-sonnet-20241022", "v2:0"),
+    ((), "claude-3-5-sonnet-20240620", "v1:0"),
+    ((), "claude-3-haiku-20240307", "v1:0"),
+    ((), "claude-3-opus-20240229", "v1:0"),
 ]:
-    MODEL_IDS[_alias] = MODEL_IDS[_dated] = f"anthropic.{_dated}-v1:0"
+    for _name in (*_aliases, _dated):
+        MODEL_IDS[_name] = f"anthropic.{_dated}-{_version}"
 
 _BEDROCK_ID = re.compile(r"^((us|eu|apac|global)\.)?anthropic\.[a-z0-9.-]+(:\d+)?$|^arn:aws[a-z-]*:bedrock:")
 _HOST_REGION = re.compile(r"^bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com$")
@@ -514,7 +517,7 @@ class BedrockUpstream:
             model, body = count_tokens_body(call)
             if target.profile_prefix is not None:
                 target = Target(target.region, target.auth, None)  # CountTokens takes bare ids only
-            path = f"/model/{_quote(bedrock_model_id(model, None))}/count-tokens"
+            path = f"/model/{_quote(_bare(bedrock_model_id(model, None)))}/count-tokens"
             accept = b"application/json"
         elif call.path == PATH_MESSAGES:
             model, stream, body = invoke_body(call)
@@ -583,6 +586,12 @@ class BedrockUpstream:
         finally:
             await response.aclose()
         return response.status, response.headers, answer
+
+
+def _bare(model_id: str) -> str:
+    """An inference-profile id without its prefix: CountTokens takes foundation-model ids only."""
+    prefix, _, rest = model_id.partition(".")
+    return rest if prefix in PROFILE_PREFIXES and rest.startswith("anthropic.") else model_id
 
 
 def _quote(model_id: str) -> str:

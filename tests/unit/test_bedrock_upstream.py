@@ -342,3 +342,23 @@ def test_secret_values_for_redaction() -> None:
     assert set(bedrock.secret_values(doc)) >= {SECRET, "tok-123", doc}
     assert API_KEY in bedrock.secret_values(secret({"type": "api_key", "api_key": API_KEY}))
     assert AKID not in bedrock.secret_values(doc)  # an access key id is an identifier, not a secret
+
+
+def test_count_tokens_strips_a_profile_the_client_named(fake: FakeBedrock) -> None:
+    body = orjson.dumps({"model": "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+                         "messages": [{"role": "user", "content": "count me"}]})
+    response, raw, _ = run(fake, body, path="/v1/messages/count_tokens")
+    assert response.status == 200, raw
+    assert fake.requests()[-1]["path"] == "/model/anthropic.claude-sonnet-4-5-20250929-v1:0/count-tokens"
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ("claude-sonnet-4-5", "anthropic.claude-sonnet-4-5-20250929-v1:0"),
+    ("claude-sonnet-4-5-20250929", "anthropic.claude-sonnet-4-5-20250929-v1:0"),
+    ("claude-3-5-sonnet-20241022", "anthropic.claude-3-5-sonnet-20241022-v2:0"),
+    ("anthropic.claude-opus-4-1-20250805-v1:0", "anthropic.claude-opus-4-1-20250805-v1:0"),
+    ("arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc",
+     "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc"),
+])
+def test_model_table(model: str, expected: str) -> None:
+    assert bedrock.bedrock_model_id(model, None) == expected
