@@ -53,6 +53,7 @@ from dario.daemon.upstream import ratelimits
 from dario.daemon.upstream.base import Call, Request, StreamDecoder, Verdict, VerdictKind
 from dario.daemon.upstream.errors import MAX_MESSAGE, UpstreamErrorInfo
 from dario.daemon.upstream.httpclient import HttpClient, Response
+from dario.daemon.upstream.sse import MAX_PENDING_EVENT, EventTooLarge
 
 KIND = "bedrock"
 SIGNING_SERVICE = "bedrock"  # botocore's bedrock-runtime model: "signingName": "bedrock"
@@ -430,6 +431,7 @@ class EventStreamDecoder:
 
     def __init__(self) -> None:
         self._buffer = EventStreamBuffer()
+        self._pending = 0  # bytes fed and not yet handed out as whole frames
         self._held: dict[str, Any] | None = None  # a message_delta waiting for its usage
         self._broken = False
 
@@ -437,14 +439,19 @@ class EventStreamDecoder:
         if self._broken or not chunk:
             return b""
         self._buffer.add_data(bytes(chunk))
+        self._pending += len(chunk)
         out: list[bytes] = []
         try:
             for message in self._buffer:
+                self._pending -= message.prelude.total_length
                 out.append(self._frame(message.headers, message.payload))
         except ParserError:
             # A corrupt frame: nothing after it can be trusted (the CRCs say so).
             self._broken = True
             out.append(_error_event("api_error", "Amazon Bedrock sent a corrupt event-stream frame"))
+        if self._pending > MAX_PENDING_EVENT:
+            # botocore accepts frames up to 24 MiB; dario holds no more per event than for SSE.
+            raise EventTooLarge(f"an upstream event exceeded {MAX_PENDING_EVENT} bytes without ending")
         return b"".join(out)
 
     def _frame(self, headers: dict[str, Any], payload: bytes) -> bytes:

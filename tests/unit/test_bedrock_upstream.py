@@ -362,3 +362,17 @@ def test_count_tokens_strips_a_profile_the_client_named(fake: FakeBedrock) -> No
 ])
 def test_model_table(model: str, expected: str) -> None:
     assert bedrock.bedrock_model_id(model, None) == expected
+
+
+def test_an_endless_frame_is_capped() -> None:
+    from dario.daemon.upstream.sse import MAX_PENDING_EVENT, EventTooLarge
+
+    up = bedrock.BedrockUpstream(HttpClient(trust_env=False))
+    decoder = up.stream_decoder()
+    whole = fakebedrock.chunk_frame({"type": "ping"})
+    assert decoder.feed(whole) == b'event: ping\ndata: {"type":"ping"}\n\n'
+    # A frame announcing 20 MiB (botocore allows up to 24), arriving and never finishing.
+    huge = fakebedrock.frame([(":event-type", "chunk")], b"x" * (20 * 1024 * 1024))
+    with pytest.raises(EventTooLarge):
+        for i in range(0, MAX_PENDING_EVENT + 2 * 65536, 65536):
+            decoder.feed(huge[i:i + 65536])
