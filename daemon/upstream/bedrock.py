@@ -48,7 +48,7 @@ from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.eventstream import EventStreamBuffer, ParserError
 
 from dario.daemon import __version__
-from dario.daemon.errors import ANTHROPIC_STATUS
+from dario.daemon.errors import ANTHROPIC_STATUS, anthropic_type_for_status
 from dario.daemon.upstream import ratelimits
 from dario.daemon.upstream.base import Call, Request, StreamDecoder, Verdict, VerdictKind
 from dario.daemon.upstream.errors import MAX_MESSAGE, UpstreamErrorInfo
@@ -197,13 +197,6 @@ def bedrock_model_id(model: str, profile_prefix: str | None) -> str:
 # -- the request body ----------------------------------------------------------------------
 
 
-def _client_header(call: Call, name: bytes) -> bytes | None:
-    for key, value in call.headers:
-        if key == name:
-            return value
-    return None
-
-
 def _betas(call: Call) -> list[str]:
     # The Anthropic SDKs' Bedrock clients split the header on commas into the body list.
     betas: list[str] = []
@@ -213,7 +206,8 @@ def _betas(call: Call) -> list[str]:
     return betas
 
 
-def _load_body(call: Call) -> dict[str, Any]:
+def _load_body(call: Call) -> tuple[str, dict[str, Any]]:
+    """(the client's model, the body without it)."""
     try:
         body = orjson.loads(call.body)
     except orjson.JSONDecodeError:
@@ -223,14 +217,12 @@ def _load_body(call: Call) -> dict[str, Any]:
     model = body.pop("model", None)
     if not isinstance(model, str) or not model:
         raise BedrockCallError(400, "invalid_request_error", "model: field required")
-    body["_model"] = model
-    return body
+    return model, body
 
 
 def invoke_body(call: Call) -> tuple[str, bool, bytes]:
     """(client model, stream?, Bedrock InvokeModel body) for a Messages API call."""
-    body = _load_body(call)
-    model = body.pop("_model")
+    model, body = _load_body(call)
     stream = bool(body.pop("stream", False))
     body["anthropic_version"] = ANTHROPIC_VERSION
     betas = _betas(call)
@@ -241,8 +233,7 @@ def invoke_body(call: Call) -> tuple[str, bool, bytes]:
 
 def count_tokens_body(call: Call) -> tuple[str, bytes]:
     """CountTokens wraps the InvokeModel body, base64-encoded, as `input.invokeModel.body`."""
-    body = _load_body(call)
-    model = body.pop("_model")
+    model, body = _load_body(call)
     body.pop("stream", None)
     body["anthropic_version"] = ANTHROPIC_VERSION
     # count_tokens has no max_tokens, but InvokeModel requires one; it does not change the count.
@@ -345,8 +336,6 @@ _ERRORS: dict[str, tuple[VerdictKind, str]] = {
     "ValidationException": (VerdictKind.FINAL, "invalid_request_error"),
     "ResourceNotFoundException": (VerdictKind.FINAL, "not_found_error"),
 }
-# The HTTP statuses Anthropic's API uses for each error type, for answers built here.
-_STATUS_OF_TYPE = {"overloaded_error": 529, "api_error": 500}
 
 
 def _error_name(raw: str) -> str:
@@ -390,7 +379,7 @@ def error_info(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> 
             etype = err["type"]
             return _kind_for_status(status), UpstreamErrorInfo(etype, message or etype, False, etype)
     name = _error_name(raw_name) if raw_name else ""
-    kind, etype = _ERRORS.get(name, (_kind_for_status(status), _type_for_status(status)))
+    kind, etype = _ERRORS.get(name, (_kind_for_status(status), anthropic_type_for_status(status)))
     if not message:
         message = f"Amazon Bedrock error {name or 'HTTP ' + str(status)}"
     if len(message) > MAX_MESSAGE:
@@ -406,12 +395,6 @@ def _kind_for_status(status: int) -> VerdictKind:
     if status in (408, 424) or status >= 500:
         return VerdictKind.OVERLOADED
     return VerdictKind.FINAL
-
-
-def _type_for_status(status: int) -> str:
-    return {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-            404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-            529: "overloaded_error", 503: "overloaded_error", 408: "overloaded_error"}.get(status, "api_error")
 
 
 def _sse(etype: bytes, data: bytes) -> bytes:
@@ -563,7 +546,7 @@ class BedrockUpstream:
         """An error answer in Anthropic's shape for the client: (status, body)."""
         _, info = error_info(status, headers, body)
         out = orjson.dumps({"type": "error", "error": {"type": info.type, "message": info.message}})
-        return _STATUS_OF_TYPE.get(info.type, ANTHROPIC_STATUS.get(info.type, status)), out
+        return ANTHROPIC_STATUS.get(info.type, status), out
 
     def limits(self, headers: list[tuple[bytes, bytes]]) -> ratelimits.Snapshot:
         # Bedrock sends no anthropic-ratelimit-* headers; windows are declared or learned elsewhere.

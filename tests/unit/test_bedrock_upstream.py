@@ -13,6 +13,7 @@ import orjson
 import pytest
 import trio
 
+from dario.daemon.errors import ANTHROPIC_STATUS
 from dario.daemon.upstream import bedrock
 from dario.daemon.upstream.base import Call, VerdictKind
 from dario.daemon.upstream.httpclient import HttpClient
@@ -178,7 +179,8 @@ def test_error_classes(fake: FakeBedrock, name: str, status: int, kind: VerdictK
     assert verdict.kind is kind
     assert verdict.error is not None and verdict.error.type == etype
     assert verdict.error.message == f"scripted {name}"
-    _, shaped = up.error_body(response.status, response.headers, raw)
+    answered, shaped = up.error_body(response.status, response.headers, raw)
+    assert answered == ANTHROPIC_STATUS[etype]  # e.g. a 503 ServiceUnavailable → 529 overloaded_error
     assert orjson.loads(shaped) == {"type": "error", "error": {"type": etype, "message": f"scripted {name}"}}
 
 
