@@ -249,6 +249,7 @@ def count_tokens_body(call: Call) -> tuple[str, bytes]:
 class _Cached:
     creds: ReadOnlyCredentials
     expires: float | None  # epoch seconds, None for credentials that do not expire
+    source: Any = None  # botocore's credentials object: a refreshable one renews itself
 
 
 class CredentialChain:
@@ -267,7 +268,7 @@ class CredentialChain:
         async with lock:
             cached = self._cache.get(profile)
             if cached is None or self._stale(cached):
-                cached = await trio.to_thread.run_sync(_resolve_chain, profile)
+                cached = await trio.to_thread.run_sync(_resolve_chain, profile, cached)
                 self._cache[profile] = cached
         return cached.creds
 
@@ -275,19 +276,26 @@ class CredentialChain:
         return cached.expires is not None and cached.expires - time.time() < self._margin
 
 
-def _resolve_chain(profile: str | None) -> _Cached:
+def _resolve_chain(profile: str | None, previous: _Cached | None) -> _Cached:
+    """Blocking (files, STS, SSO, IMDS): run in a worker thread."""
+    source = previous.source if previous is not None and previous.source is not None else _chain_source(profile)
+    # botocore's RefreshableCredentials renew here once inside their own advisory window (15 min
+    # before expiry), which is wider than our margin, so a stale entry comes back fresh.
+    frozen = source.get_frozen_credentials()
+    expiry = getattr(source, "_expiry_time", None)  # where RefreshableCredentials keep it
+    return _Cached(frozen, expiry.timestamp() if expiry is not None else None, source)
+
+
+def _chain_source(profile: str | None) -> Any:
     import botocore.session
 
-    session = botocore.session.Session(profile=profile)
-    creds = session.get_credentials()
+    creds = botocore.session.Session(profile=profile).get_credentials()
     if creds is None:
         where = f"profile {profile!r}" if profile else "the default AWS credential chain"
         raise CredentialsUnavailable(
             f"no AWS credentials found through {where}; run `aws configure` or `aws sso login`"
         )
-    frozen = creds.get_frozen_credentials()
-    expiry = getattr(creds, "_expiry_time", None)  # RefreshableCredentials keep it here
-    return _Cached(frozen, expiry.timestamp() if expiry is not None else None)
+    return creds
 
 
 class CredentialsUnavailable(Exception):

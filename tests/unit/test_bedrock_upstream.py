@@ -287,7 +287,7 @@ def test_chain_credentials_are_renewed_before_expiry(monkeypatch: pytest.MonkeyP
 
     calls: list[str | None] = []
 
-    def resolve(profile: str | None) -> Any:
+    def resolve(profile: str | None, previous: Any) -> Any:
         calls.append(profile)
         # The first set expires within the margin, so the next use fetches a new one.
         return bedrock._Cached(ReadOnlyCredentials(f"AKID{len(calls)}", "s", None), bedrock.time.time() + 10)
@@ -378,3 +378,32 @@ def test_an_endless_frame_is_capped() -> None:
     with pytest.raises(EventTooLarge):
         for i in range(0, MAX_PENDING_EVENT + 2 * 65536, 65536):
             decoder.feed(huge[i:i + 65536])
+
+
+def test_refreshable_chain_credentials_renew_through_botocore(monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from botocore.credentials import RefreshableCredentials
+
+    issued: list[str] = []
+
+    def metadata() -> dict[str, str]:
+        issued.append(f"ASIA{len(issued)}")
+        expiry = datetime.now(UTC) + timedelta(seconds=120)  # inside dario's margin and botocore's window
+        return {"access_key": issued[-1], "secret_key": "s", "token": "t", "expiry_time": expiry.isoformat()}
+
+    sources: list[Any] = []
+
+    def source(profile: str | None) -> Any:
+        sources.append(RefreshableCredentials.create_from_metadata(metadata(), metadata, "test"))
+        return sources[-1]
+
+    monkeypatch.setattr(bedrock, "_chain_source", source)
+    chain = bedrock.CredentialChain()
+
+    async def three() -> list[str]:
+        return [(await chain.get("sso")).access_key for _ in range(3)]
+
+    keys = trio.run(three)
+    assert len(sources) == 1  # one botocore session, refreshed in place
+    assert len(set(keys)) == 3  # a new key each time: each set is already near its expiry
