@@ -486,5 +486,17 @@ class FakeBedrock:
         self._call("POST", "/_fake/reset", {})
 
 
+def fixture(name: str = "fake_bedrock", scope: str = "module", creds: dict[str, str] | None = None,
+            api_keys: list[str] | None = None, region: str = "us-east-1") -> Any:
+    """A pytest fixture yielding a started FakeBedrock; assign it to a module-level name."""
+    import pytest  # only the test side needs pytest
+
+    def _fixture() -> Any:
+        with FakeBedrock(creds, api_keys, region) as fake:
+            yield fake
+
+    return pytest.fixture(_fixture, scope=scope, name=name)  # type: ignore[call-overload]
+
+
 if __name__ == "__main__":
     main()

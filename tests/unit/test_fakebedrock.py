@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -23,10 +22,7 @@ AKID, SECRET = "AKIDFAKEBEDROCK0001", "fake-secret-access-key"
 MODEL = "anthropic.claude-sonnet-4-5-20250929-v1:0"
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeBedrock]:
-    with FakeBedrock({AKID: SECRET}) as f:
-        yield f
+fake = fakebedrock.fixture("fake", creds={AKID: SECRET})
 
 
 def client(fake: FakeBedrock, secret: str = SECRET, region: str = "us-east-1") -> Any:
