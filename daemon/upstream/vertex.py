@@ -369,8 +369,14 @@ class TokenCache:
         self._entries: dict[str, _Entry] = {}
         self._wake = trio.Event()
         self._http: _ProxyAwareHttp | None = None
-        self.fetches = 0  # token fetches made
+        self.fetches = 0  # token fetches started
+        self.fetches_done = 0  # token fetches ended, well or not
+        self._fetch_ended = trio.Event()
         self.fetches_on_request_path = 0  # of which a request waited for
+
+    async def next_fetch_end(self) -> None:
+        """Return when the next token fetch ends (for status views and tests)."""
+        await self._fetch_ended.wait()
 
     @staticmethod
     def key(secret: str) -> str:
@@ -423,6 +429,9 @@ class TokenCache:
             entry.inflight = None
             done.set()
             self._wake.set()
+            self.fetches_done += 1
+            self._fetch_ended.set()
+            self._fetch_ended = trio.Event()
 
     def _fetch(self, entry: _Entry) -> tuple[str, float]:
         """In a worker thread: (token, seconds it lives). Raises TokenError."""
