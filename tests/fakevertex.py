@@ -23,7 +23,8 @@ What it serves, as Google documents it:
 Faults are queued with ``POST /_fake/script {"actions": [...]}``; each model call takes one:
 ``{"google": "RESOURCE_EXHAUSTED", "code": 429}`` (a Google-shaped error; ``"array": true`` wraps
 it in a JSON array), ``{"overloaded": true}`` (Anthropic's 529, passed through as Vertex does),
-``{"expire_tokens": true}`` (every token issued so far stops working, this request included).
+``{"expire_tokens": true}`` (every token issued so far stops working, this request included);
+``"echo_auth": true`` beside ``google`` quotes the request's Authorization header in the message.
 ``GET /_fake/requests`` returns what was received (``authorization`` included: test tokens only),
 ``GET /_fake/tokens`` how many tokens were issued.
 
@@ -203,7 +204,10 @@ class App:
             return 401, google_error("UNAUTHENTICATED", "Request had invalid authentication credentials. "
                                      "Expected OAuth 2 access token."), None
         if "google" in action:
-            err = google_error(action["google"], action.get("message", "scripted"), action.get("code"))
+            message = action.get("message", "scripted")
+            if action.get("echo_auth"):  # a hostile or careless server quoting the request back
+                message += f" (request had {auth})"
+            err = google_error(action["google"], message, action.get("code"))
             return err["error"]["code"], [err] if action.get("array") else err, None
         if action.get("overloaded"):
             return 529, anthropic_error("overloaded_error", "Overloaded"), None

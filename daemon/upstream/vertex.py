@@ -6,7 +6,9 @@ On the wire (https://cloud.google.com/vertex-ai/generative-ai/docs/partner-model
   body says `"stream": true`; the stream is Anthropic's own SSE, so it passes through as is.
 * The body is an Anthropic Messages API body with `model` taken out (it is in the URL, with its
   `@version`, e.g. `claude-sonnet-4-5@20250929`) and `"anthropic_version": "vertex-2023-10-16"`
-  added; the client's `anthropic-beta` header becomes the body list `anthropic_beta`.
+  added (https://docs.anthropic.com/en/api/claude-on-vertex-ai). The client's `anthropic-beta`
+  header becomes the body list `anthropic_beta`, and is also passed on as a header, as
+  Anthropic's Vertex SDK client sends it: Google does not say which of the two it reads.
 * count_tokens: `POST {base}/publishers/anthropic/models/count-tokens:rawPredict` with the
   count_tokens body, `model` kept in it (as Anthropic's Vertex SDK client does).
 * Auth: `Authorization: Bearer <OAuth 2 access token>` for the scope
@@ -63,7 +65,7 @@ import trio
 
 from dario.daemon import __version__
 from dario.daemon.upstream import anthropic, ratelimits
-from dario.daemon.upstream.base import Call, Request, StreamDecoder, Verdict, VerdictKind
+from dario.daemon.upstream.base import Call, Request, StreamDecoder, Upstream, Verdict, VerdictKind
 from dario.daemon.upstream.errors import MAX_MESSAGE, UpstreamErrorInfo, parse_error
 from dario.daemon.upstream.httpclient import ConnectError, HttpClient, Response, UpstreamError
 from dario.daemon.upstream.sse import EventSplitter
@@ -374,6 +376,15 @@ class TokenCache:
         self._fetch_ended = trio.Event()
         self.fetches_on_request_path = 0  # of which a request waited for
 
+    def auth_headers(self, secret: str, token: str) -> list[tuple[bytes, bytes]]:
+        """The bearer token, and the quota project user credentials bill to, as google-auth's `apply` sets them."""
+        out = [(b"authorization", b"Bearer " + token.encode())]
+        entry = self._entries.get(self.key(secret))
+        quota = getattr(entry.credentials, "quota_project_id", None) if entry is not None else None
+        if isinstance(quota, str) and quota:
+            out.append((b"x-goog-user-project", quota.encode()))
+        return out
+
     async def next_fetch_end(self) -> None:
         """Return when the next token fetch ends (for status views and tests)."""
         await self._fetch_ended.wait()
@@ -545,9 +556,11 @@ class VertexUpstream:
             url = f"{base}/publishers/anthropic/models/{target}:{method}"
         headers = [(b"content-type", b"application/json"), (b"user-agent", USER_AGENT),
                    (b"accept", b"application/json, text/event-stream")]
+        if betas:
+            headers.append((b"anthropic-beta", ",".join(betas).encode()))
         token = self.tokens.cached(secret)
         if token is not None:
-            headers.insert(0, (b"authorization", b"Bearer " + token.encode()))
+            headers[:0] = self.tokens.auth_headers(secret, token)
         return VertexRequest("POST", url, headers, orjson.dumps(body), secret=secret)
 
     @staticmethod
@@ -566,7 +579,7 @@ class VertexUpstream:
                     if not exc.auth:  # nothing was sent: the relay tries another account
                         raise ConnectError(f"Vertex AI token: {exc}") from None
                     return self._token_refused(str(exc))
-                headers = [(b"authorization", b"Bearer " + token.encode()), *headers]
+                headers = [*self.tokens.auth_headers(request.secret, token), *headers]
         response = await self.client.request(request.method, request.url, headers, request.body,
                                              read_timeout=read_timeout)
         if response.status < 400:
@@ -575,6 +588,9 @@ class VertexUpstream:
             body = await _read_capped(response)
         finally:
             await response.aclose()
+        for name, value in headers:  # an upstream that echoes the token back must not pass it on
+            if name == b"authorization" and value.startswith(b"Bearer ") and len(value) > 7:
+                body = body.replace(value[7:], b"[redacted]")
         converted = anthropic_error_body(response.status, body)
         return LocalReply(response.status, _json_headers(converted, response.headers), converted)
 
@@ -604,10 +620,15 @@ class VertexUpstream:
         return body
 
     async def check_key(self, base_url: str, secret: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """Fetch a token, then count the tokens of a one-word message: authenticated, free of charge
-        (https://cloud.google.com/vertex-ai/generative-ai/docs/partner-models/claude/count-tokens),
-        and it proves the project and region serve Claude. A 400/404 then means the credential works
-        but the model is not enabled there."""
+        """Fetch a token, then count the tokens of a one-word message through count-tokens:rawPredict.
+
+        Authenticated and free of charge
+        (https://cloud.google.com/vertex-ai/generative-ai/docs/partner-models/claude/count-tokens).
+        A refused credential is a 401 (made here when the token fetch is refused) or a 401/403 from
+        Vertex (e.g. no Vertex AI permission on the project). Google offers count-tokens in some
+        locations and for some models only: a 400/404 means the credential was accepted, but count
+        tokens (or the model) is not available there, which login should report, not reject.
+        """
         body = orjson.dumps({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]})
         request = self.prepare(base_url, secret, Call("POST", PATH_COUNT_TOKENS, b"", [], body))
         reply = await self.send(request, read_timeout=30)
@@ -632,5 +653,6 @@ async def _read_capped(response: Response) -> bytes:
     return b"".join(chunks)
 
 
-def upstreams(client: HttpClient) -> dict[str, VertexUpstream]:
+def upstreams(client: HttpClient) -> dict[str, Upstream]:
+    """The Upstream for the `vertex` account kind (typed as Upstream: mypy checks it conforms)."""
     return {KIND: VertexUpstream(client)}

@@ -112,7 +112,8 @@ def test_text_goes_to_raw_predict_with_the_vertex_body(fake: FakeVertex, secret:
     assert "model" not in sent["body"]
     assert sent["body"]["anthropic_version"] == "vertex-2023-10-16"
     assert sent["body"]["anthropic_beta"] == ["a-1", "b-2"]
-    assert "x-api-key" not in sent["headers"] and "anthropic-beta" not in sent["headers"]
+    assert sent["headers"]["anthropic-beta"] == "a-1,b-2"
+    assert "x-api-key" not in sent["headers"] and "anthropic-version" not in sent["headers"]
     assert sent["headers"]["authorization"].startswith("Bearer ya29.fake-")
 
 
@@ -190,6 +191,26 @@ def test_errors_reach_the_relay_in_anthropic_shape(fake: FakeVertex, secret: str
         assert up.limits(headers).windows == {}
 
     _run(test)
+
+
+def test_a_token_echoed_in_an_error_does_not_reach_the_client(fake: FakeVertex, secret: str) -> None:
+    fake.script({"google": "INVALID_ARGUMENT", "echo_auth": True})
+
+    async def test(up: VertexUpstream) -> None:
+        status, _, body = await _call(up, _base(fake), secret, _messages())
+        assert status == 400 and b"[redacted]" in body and b"ya29." not in body
+
+    _run(test)
+
+
+@pytest.mark.parametrize("region", ["global", "eu", "europe-west1"])
+def test_each_location_kind_reaches_its_resource_path(fake: FakeVertex, secret: str, region: str) -> None:
+    async def test(up: VertexUpstream) -> None:
+        base = base_url_for("proj", region, host=fake.url)
+        assert (await _call(up, base, secret, _messages()))[0] == 200
+
+    _run(test)
+    assert f"/projects/proj/locations/{region}/publishers/anthropic/" in _model_calls(fake)[0]["path"]
 
 
 def test_an_unknown_model_is_refused_here_naming_it(fake: FakeVertex, secret: str) -> None:
