@@ -45,6 +45,10 @@ Google's status names to verdicts.
 A request this adapter cannot make (an unknown model, a path Vertex does not serve, unusable
 credentials) becomes a local error answer from `send` with nothing sent, so the relay treats it
 like any upstream answer.
+
+Wiring it in: add `upstreams(client)` to the relay's kinds, and start
+`upstream.tokens.run` in the daemon's nursery (without it tokens are still fetched, on the
+request path, when the cached one has expired).
 """
 
 from __future__ import annotations
