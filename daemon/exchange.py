@@ -111,7 +111,6 @@ class Outcome:
     queue_wait_ms: float = 0.0
     ttft_ms: float | None = None
     upstream_ms: float = 0.0
-    bytes_to_client: int = 0
 
 
 @dataclass(slots=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -44,7 +43,6 @@ from dario.daemon.views import StatusView
 
 log = logging.getLogger("dario.control")
 
-Route = Callable[[dict[str, Any], str, dict[str, str]], Awaitable[tuple[int, Any]]]
 ALLOWED_HOSTS = frozenset({CONTROL_HOST.encode(), b"localhost", b""})
 
 # Each domain error of the account service as the control API answers it: status and error type.

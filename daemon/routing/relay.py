@@ -364,7 +364,6 @@ class Relay:
             prefix = b"".join(held)
             if prefix:
                 await sink.stream_data(prefix)
-                out.bytes_to_client += len(prefix)
             out.ttft_ms = (time.perf_counter() - inc.t_start) * 1000.0
             terminal = any(_ends_stream(b) for b in held)
             # Phase 2: relay each complete event as it arrives.
@@ -400,7 +399,6 @@ class Relay:
                 terminal = terminal or ends
                 if good:
                     await sink.stream_data(good)
-                    out.bytes_to_client += len(good)
                 if bad is not None:
                     await self._abort_stream(
                         sink, out, acc, lease, f"malformed {bad} event",
