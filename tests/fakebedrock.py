@@ -39,7 +39,6 @@ import base64
 import hmac
 import queue
 import re
-import signal
 import struct
 import subprocess
 import sys
@@ -52,7 +51,6 @@ import uuid
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -61,6 +59,8 @@ import trio
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+
+from tests.fakeserve import serve_until_signal
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -370,22 +370,12 @@ async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[str, 
 
 async def _serve(app: App, host: str, port: int) -> None:
     from hypercorn.config import Config
-    from hypercorn.trio import serve
 
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.graceful_timeout = 1.0
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-
-        async def shutdown_trigger() -> None:
-            async for _ in signals:
-                return
-
-        async with trio.open_nursery() as nursery:
-            run = partial(serve, app, config, shutdown_trigger=shutdown_trigger, mode="asgi")  # type: ignore[arg-type]
-            binds = await nursery.start(run)
-            print(f"READY {binds[0]}", flush=True)
+    await serve_until_signal(app, config)
 
 
 def main(argv: list[str] | None = None) -> None:

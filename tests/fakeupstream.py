@@ -59,7 +59,6 @@ import math
 import os
 import queue
 import re
-import signal
 import socket
 import struct
 import subprocess
@@ -72,13 +71,15 @@ import urllib.parse
 import urllib.request
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, Literal, NoReturn
 from wsgiref.handlers import format_date_time
 
 import orjson
 import trio
+
+from tests.fakeserve import serve_until_signal
 
 Scope = MutableMapping[str, Any]
 Message = dict[str, Any]
@@ -1515,7 +1516,6 @@ class App:
 
 async def _serve(app: App, host: str, port: int) -> None:
     from hypercorn.config import Config
-    from hypercorn.trio import serve
 
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -1525,16 +1525,7 @@ async def _serve(app: App, host: str, port: int) -> None:
     config.keep_alive_max_requests = 1_000_000  # hypercorn closes after 1000 by default; benches would churn
     config.include_server_header = False
     config.include_date_header = False  # the app sends its own, which /_fake/clock can skew
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-
-        async def shutdown_trigger() -> None:
-            async for _ in signals:
-                return
-
-        async with trio.open_nursery() as nursery:
-            run = partial(serve, app, config, shutdown_trigger=shutdown_trigger, mode="asgi")  # type: ignore[arg-type]
-            binds = await nursery.start(run)
-            print(f"READY {binds[0]}", flush=True)
+    await serve_until_signal(app, config)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,7 +39,6 @@ import os
 import queue
 import re
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from functools import partial
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -57,6 +55,8 @@ import trio
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from tests.fakeserve import serve_until_signal
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VERTEX_VERSION = "vertex-2023-10-16"
@@ -344,23 +344,13 @@ def _events(message: dict[str, Any]) -> list[bytes]:
 
 async def _serve(app: App, host: str, port: int) -> None:
     from hypercorn.config import Config
-    from hypercorn.trio import serve
 
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.graceful_timeout = 1.0
     config.keep_alive_timeout = 75.0
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-
-        async def shutdown_trigger() -> None:
-            async for _ in signals:
-                return
-
-        async with trio.open_nursery() as nursery:
-            run = partial(serve, app, config, shutdown_trigger=shutdown_trigger, mode="asgi")  # type: ignore[arg-type]
-            binds = await nursery.start(run)
-            print(f"READY {binds[0]}", flush=True)
+    await serve_until_signal(app, config)
 
 
 def main(argv: list[str] | None = None) -> None:
