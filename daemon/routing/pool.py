@@ -653,7 +653,9 @@ class Pool:
             health = "empty"
         elif available == len(usable):
             health = "ok"
-        elif available:
+        elif available or Status.COOLING in usable:
+            # A cooling account still serves when none is ready (the one whose cooldown ends
+            # first takes the request at once), so the pool is degraded, not out of service.
             health = "degraded"
         elif any(s in BLOCKED_BY_TIME for s in usable):
             health = "exhausted"

@@ -304,6 +304,18 @@ def test_waiting_for_keyring_is_its_own_status_and_is_never_saved() -> None:
     assert pool.view(pool.accounts["a"])["status"] == "ok"
 
 
+def test_pool_health_is_degraded_while_accounts_only_cool() -> None:
+    # A cooling account still serves when none is ready, so the pool is not out of service.
+    pool, _ = make_pool("a", "b")
+    pool.observe_transient(pool.accounts["a"], "529")
+    pool.observe_transient(pool.accounts["b"], "529")
+    assert pool.pool_view()["health"] == "degraded"
+    pool.observe_rate_limited(pool.accounts["a"], Snapshot({}, 30.0), spend_limit=False, message="x")
+    assert pool.pool_view()["health"] == "degraded"  # b still cools, so it still serves
+    pool.observe_rate_limited(pool.accounts["b"], Snapshot({}, 30.0), spend_limit=False, message="x")
+    assert pool.pool_view()["health"] == "exhausted"  # only a reset brings either back
+
+
 def test_pool_health_names_needs_login_rather_than_exhausted() -> None:
     pool, _ = make_pool("a")
     pool.observe_auth_failure(pool.accounts["a"], 401, "invalid x-api-key")
