@@ -315,6 +315,7 @@ class Relay:
         held: list[bytes] = []
         committed = False
         ended = False
+        terminal = False  # message_stop (or an error event) seen: the stream is whole
         # Phase 1: hold everything back until content shows up (or the timer passes), so an
         # in-band error before any content can still go to another account.
         hold_until = trio.current_time() + self.hold_message_start
@@ -329,7 +330,7 @@ class Relay:
                 break  # the timer: commit with what we have
             if item is None:
                 ended = True
-                if not any(_ends_stream(b) for b in held):
+                if not terminal:
                     # Ended before a whole message: nothing reached the client, so retry.
                     self.pool.observe_transient(acc, "upstream stream ended early", lease.started)
                     raise _Retry(None, DarioError(502, "api_error", "upstream stream ended early"))
@@ -343,8 +344,11 @@ class Relay:
             if block.find(b"error") >= 0:  # any spelling of an error event ("event:error" too)
                 block = redact_sse(block, (acc.secret,))
             for name, data in iter_events(block):
-                if not _event_data_ok(data):
+                event = _event_json(data)
+                if event is None:
                     self._broken_before_commit(acc, lease, f"a {_event_label(name)} event whose data is not JSON")
+                if name in TERMINAL_EVENTS:
+                    terminal = True
                 if committed:
                     # After content, even in the same read: the upstream did the work, so an error
                     # here goes to the client (as it would a moment later), never to another account.
@@ -354,7 +358,7 @@ class Relay:
                     self._stream_error_before_content(up, acc, data, response, inc, lease)
                 elif name in CONTENT_EVENTS:
                     committed = True
-                _tap_event_usage(name, data, out.usage)
+                _tap_event_usage(name, event, out.usage)
             held.append(block)
         # Commit: from here on, the client owns this stream.
         out.upstream_ms += (time.perf_counter() - t0) * 1000.0
@@ -365,7 +369,6 @@ class Relay:
             if prefix:
                 await sink.stream_data(prefix)
             out.ttft_ms = (time.perf_counter() - inc.t_start) * 1000.0
-            terminal = any(_ends_stream(b) for b in held)
             # Phase 2: relay each complete event as it arrives.
             while not ended:
                 # Yield between upstream chunks: h11 can hand over many buffered chunks without
@@ -495,36 +498,32 @@ def model_id_ok(model: str) -> bool:
     return _CONTROL.search(model) is None
 
 
-def _tap_event_usage(name: bytes, data: bytes, usage: Usage) -> None:
+def _tap_event_usage(name: bytes, event: dict[str, Any] | None, usage: Usage) -> None:
+    """Usage from an already parsed event (cumulative: the last value wins)."""
+    if event is None:
+        return
     if name == b"message_start":
-        try:
-            usage.update(orjson.loads(data).get("message", {}).get("usage"))
-        except (orjson.JSONDecodeError, AttributeError):
-            pass
+        message = event.get("message")
+        usage.update(message.get("usage") if isinstance(message, dict) else None)
     elif name == b"message_delta":
-        try:
-            usage.update(orjson.loads(data).get("usage"))
-        except (orjson.JSONDecodeError, AttributeError):
-            pass
+        usage.update(event.get("usage"))
 
 
-def _event_data_ok(data: bytes) -> bool:
-    """Every Anthropic event carries a JSON object; an event with no data is never dispatched (SSE)."""
+def _event_json(data: bytes) -> dict[str, Any] | None:
+    """The event's data, parsed once: every Anthropic event carries a JSON object (None when it
+    does not). An event with no data is never dispatched (SSE), so it counts as an empty object."""
     if not data:
-        return True
+        return {}
     try:
-        return isinstance(orjson.loads(data), dict)
+        parsed = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return False
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def _event_label(name: bytes) -> str:
     label = name[:40].decode("ascii", "replace")
     return label if label.isprintable() else "malformed"
-
-
-def _ends_stream(block: bytes) -> bool:
-    return any(name in TERMINAL_EVENTS for name, _ in iter_events(block))
 
 
 def _scan_events(block: bytes, out: Outcome) -> tuple[bytes, str | None, bool]:
@@ -536,12 +535,13 @@ def _scan_events(block: bytes, out: Outcome) -> tuple[bytes, str | None, bool]:
     events = iter_events(block)
     ends = False
     for i, (name, data) in enumerate(events):
-        if not _event_data_ok(data):
+        event = _event_json(data)
+        if event is None:
             # Relay the good events before it, re-framed (rare path), then stop.
             good = b"".join(_frame(n, d) for n, d in events[:i])
             return good, _event_label(name), ends
         if name == b"message_start" or name == b"message_delta":
-            _tap_event_usage(name, data, out.usage)
+            _tap_event_usage(name, event, out.usage)
         elif name == b"error":
             out.error_type = _declared_type(data)
         if name in TERMINAL_EVENTS:
