@@ -37,13 +37,9 @@ from __future__ import annotations
 import argparse
 import base64
 import hmac
-import queue
 import re
 import struct
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -51,8 +47,7 @@ import uuid
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 import trio
@@ -60,13 +55,12 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from tests.fakeserve import serve_until_signal
+from tests.fakeserve import FakeProcess, serve_until_signal
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 VERSION = "bedrock-2023-05-31"
 REPLY_TEXT = "Hello from Bedrock."
 _BAD_TOKEN = "The security token included in the request is invalid."
@@ -396,68 +390,27 @@ def main(argv: list[str] | None = None) -> None:
 # -- test-side handle -----------------------------------------------------------------------------
 
 
-class FakeBedrock:
+class FakeBedrock(FakeProcess):
     """Runs the fake in a subprocess; drives its admin API with urllib (no proxy: loopback only)."""
+
+    name = "fake bedrock"
 
     def __init__(self, creds: dict[str, str] | None = None, api_keys: list[str] | None = None,
                  region: str = "us-east-1", session_tokens: dict[str, str] | None = None) -> None:
+        super().__init__()
         self.creds = dict(creds or {})
         self.session_tokens = dict(session_tokens or {})
         self.api_keys = list(api_keys or [])
         self.region = region
-        self.url = ""
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-    def start(self, timeout: float = 20.0) -> FakeBedrock:
+    def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "tests.fakebedrock", "--port", "0", "--region", self.region]
         for akid, secret in self.creds.items():
             token = self.session_tokens.get(akid)
             cmd += ["--cred", f"{akid}:{secret}" + (f":{token}" if token else "")]
         for key in self.api_keys:
             cmd += ["--api-key", key]
-        self._stderr = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=self._stderr)
-        stdout = self._proc.stdout
-        assert stdout is not None
-        lines: queue.Queue[bytes] = queue.Queue()  # a reader thread keeps the wait bounded
-        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
-        try:
-            line = lines.get(timeout=timeout).decode().strip()
-        except queue.Empty:
-            line = f"no READY line within {timeout:g}s"
-        if not line.startswith("READY http://"):
-            self._stderr.seek(0)
-            err = self._stderr.read().decode(errors="replace")
-            self.stop()
-            raise RuntimeError(f"fake bedrock failed to start: {line!r}\n{err}")
-        self.url = line.split(" ", 1)[1]
-        return self
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
-
-    def __enter__(self) -> FakeBedrock:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return cmd
 
     def _call(self, method: str, path: str, payload: Any = None) -> Any:
         data = orjson.dumps(payload) if payload is not None else None

@@ -56,15 +56,10 @@ import base64
 import contextlib
 import hashlib
 import math
-import os
-import queue
 import re
 import socket
 import struct
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -72,21 +67,19 @@ import urllib.request
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from functools import lru_cache
-from pathlib import Path
-from typing import IO, Any, Literal, NoReturn
+from typing import Any, Literal
 from wsgiref.handlers import format_date_time
 
 import orjson
 import trio
 
-from tests.fakeserve import serve_until_signal
+from tests.fakeserve import FakeProcess, serve_until_signal
 
 Scope = MutableMapping[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------------------------------------
 # Static protocol data
@@ -1545,23 +1538,20 @@ def main(argv: list[str] | None = None) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-class FakeUpstream:
+class FakeUpstream(FakeProcess):
     """Runs the fake in a subprocess and drives its admin API (synchronously, via urllib)."""
+
+    name = "fake upstream"
 
     def __init__(
         self, keys: list[str] | None = None, *, log_max: int | None = None, prompt_cache: bool = False
     ) -> None:
+        super().__init__()
         self.keys = list(keys or [])
         self.prompt_cache = prompt_cache  # keep a prompt cache per key from the start (and after clear())
         self.log_max = log_max  # request-log entries the server keeps (its default: 10,000)
-        self.url = ""
-        self.returncode: int | None = None  # the server's exit status once stopped
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
-        # Loopback only: never let a proxy from the environment see these calls.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-    def start(self, timeout: float = 20.0) -> FakeUpstream:
+    def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "tests.fakeupstream", "--host", "127.0.0.1", "--port", "0"]
         for k in self.keys:
             cmd += ["--key", k]
@@ -1569,69 +1559,7 @@ class FakeUpstream:
             cmd += ["--log-max", str(self.log_max)]
         if self.prompt_cache:
             cmd.append("--prompt-cache")
-        self._stderr = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr
-        )
-        # A reader thread keeps the wait portable (select() on pipes is POSIX-only).
-        lines: queue.Queue[bytes] = queue.Queue()
-        stdout = self._proc.stdout
-        assert stdout is not None
-        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
-        try:
-            line = lines.get(timeout=timeout).decode().strip()
-        except queue.Empty:
-            self._fail(f"no READY line within {timeout:g}s")
-        if not line.startswith("READY http://"):
-            self._fail(f"unexpected first line {line!r}")
-        self.url = line.split(" ", 1)[1]
-        return self
-
-    def _fail(self, why: str) -> NoReturn:
-        err = b""
-        self.stop()
-        if self._stderr is not None:
-            self._stderr.seek(0)
-            err = self._stderr.read()
-            self._stderr.close()
-            self._stderr = None
-        raise RuntimeError(f"fake upstream failed to start: {why}\n--- stderr ---\n{err.decode(errors='replace')}")
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.returncode = proc.returncode
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-    def __enter__(self) -> FakeUpstream:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    def stderr(self) -> str:
-        """What the server wrote to stderr so far (tracebacks from the ASGI app end up here)."""
-        if self._stderr is None:
-            return ""
-        fd = self._stderr.fileno()
-        # pread leaves the offset alone: the child writes through the same open file.
-        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+        return cmd
 
     def _call(self, method: str, path: str, payload: Any = None, timeout: float = 10.0) -> Any:
         data = orjson.dumps(payload) if payload is not None else None

@@ -36,19 +36,15 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-import queue
 import re
 import secrets
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import Any
 
 import orjson
 import trio
@@ -56,9 +52,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tests.fakeserve import serve_until_signal
+from tests.fakeserve import FakeProcess, serve_until_signal
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 VERTEX_VERSION = "vertex-2023-10-16"
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -361,61 +356,13 @@ def main(argv: list[str] | None = None) -> None:
     trio.run(_serve, App(), args.host, args.port)
 
 
-class FakeVertex:
+class FakeVertex(FakeProcess):
     """Runs the fake in a subprocess and drives its admin API (synchronously, via urllib)."""
 
-    def __init__(self) -> None:
-        self.url = ""
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
+    name = "fake vertex"
 
-    def start(self, timeout: float = 20.0) -> FakeVertex:
-        cmd = [sys.executable, "-m", "tests.fakevertex", "--host", "127.0.0.1", "--port", "0"]
-        self._stderr = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=self._stderr)
-        lines: queue.Queue[bytes] = queue.Queue()
-        stdout = self._proc.stdout
-        assert stdout is not None
-        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
-        try:
-            line = lines.get(timeout=timeout).decode().strip()
-        except queue.Empty:
-            self._fail(f"no READY line within {timeout:g}s")
-        if not line.startswith("READY http://"):
-            self._fail(f"unexpected first line {line!r}")
-        self.url = line.split(" ", 1)[1]
-        return self
-
-    def _fail(self, why: str) -> NoReturn:
-        self.stop()
-        err = b""
-        if self._stderr is not None:
-            self._stderr.seek(0)
-            err = self._stderr.read()
-        raise RuntimeError(f"fake vertex failed to start: {why}\n{err.decode(errors='replace')}")
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-    def __enter__(self) -> FakeVertex:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        if self._stderr is not None:
-            self._stderr.close()
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "tests.fakevertex", "--host", "127.0.0.1", "--port", "0"]
 
     def _call(self, method: str, path: str, payload: Any = None) -> Any:
         data = orjson.dumps(payload) if payload is not None else None
