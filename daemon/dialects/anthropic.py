@@ -7,7 +7,6 @@ errors that dario makes itself use the Anthropic error shape.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
@@ -19,9 +18,8 @@ from dario.daemon.dialects.model import model_to_ask, resolve_model
 from dario.daemon.errors import DarioError, anthropic_error_body, anthropic_type_for_status
 from dario.daemon.exchange import Answer, Dialect, Estimate, Incoming
 from dario.daemon.routing.affinity import cache_keys
-from dario.daemon.routing.models import ModelTable
+from dario.daemon.routing.models import ModelTable, model_id_ok
 
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
 # A rough input size for the pool's headroom check: about four bytes of JSON per token, capped.
 _BYTES_PER_TOKEN = 4
 _MAX_ESTIMATE = 1_000_000
@@ -41,7 +39,7 @@ class AnthropicDialect:
         model = parsed.get("model")
         if not isinstance(model, str) or not model:
             raise DarioError(400, "invalid_request_error", "model: field required (a Claude model id)")
-        if _CONTROL.search(model):
+        if not model_id_ok(model):
             raise DarioError(400, "invalid_request_error", "model: must not contain control characters")
         # An unknown name is the upstream's to judge: it knows models dario's table does not.
         resolved = resolve_model(model, models, force_model) or model_to_ask(model, force_model)

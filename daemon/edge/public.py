@@ -49,7 +49,8 @@ from dario.daemon.edge.openapi import openapi_json
 from dario.daemon.errors import DarioError
 from dario.daemon.exchange import Estimate, Incoming, Outcome
 from dario.daemon.routing.catalog import ModelCatalog
-from dario.daemon.routing.relay import Relay, model_id_ok
+from dario.daemon.routing.models import model_id_ok
+from dario.daemon.routing.relay import Relay
 from dario.daemon.upstream import anthropic as upstream
 from dario.daemon.views import EdgeServices
 

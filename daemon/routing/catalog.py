@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -20,7 +19,7 @@ from typing import Any
 
 import trio
 
-from dario.daemon.routing.models import KNOWN_MODELS, ModelTable
+from dario.daemon.routing.models import CONTROL_CHARACTERS, KNOWN_MODELS, ModelTable, model_id_ok
 
 log = logging.getLogger("dario.models")
 CACHE_SECONDS = 600.0
@@ -30,7 +29,6 @@ ALIAS_WAIT_SECONDS = 2.0
 # The Anthropic SDK parses created_at as an RFC 3339 datetime; a model whose release date dario does
 # not know gets the epoch (the same instant as OpenAI's `created: 0`), never an empty string.
 UNKNOWN_CREATED_AT = "1970-01-01T00:00:00Z"
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 Fetcher = Callable[[], Awaitable[list[dict[str, Any]] | None]]
 
@@ -65,9 +63,9 @@ def _usable(models: object) -> list[dict[str, Any]] | None:
     if not isinstance(models, list):
         return None
     return [
-        {**m, "display_name": _CONTROL.sub("", str(m.get("display_name") or m["id"]))}
+        {**m, "display_name": CONTROL_CHARACTERS.sub("", str(m.get("display_name") or m["id"]))}
         for m in models
-        if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"] and not _CONTROL.search(m["id"])
+        if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"] and model_id_ok(m["id"])
     ]
 
 
@@ -140,7 +138,7 @@ class ModelCatalog:
         item = self._by_id.get(model_id)
         if item is not None:
             return item
-        if _CONTROL.search(model_id):
+        if not model_id_ok(model_id):
             return None
         resolved = self.table.resolve(model_id)
         if resolved is None:

@@ -16,6 +16,14 @@ from typing import Any
 
 from dario.daemon.atomicfile import read_config_json
 
+# A model id travels into response headers, log lines and terminals: no ASCII control characters.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f]")
+
+
+def model_id_ok(model: str) -> bool:
+    """A model id dario can accept and echo (in `x-dario-model`, logs, views): no control characters."""
+    return CONTROL_CHARACTERS.search(model) is None
+
 # The newest model of each tier as of this release (the anthropic SDK's own model list, newest
 # first). Users re-point them in models.json; dario serves the upstream's live list when it can.
 OPUS = "claude-opus-5-5"

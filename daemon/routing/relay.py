@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -34,6 +33,7 @@ from dario.daemon.commands import command
 from dario.daemon.errors import DarioError
 from dario.daemon.exchange import Answer, Incoming, Outcome, Sink, Usage
 from dario.daemon.redact import redact_body, redact_sse
+from dario.daemon.routing.models import model_id_ok
 from dario.daemon.routing.pool import AccountState, Lease, NoAccounts, Pool, PoolExhausted
 from dario.daemon.routing.ratelimits import Snapshot
 from dario.daemon.upstream.base import Call, Reply, Upstream, Verdict, VerdictKind
@@ -490,12 +490,6 @@ class Relay:
 
 # -- small helpers ----------------------------------------------------------------------
 
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
-
-
-def model_id_ok(model: str) -> bool:
-    """A model id dario can echo in a response header: no ASCII control characters."""
-    return _CONTROL.search(model) is None
 
 
 def _tap_event_usage(name: bytes, event: dict[str, Any] | None, usage: Usage) -> None:

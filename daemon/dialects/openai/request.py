@@ -38,6 +38,7 @@ import orjson
 
 from dario.daemon.dialects.model import model_to_ask, resolve_model
 from dario.daemon.errors import DarioError
+from dario.daemon.routing.models import model_id_ok
 
 if TYPE_CHECKING:
     from dario.daemon.dialects.openai.thinking import ThinkingCache
@@ -52,7 +53,6 @@ THINKING_BUDGETS: dict[str, int] = {
     "xhigh": 32768,
 }
 MIN_THINKING_BUDGET = 1024
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
 # Bounds numbers we emit ourselves so they always serialise (orjson refuses ints beyond 64 bits).
 MAX_TOKENS_CAP = 2**31 - 1
 JSON_TOOL_NAME = "json_response"
@@ -652,7 +652,7 @@ def _model(body: dict[str, Any], models: ModelTable, force_model: str | None) ->
     requested = body.get("model")
     if not isinstance(requested, str) or not requested.strip():
         raise _bad("`model` is required and must be a non-empty string.", "model")
-    if _CONTROL.search(requested):
+    if not model_id_ok(requested):
         # Model ids are echoed in headers and shown by `dario-ctl usage`; escape sequences have no place.
         raise _bad("`model` must not contain control characters.", "model")
     model = resolve_model(requested, models, force_model)
