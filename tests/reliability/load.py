@@ -48,6 +48,9 @@ RETRY_AFTER = {"a": 1.0, "b": 2.0, "c": 3.0}
 UPSTREAM_TIMEOUT = 2.0  # dariod's own upstream read timeout in these runs (DARIO_UPSTREAM_TIMEOUT)
 # dariod --queue-timeout: a refusal from the queue still comes well inside the client deadline.
 QUEUE_TIMEOUT = float(os.environ.get("DARIO_RELIABILITY_QUEUE_TIMEOUT", "5"))
+# A request that waited this long while an account was free was held back by the queue, not by load.
+HELD_WHILE_FREE = 0.7 * QUEUE_TIMEOUT
+HELD_KEY = f"held in the queue > {HELD_WHILE_FREE:g} s while an account stayed free"
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
@@ -661,16 +664,16 @@ def audit(data: RunData) -> Audit:
             counts["arrived_with_headroom"] += 1
             if res.outcome == "completed" or not (res.from_dario and res.status in (429, 503)):
                 counts["served_while_headroom"] += 1
-        # Held in the wait queue for over two seconds although one account stayed free the whole
-        # time. Head-of-line blocking held requests up to the queue deadline; under this load on
-        # two cores, reading the request and reaching the upstream alone can take about a second.
+        # Held in the wait queue for most of the queue timeout although one account stayed free the
+        # whole time. Head-of-line blocking held requests up to the queue deadline; under this load
+        # on two busy cores, reading the request and reaching the upstream alone took up to 2.45 s.
         tries = attempts.get(res.spec.i, [])
         first = tries[0]["time"] if tries else res.t_end
-        if first - res.t_send > 2.0:
+        if first - res.t_send > HELD_WHILE_FREE:
             window = [s for s in snaps if res.t_send - 0.15 <= s.t <= first]
             if len(window) >= 3 and any(all(s.statuses.get(alias) == "ok" for s in window) for alias in KEYS):
                 counts["held_while_free"] += 1
-                problems["held in the queue > 2 s while an account stayed free"].append(
+                problems[HELD_KEY].append(
                     f"#{res.spec.i}: first attempt {first - res.t_send:.2f} s after arrival; accounts at "
                     f"arrival {window[0].statuses}")
 
@@ -716,7 +719,7 @@ def render(a: Audit) -> str:
         ("dario's own 429/503 (queue deadline / no account)", f"{c.get('dario_refusals', 0)}, "
                                                               f"{c.get('refused_with_headroom', 0)} of them with "
                                                               f"headroom"),
-        ("held in the queue > 2 s while an account stayed free", str(c.get("held_while_free", 0))),
+        (HELD_KEY, str(c.get("held_while_free", 0))),
         ("upstream attempts", f"{c.get('upstream_attempts', 0)}  (faults taken: "
                               + ", ".join(f"{k} {v}" for k, v in sorted(a.faults.items())) + ")"),
         ("latency p50 / p90 / p99 / max", f"{_pct(lat, .5):.3f} / {_pct(lat, .9):.3f} / {_pct(lat, .99):.3f} / "
