@@ -213,3 +213,62 @@ def test_url_password_is_hidden_in_every_spelling() -> None:
     assert set(dburl.passwords(url)) >= {"p%40ss", "p@ss", "other"}
     assert dburl.shown("postgres://me@db/usage") == "postgres://me@db/usage"
     assert dburl.shown("postgresql:///usage?host=/run/postgresql") == "postgresql:///usage?host=/run/postgresql"
+
+
+def test_password_may_come_from_pgpassfile(pg_server: PgServer, tmp_path: Path,  # noqa: F811
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{pg_server.port}:*:dario:{PASSWORD}\n")
+    passfile.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    url = f"postgresql://dario@127.0.0.1:{pg_server.port}/postgres"
+    store = pg_store(url, instance="passfile/1")
+    persist(store, [rec(ts=NOW - 1, client="pgpass-client")])
+    assert store.health()["where"] == url  # nothing to hide
+    assert {g["key"] for g in store.query("1h", now=NOW)["by_client"]} >= {"pgpass-client"}
+
+
+def test_settings_take_a_postgres_url_and_refuse_anything_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dario.daemon.settings import SettingsError, from_args
+
+    url = f"postgresql://team:{PASSWORD}@db.example/usage"
+    assert from_args([]).analytics_url is None
+    assert from_args(["--analytics", url]).analytics_url == url
+    assert PASSWORD not in repr(from_args(["--analytics", url]))
+    monkeypatch.setenv("DARIO_ANALYTICS_URL", "postgres://team@db.example/usage")
+    settings = from_args([])
+    assert settings.analytics_url == "postgres://team@db.example/usage" and settings.analytics
+    assert from_args(["--no-analytics"]).analytics is False
+    with pytest.raises(SettingsError) as refused:
+        from_args(["--analytics", f"mysql://team:{PASSWORD}@db.example/usage"])
+    assert "postgresql://" in str(refused.value) and PASSWORD not in str(refused.value)
+
+
+def test_without_psycopg_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from dario.daemon.settings import SettingsError, from_args
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a))
+    with pytest.raises(SettingsError, match=r"pip install 'dario\[team\]'"):
+        from_args(["--analytics", "postgresql://team@db.example/usage"])
+
+
+def test_sqlite_file_from_before_versioning_upgrades_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    from dario.daemon.recording.usage_sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+
+    path = tmp_path / "usage.sqlite3"
+    with sqlite3.connect(path) as conn:  # what dario wrote before the schema had a version
+        conn.executescript(SQLITE_MIGRATIONS[0])
+        conn.execute("INSERT INTO usage (ts, client, dialect, endpoint, streaming, status) "
+                     "VALUES (?, 'old', 'anthropic', 'messages', 0, 200)", (NOW - 5,))
+    conn.close()
+    store = AnalyticsStore(path, prices=PriceTable(), flush_interval=3600.0)
+    persist(store, [rec()])
+    assert store.query("1h", now=NOW)["totals"]["requests"] == 2
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(SQLITE_MIGRATIONS)
+    conn.close()
