@@ -398,6 +398,7 @@ def _dario_schemas() -> dict[str, Schema]:
         "by_model": {"type": "array"},
         "by_client": {"type": "array"},
         "series": {"type": "object"},
+        "instances": {"type": "integer", "minimum": 0},  # dariod instances that wrote rows in the window
         "accounts": {"type": "array", "items": _ref("AccountView")},
     }, closed=False)
     return {

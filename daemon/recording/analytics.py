@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -65,9 +64,7 @@ class UsageRecord:
     queue_wait_ms: float = 0.0
 
 
-_FIELDS = [f.name for f in dataclasses.fields(UsageRecord)]
-_COLUMNS = list(COLUMNS)
-assert _COLUMNS == [*_FIELDS, "cost_usd"]
+_COLUMNS = list(COLUMNS)  # the record's fields, then its cost (a unit test holds them equal)
 
 
 class UsageWriter(Protocol):
@@ -103,6 +100,11 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
 
 
 class AnalyticsStore:
+    """Usage rows: buffered from the request path, written in batches, read as the Usage view.
+
+    `backend` is where they go; a `Path` means that SQLite file (the single-instance default).
+    """
+
     def __init__(
         self,
         backend: UsageBackend | Path,

@@ -272,3 +272,11 @@ def test_sqlite_file_from_before_versioning_upgrades_in_place(tmp_path: Path) ->
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(SQLITE_MIGRATIONS)
     conn.close()
+
+
+def test_stored_columns_are_the_record_fields_then_the_cost() -> None:
+    import dataclasses
+
+    from dario.daemon.recording.usage_sql import COLUMNS
+
+    assert list(COLUMNS) == [f.name for f in dataclasses.fields(UsageRecord)] + ["cost_usd"]
