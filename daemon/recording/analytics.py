@@ -323,6 +323,7 @@ class AnalyticsStore:
             "burn": {},
             "forecast": {},
             "recent": [],
+            "instances": 0,  # dariod instances that wrote rows in the window (several in team mode)
         }
         burn_rows: list[tuple[Any, ...]] = []
         try:
