@@ -30,8 +30,8 @@ FIRST_RETRY_S = 0.5  # then doubling up to the store's reopen interval
 MIGRATION_LOCK = 0x6461_7269_6F01  # pg_advisory_xact_lock key: "dario" + 1
 
 TABLE = "dario_usage"
-DIALECT = SqlDialect(table=TABLE, param="%s", total="COALESCE(SUM({}), 0)", bucket_start="FLOOR(ts / {p}) * {p}")
-INSTANCES_SQL = "SELECT COUNT(DISTINCT instance) FROM {t} WHERE {where}"
+DIALECT = SqlDialect(table=TABLE, param="%s", total="COALESCE(SUM({}), 0)", bucket_start="FLOOR(ts / {p}) * {p}",
+                     instances="COUNT(DISTINCT instance)")
 MIGRATIONS: list[list[str]] = [
     [  # 1: SQLite's columns, plus which instance wrote the row
         f"""CREATE TABLE {TABLE} (
@@ -137,7 +137,7 @@ class PostgresUsage:
             with conn.transaction():
                 return read_usage(
                     lambda sql, args: conn.execute(sql, args).fetchall(), DIALECT, since=since, now=now,
-                    bucket=bucket, burn_since=burn_since, recent_rows=recent_rows, instances_sql=INSTANCES_SQL,
+                    bucket=bucket, burn_since=burn_since, recent_rows=recent_rows,
                 )
         except self.psycopg.errors.UndefinedTable:
             return None  # no instance has migrated the database yet: just empty

@@ -31,6 +31,7 @@ class SqlDialect:
     param: str  # "?" (sqlite3) or "%s" (psycopg)
     total: str  # a sum that is 0 over no rows, with {} for the expression
     bucket_start: str  # the start of ts's series bucket, with {p} for the bucket-size placeholder
+    instances: str | None = None  # how many writers a set of rows has, if rows say which instance wrote them
 
     def sum(self, expr: str) -> str:
         return self.total.format(expr)
@@ -55,19 +56,21 @@ class UsageRows:
     instances: int = 0  # how many dariod instances wrote rows in the window
 
 
-def sums(d: SqlDialect) -> str:
+def cost_sum(d: SqlDialect) -> str:
     # A sum of costs is only known when every row's cost is: a model without a price makes the group's
     # cost unknown (null, shown as "—"), never a silent $0.
-    cost = f"CASE WHEN COUNT(cost_usd) < COUNT(*) THEN NULL ELSE {d.sum('cost_usd')} END"
+    return f"CASE WHEN COUNT(cost_usd) < COUNT(*) THEN NULL ELSE {d.sum('cost_usd')} END"
+
+
+def sums(d: SqlDialect) -> str:
     return (
         f"COUNT(*), {d.sum(f'CASE WHEN {IS_ERROR} THEN 1 ELSE 0 END')}, {d.sum('input_tokens')}, "
-        f"{d.sum('output_tokens')}, {d.sum('cache_write_5m + cache_write_1h')}, {d.sum('cache_read')}, {cost}"
+        f"{d.sum('output_tokens')}, {d.sum('cache_write_5m + cache_write_1h')}, {d.sum('cache_read')}, {cost_sum(d)}"
     )
 
 
 def read_usage(
     execute: Execute, d: SqlDialect, *, since: float, now: float, bucket: int, burn_since: float, recent_rows: int,
-    instances_sql: str | None = None,
 ) -> UsageRows:
     """Run every read of the Usage view; `execute` runs one statement inside the caller's snapshot."""
     p, t = d.param, d.table
@@ -92,10 +95,9 @@ def read_usage(
                 f"SELECT {column}, latency_ms, ttft_ms FROM {t} WHERE {where} AND NOT {IS_ERROR}", args,
             )),
         )
-    cost = f"CASE WHEN COUNT(cost_usd) < COUNT(*) THEN NULL ELSE {d.sum('cost_usd')} END"
     series = (
         f"SELECT {d.bucket_start.format(p=p)} AS t, account, model, {d.sum('input_tokens')}, "
-        f"{d.sum('output_tokens')}, COUNT(*), {cost} FROM {t} WHERE {where} GROUP BY 1, account, model"
+        f"{d.sum('output_tokens')}, COUNT(*), {cost_sum(d)} FROM {t} WHERE {where} GROUP BY 1, account, model"
     )
     rows.series = list(execute(series, (bucket, bucket, *args)))
     recent = f"SELECT {', '.join(COLUMNS)} FROM {t} WHERE ts <= {p} ORDER BY ts DESC, id DESC LIMIT {p}"
@@ -105,8 +107,8 @@ def read_usage(
         f"COUNT(*) FROM {t} WHERE ts > {p} AND ts <= {p} AND account IS NOT NULL GROUP BY account"
     )
     rows.burn = list(execute(burn, (burn_since, now)))
-    if instances_sql is not None:
-        rows.instances = int(next(iter(execute(instances_sql.format(t=t, where=where), args)))[0])
+    if d.instances is not None:
+        rows.instances = int(next(iter(execute(f"SELECT {d.instances} FROM {t} WHERE {where}", args)))[0])
     else:
         rows.instances = 1 if int(totals[0]) else 0  # one file, one writer
     return rows
