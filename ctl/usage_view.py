@@ -231,7 +231,11 @@ def render_usage(usage: Mapping[str, Any], console: Console) -> None:
     usage = printable_data(usage)
     window = str(usage.get("window") or "?")
     now = float(usage.get("until") or 0.0)
-    console.print(Text(f"Usage, last {window}", style="bold"))
+    heading = Text(f"Usage, last {window}", style="bold")
+    instances = int(usage.get("instances") or 0)
+    if instances > 1:  # team mode: several dariod instances wrote to one database
+        heading.append(f" · {instances} dariod instances", style="")
+    console.print(heading)
     if usage.get("problem"):
         console.print(Text(str(usage["problem"]), style="yellow"))
 

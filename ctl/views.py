@@ -356,6 +356,13 @@ def render_status(status: Status, console: Console, now: float | None = None) ->
         line = Text("Keyring: ", style="bold yellow")
         line.append(str(keyring))
         console.print(line)
+    analytics = status.get("analytics")
+    if analytics and (analytics.get("problem") or analytics.get("dropped")):
+        line = Text("Usage analytics: ", style="bold yellow")
+        line.append(f"{analytics.get('pending', 0):,} rows waiting, {analytics.get('dropped', 0):,} dropped")
+        if analytics.get("problem"):
+            line.append(" · " + str(analytics["problem"]))
+        console.print(line)
     render_accounts(status.get("accounts") or [], console, now=now)
 
 

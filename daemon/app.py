@@ -27,11 +27,13 @@ from dario.daemon.edge.guard import Guard
 from dario.daemon.edge.peergate import PeerGate
 from dario.daemon.edge.public import PublicApp
 from dario.daemon.persist import Persister
-from dario.daemon.recording.analytics import AnalyticsStore
+from dario.daemon.recording.analytics import AnalyticsStore, UsageBackend
 from dario.daemon.recording.clients import FamilyCache
 from dario.daemon.recording.metrics import Metrics
 from dario.daemon.recording.prices import PriceTable
 from dario.daemon.recording.recorder import AccessLog, AnalyticsObserver, MetricsObserver, Recorder
+from dario.daemon.recording.usage_postgres import PostgresUsage
+from dario.daemon.recording.usage_sqlite import SqliteUsage
 from dario.daemon.routing.catalog import ModelCatalog
 from dario.daemon.routing.models import ModelTable
 from dario.daemon.routing.pool import Pool
@@ -106,7 +108,8 @@ def build(settings: Settings, *, tcp_control: bool = False) -> Daemon:
     persister.load_pool_state()
 
     analytics = (
-        AnalyticsStore(paths.analytics_db(), prices=_load_or_default(PriceTable.load, paths.prices_file(), PriceTable),
+        AnalyticsStore(usage_backend(settings),
+                       prices=_load_or_default(PriceTable.load, paths.prices_file(), PriceTable),
                        retention_days=settings.analytics_retention_days)
         if settings.analytics else None
     )
@@ -146,6 +149,13 @@ def build(settings: Settings, *, tcp_control: bool = False) -> Daemon:
         catalog=catalog, relay=relay, guard=guard, public=public, control=control,
         control_token=control_token, bound_port=bound_port,
     )
+
+
+def usage_backend(settings: Settings) -> UsageBackend:
+    """Where usage rows go: the team's PostgreSQL when --analytics names one, else the SQLite file."""
+    if settings.analytics_url:
+        return PostgresUsage(settings.analytics_url)  # settings checked that psycopg is installed
+    return SqliteUsage(paths.analytics_db())
 
 
 def key_probe(http: HttpClient) -> KeyProbe:

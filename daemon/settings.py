@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dario.daemon import __version__, paths
+from dario.daemon import __version__, dburl, paths
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3456
@@ -39,6 +40,9 @@ class Settings:
     analytics_retention_days: float = 30.0
     max_upstream_connections: int = 10_000
     analytics: bool = True
+    # Team mode: usage rows go to this PostgreSQL (the URL may hold a password: never shown, see dburl);
+    # None keeps them in the SQLite file in the state folder.
+    analytics_url: str | None = field(default=None, repr=False)
     http2_cleartext: bool = False  # serve h2c (prior knowledge, Upgrade: h2c); off: HTTP/1.1 only
     body_idle_timeout: float = 30.0  # a request body that sends nothing for this long is cut off
     body_deadline: float = 120.0  # and one that takes longer than this in all
@@ -82,6 +86,19 @@ def _env_list(name: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in os.environ.get(name, "").split(",") if x.strip())
 
 
+def _analytics_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if dburl.is_postgres_url(value):
+        if importlib.util.find_spec("psycopg") is None:
+            raise SettingsError("PostgreSQL analytics need psycopg: pip install 'dario[team]'")
+        return value
+    raise SettingsError(
+        f"--analytics / DARIO_ANALYTICS_URL must be a postgresql:// or postgres:// URL, not {dburl.shown(value)!r}; "
+        "leave it unset to keep usage in SQLite"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dariod",
@@ -97,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--queue-timeout", type=float, help="seconds a request waits when all accounts are exhausted (default 60)"
     )
     p.add_argument("--grace-period", type=float, help="seconds in-flight streams get on shutdown (default 10)")
-    p.add_argument("--no-analytics", action="store_true", help="do not record usage in SQLite")
+    p.add_argument("--no-analytics", action="store_true", help="do not record usage at all")
+    p.add_argument("--analytics", metavar="URL", dest="analytics_url",
+                   help="team mode: keep usage rows in this PostgreSQL, postgresql://user@host/db "
+                   "(DARIO_ANALYTICS_URL; the password is best kept in PGPASSFILE); default: a SQLite file")
     p.add_argument("--http2-cleartext", action="store_true",
                    help="also serve HTTP/2 without TLS (h2c); off by default, as no client needs it")
     p.add_argument("--auto-cache", action="store_true",
@@ -133,6 +153,7 @@ def from_args(argv: list[str] | None = None) -> Settings:
         upstream_read_timeout=_env_float("DARIO_UPSTREAM_TIMEOUT", 300.0),
         hold_message_start=_env_float("DARIO_HOLD_MESSAGE_START", 2.0),
         analytics=not args.no_analytics,
+        analytics_url=_analytics_url(args.analytics_url or env.get("DARIO_ANALYTICS_URL") or None),
         http2_cleartext=args.http2_cleartext,
         body_idle_timeout=_env_float("DARIO_BODY_IDLE_TIMEOUT", 30.0),
         body_deadline=_env_float("DARIO_BODY_DEADLINE", 120.0),

@@ -11,13 +11,13 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import trio
 
 from dario.daemon import __version__
-from dario.daemon.control.api import Status
+from dario.daemon.control.api import AnalyticsHealth, Status
 from dario.daemon.exchange import Estimate, Incoming, Outcome
 from dario.daemon.recording.analytics import AnalyticsStore
 from dario.daemon.recording.clients import FamilyCache
@@ -59,7 +59,11 @@ class StatusView:
             "pool": self.pool.pool_view(),
             "accounts": self.pool.views(),
             "keyring": self.keyring_problem(),
+            "analytics": self.analytics_health(),
         }
+
+    def analytics_health(self) -> AnalyticsHealth | None:
+        return None if self.analytics is None else cast(AnalyticsHealth, self.analytics.health())
 
     async def usage(self, window: str) -> dict[str, Any]:
         if self.analytics is None:
@@ -138,3 +142,6 @@ class EdgeServices:
 
     def render_metrics(self) -> tuple[bytes, str]:
         return self.view.render_metrics()
+
+    def analytics_health(self) -> AnalyticsHealth | None:
+        return self.view.analytics_health()

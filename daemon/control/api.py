@@ -71,6 +71,16 @@ class PoolView(TypedDict):
     queue_depth: int
 
 
+class AnalyticsHealth(TypedDict):
+    store: str  # "sqlite" | "postgresql"
+    where: str  # the file, or the URL with its password shown as ***
+    ok: bool  # the last write (or connection attempt) succeeded
+    pending: int  # rows waiting in memory to be written
+    written: int  # rows written since start
+    dropped: int  # rows lost: the bounded buffer overflowed while the database was unusable
+    problem: str | None  # what is wrong and what to do; None when fine
+
+
 class Status(TypedDict):
     version: str
     pid: int
@@ -83,6 +93,7 @@ class Status(TypedDict):
     pool: PoolView
     accounts: list[AccountView]
     keyring: NotRequired[str | None]  # why the keyring cannot be read right now, with the fix; None when fine
+    analytics: NotRequired[AnalyticsHealth | None]  # None: --no-analytics
 
 
 class LoginRequest(TypedDict, total=False):

@@ -381,6 +381,12 @@ def _dario_schemas() -> dict[str, Schema]:
         "pool": {"enum": list(get_args(PoolHealth))},
         "requests_served": {"type": "integer", "minimum": 0},
         "uptime_s": {"type": "number", "minimum": 0},
+        "analytics": {"oneOf": [{"type": "null"}, _object(["store", "ok", "pending", "dropped"], {
+            "store": {"enum": ["sqlite", "postgresql"]},
+            "ok": {"type": "boolean"},
+            "pending": {"type": "integer", "minimum": 0},
+            "dropped": {"type": "integer", "minimum": 0},
+        }, closed=False)]},
     }, closed=False)
     accounts = _object(["pool", "accounts"], {
         "pool": _ref("PoolView"), "accounts": {"type": "array", "items": _ref("AccountView")},
@@ -392,6 +398,7 @@ def _dario_schemas() -> dict[str, Schema]:
         "by_model": {"type": "array"},
         "by_client": {"type": "array"},
         "series": {"type": "object"},
+        "instances": {"type": "integer", "minimum": 0},  # dariod instances that wrote rows in the window
         "accounts": {"type": "array", "items": _ref("AccountView")},
     }, closed=False)
     return {

@@ -284,6 +284,7 @@ class PublicApp:
     # -- dario's own views -------------------------------------------------------------
     async def health(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:
         pool = self.state.pool.pool_view()
+        analytics = self.state.analytics_health()
         await send_json(send, 200, {
             "status": "ok",
             "version": __version__,
@@ -292,6 +293,11 @@ class PublicApp:
             "pool": pool["health"],
             "requests_served": self.state.requests_served,
             "uptime_s": round(time.time() - self.state.started_at, 3),
+            # Unauthenticated: whether usage rows get stored, never where (the URL names a host and user).
+            "analytics": None if analytics is None else {
+                "store": analytics["store"], "ok": analytics["ok"], "pending": analytics["pending"],
+                "dropped": analytics["dropped"],
+            },
         })
 
     async def accounts(self, scope: HTTPScope, receive: Receive, send: Send, info: RequestInfo) -> None:

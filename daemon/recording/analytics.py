@@ -1,25 +1,30 @@
-"""Usage analytics: every proxied request as one SQLite row; burn rate and time-to-exhaustion.
+"""Usage analytics: every proxied request as one row; burn rate and time-to-exhaustion.
 
 The request path only appends to an in-memory buffer (`record`); a trio task (`run`)
-writes the buffer in batches from a worker thread. A broken database never affects
-the proxy: the store reports it in `problem` and keeps a bounded buffer meanwhile.
+writes the buffer in batches from a worker thread. A broken or unreachable database never
+affects the proxy: the store reports it in `problem` and keeps a bounded buffer meanwhile
+(MAX_BUFFER rows; the oldest beyond it are dropped and counted in `dropped`).
+
+Where rows go is a `UsageBackend`: one SQLite file (usage_sqlite, the default) or a team's
+PostgreSQL (usage_postgres). The backends hold the SQL and its migrations; this module holds
+what does not depend on them: buffering, batching, retries, and the shape of the Usage view.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import math
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from dario.daemon.recording.prices import PriceTable
+from dario.daemon.recording.usage_sql import COLUMNS, GROUPS, UsageRows
+from dario.daemon.recording.usage_sqlite import SqliteUsage
 from dario.daemon.redact import redact
 
 WINDOWS: dict[str, tuple[float, int]] = {  # window -> (span seconds, series bucket seconds)
@@ -31,7 +36,7 @@ BURN_SPAN_S = 900.0  # burn rate is always measured over the last 15 minutes
 RECENT_ROWS = 50
 MAX_BUFFER = 100_000  # rows held in memory while the database is unavailable
 PRUNE_INTERVAL_S = 3600.0
-BUSY_TIMEOUT_MS = 2000  # bounds every write, including the shielded one at shutdown
+MAX_BATCH = 10_000  # rows per write transaction (a backlog after an outage goes in several)
 SHUTDOWN_FLUSH_S = 5.0
 NONE_KEY = "(none)"  # group key for rows without an account/model (e.g. refused before routing)
 WINDOW_KINDS = ("requests", "tokens", "input-tokens", "output-tokens")
@@ -59,54 +64,29 @@ class UsageRecord:
     queue_wait_ms: float = 0.0
 
 
-_FIELDS = [f.name for f in dataclasses.fields(UsageRecord)]
-_COLUMNS = [*_FIELDS, "cost_usd"]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS usage (
-    id INTEGER PRIMARY KEY,
-    ts REAL NOT NULL,
-    client TEXT NOT NULL,
-    account TEXT,
-    model TEXT,
-    dialect TEXT NOT NULL,
-    endpoint TEXT NOT NULL,
-    streaming INTEGER NOT NULL,
-    status INTEGER NOT NULL,
-    error_type TEXT,
-    input_tokens INTEGER NOT NULL DEFAULT 0,
-    output_tokens INTEGER NOT NULL DEFAULT 0,
-    cache_write_5m INTEGER NOT NULL DEFAULT 0,
-    cache_write_1h INTEGER NOT NULL DEFAULT 0,
-    cache_read INTEGER NOT NULL DEFAULT 0,
-    latency_ms REAL NOT NULL DEFAULT 0,
-    ttft_ms REAL,
-    failovers INTEGER NOT NULL DEFAULT 0,
-    queue_wait_ms REAL NOT NULL DEFAULT 0,
-    cost_usd REAL
-);
-CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
-"""
-_INSERT = f"INSERT INTO usage ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
-_IS_ERROR = "(status >= 400 OR error_type IS NOT NULL)"
-# A sum of costs is only known when every row's cost is: a model without a price makes the group's cost
-# unknown (null, shown as "—"), never a silent $0 (SQLite's TOTAL() would count NULL as 0.0).
-_COST_SUM = "CASE WHEN COUNT(cost_usd) < COUNT(*) THEN NULL ELSE TOTAL(cost_usd) END"
+_COLUMNS = list(COLUMNS)  # the record's fields, then its cost (a unit test holds them equal)
 
 
-def _describe_db_error(path: Path, exc: BaseException) -> str:
-    """A message naming the file and what to do about it."""
-    text = str(exc) or type(exc).__name__
-    low = text.lower()
-    if "locked" in low or "busy" in low:
-        fix = "another process holds it locked; make sure only one dariod runs, then restart dariod"
-    elif "readonly" in low or "read-only" in low or "permission" in low or "unable to open" in low:
-        fix = f"check that {path.parent} and the file are writable by this user, then restart dariod"
-    elif "disk" in low and "full" in low:
-        fix = "free some disk space; dariod retries on its own"
-    else:
-        fix = f"stop dariod, move the file aside (mv '{path}' '{path}.bad'), and start dariod again"
-    return f"usage analytics database {path} is unusable ({text}): {fix}. Requests are still served."
+class UsageWriter(Protocol):
+    """One open connection of a backend; every method blocks (called from a worker thread)."""
+
+    def write(self, values: list[tuple[Any, ...]]) -> None: ...  # one transaction
+    def prune(self, before: float) -> int: ...
+    def close(self) -> None: ...
+
+
+class UsageBackend(Protocol):
+    """Where usage rows are kept. `connect` and `read` block (called from a worker thread)."""
+
+    kind: str  # "sqlite" | "postgresql"
+    where: str  # the file, or the URL with its password hidden
+    first_retry_s: float | None  # first reconnect delay, doubling to reopen_interval; None: reopen_interval
+    errors: tuple[type[BaseException], ...]  # what a read may raise for an unusable database
+
+    def connect(self) -> UsageWriter: ...  # opens and migrates
+    def read(self, *, since: float, now: float, bucket: int, burn_since: float,
+             recent_rows: int) -> UsageRows | None: ...  # None: nothing recorded yet
+    def describe_error(self, exc: BaseException) -> str: ...
 
 
 def _percentile(sorted_values: list[float], q: float) -> float | None:
@@ -120,16 +100,22 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
 
 
 class AnalyticsStore:
+    """Usage rows: buffered from the request path, written in batches, read as the Usage view.
+
+    `backend` is where they go; a `Path` means that SQLite file (the single-instance default).
+    """
+
     def __init__(
         self,
-        path: Path,
+        backend: UsageBackend | Path,
         *,
         prices: PriceTable,
         retention_days: float = 30.0,
         flush_interval: float = 0.5,
         reopen_interval: float = 30.0,
     ) -> None:
-        self.path = path
+        self.backend: UsageBackend = SqliteUsage(backend) if isinstance(backend, Path) else backend
+        self.path: Path | None = backend if isinstance(backend, Path) else None  # the SQLite file, if one
         self.prices = prices
         self.retention_days = retention_days
         self.flush_interval = flush_interval
@@ -138,9 +124,10 @@ class AnalyticsStore:
         self.dropped = 0  # rows lost because the buffer was full while the database was unusable
         self.rows_written = 0
         self._buf: collections.deque[UsageRecord] = collections.deque()
-        self._conn: sqlite3.Connection | None = None
+        self._conn: UsageWriter | None = None
         self._lock = trio.Lock()  # one writer at a time: periodic flush vs. explicit flush()
         self._last_open_attempt = -math.inf
+        self._retry_delay = self.backend.first_retry_s
         self._last_prune = -math.inf
         self._flush_waiters: list[trio.Event] = []
 
@@ -159,27 +146,19 @@ class AnalyticsStore:
     def pending(self) -> int:
         return len(self._buf)
 
-    # ---- writer -------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """What /health and `dario-ctl status` show: where rows go, and whether they get there."""
+        return {
+            "store": self.backend.kind,
+            "where": self.backend.where,
+            "ok": self.problem is None,
+            "pending": len(self._buf),
+            "written": self.rows_written,
+            "dropped": self.dropped,
+            "problem": self.problem,
+        }
 
-    def _open_sync(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            if not mode or str(mode[0]).lower() != "wal":
-                raise sqlite3.OperationalError(f"cannot switch to WAL journal (got {mode})")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            with conn:
-                conn.executescript(_SCHEMA)
-            # Fail now, not at the first flush, if the file is damaged beyond its header.
-            conn.execute("SELECT COUNT(*) FROM usage WHERE ts > 0 AND id < 0").fetchone()
-        except BaseException:
-            conn.close()
-            raise
-        with contextlib.suppress(OSError):
-            self.path.chmod(0o600)  # account aliases and client names are nobody else's business
-        return conn
+    # ---- writer -------------------------------------------------------------------
 
     def _row_values(self, r: UsageRecord) -> tuple[Any, ...]:
         tokens = (
@@ -199,7 +178,7 @@ class AnalyticsStore:
             None if r.ttft_ms is None else float(r.ttft_ms), int(r.failovers), float(r.queue_wait_ms), cost,
         )  # fmt: skip
 
-    def _write_sync(self, conn: sqlite3.Connection, rows: list[UsageRecord]) -> int:
+    def _write_sync(self, conn: UsageWriter, rows: list[UsageRecord]) -> int:
         """Insert rows in one transaction; returns how many were malformed and skipped."""
         values = []
         bad = 0
@@ -208,28 +187,26 @@ class AnalyticsStore:
                 values.append(self._row_values(r))
             except (TypeError, ValueError, AttributeError):
                 bad += 1  # one malformed record must not block the batch forever
-        with conn:
-            conn.executemany(_INSERT, values)
+        conn.write(values)
         return bad
 
-    def _prune_sync(self, conn: sqlite3.Connection, now: float) -> int:
-        with conn:
-            cur = conn.execute("DELETE FROM usage WHERE ts < ?", (now - self.retention_days * 86400.0,))
-        return cur.rowcount
-
-    async def _ensure_open(self, *, force: bool = False) -> sqlite3.Connection | None:
+    async def _ensure_open(self, *, force: bool = False) -> UsageWriter | None:
         if self._conn is not None:
             return self._conn
         now = trio.current_time()
-        if not force and now - self._last_open_attempt < self.reopen_interval:
+        delay = self.reopen_interval if self._retry_delay is None else min(self._retry_delay, self.reopen_interval)
+        if not force and now - self._last_open_attempt < delay:
             return None
         self._last_open_attempt = now
         try:
-            self._conn = await trio.to_thread.run_sync(self._open_sync)
+            self._conn = await trio.to_thread.run_sync(self.backend.connect)
         except Exception as exc:
-            self.problem = _describe_db_error(self.path, exc)
+            self.problem = self.backend.describe_error(exc)
+            if self._retry_delay is not None:
+                self._retry_delay = min(self._retry_delay * 2, self.reopen_interval)
             return None
         self.problem = None
+        self._retry_delay = self.backend.first_retry_s
         return self._conn
 
     async def _close(self) -> None:
@@ -254,29 +231,31 @@ class AnalyticsStore:
             conn = await self._ensure_open(force=force_open)
             if conn is None or not self._buf:
                 return 0
-            rows = list(self._buf)
-            self._buf.clear()
-            try:
-                bad = await trio.to_thread.run_sync(self._write_sync, conn, rows)
-            except BaseException as exc:
-                # Put them back (oldest first) within the bound; newer rows may have arrived meanwhile.
-                # Also on Cancelled: that can only come before the worker thread started.
-                room = MAX_BUFFER - len(self._buf)
-                keep = rows[-room:] if room > 0 else []
-                self.dropped += len(rows) - len(keep)
-                self._buf.extendleft(reversed(keep))
-                if not isinstance(exc, Exception):
-                    raise
-                self.problem = _describe_db_error(self.path, exc)
-                await self._close()  # reopened after reopen_interval
-                return 0
-            self.dropped += bad
-            self.rows_written += len(rows) - bad
+            written = 0
+            while self._buf:  # in batches, oldest first, each its own transaction
+                rows = [self._buf.popleft() for _ in range(min(MAX_BATCH, len(self._buf)))]
+                try:
+                    bad = await trio.to_thread.run_sync(self._write_sync, conn, rows)
+                except BaseException as exc:
+                    # Put them back (oldest first) within the bound; newer rows may have arrived meanwhile.
+                    # Also on Cancelled: that can only come before the worker thread started.
+                    room = MAX_BUFFER - len(self._buf)
+                    keep = rows[-room:] if room > 0 else []
+                    self.dropped += len(rows) - len(keep)
+                    self._buf.extendleft(reversed(keep))
+                    if not isinstance(exc, Exception):
+                        raise
+                    self.problem = self.backend.describe_error(exc)
+                    await self._close()  # reopened after the retry delay
+                    return written
+                self.dropped += bad
+                self.rows_written += len(rows) - bad
+                written += len(rows) - bad
             self.problem = None
             waiters, self._flush_waiters = self._flush_waiters, []
             for event in waiters:
                 event.set()
-            return len(rows) - bad
+            return written
 
     async def wait_flushed(self) -> None:
         """Return after the next flush that writes rows (for callers that need to read their writes)."""
@@ -291,11 +270,10 @@ class AnalyticsStore:
             if conn is None:
                 return 0
             try:
-                return await trio.to_thread.run_sync(
-                    self._prune_sync, conn, time.time() if now is None else now
-                )
+                before = (time.time() if now is None else now) - self.retention_days * 86400.0
+                return await trio.to_thread.run_sync(conn.prune, before)
             except Exception as exc:
-                self.problem = _describe_db_error(self.path, exc)
+                self.problem = self.backend.describe_error(exc)
                 await self._close()
                 return 0
 
@@ -311,7 +289,7 @@ class AnalyticsStore:
                     await self.prune()
         finally:
             # Shielded so cancellation cannot lose the tail; bounded so shutdown cannot hang
-            # (the worker thread itself is bounded by SQLite's busy timeout).
+            # (the worker thread itself is bounded by SQLite's busy timeout, PostgreSQL's timeouts).
             with trio.CancelScope(shield=True, deadline=trio.current_time() + SHUTDOWN_FLUSH_S):
                 try:
                     await self.flush(force_open=True)
@@ -319,18 +297,6 @@ class AnalyticsStore:
                     await self._close()
 
     # ---- reader -------------------------------------------------------------------
-
-    def _read_conn(self) -> sqlite3.Connection | None:
-        if not self.path.exists():  # nothing recorded yet; do not create the file from a reader
-            return None
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
-        try:
-            conn.execute("PRAGMA query_only = 1")
-            conn.execute("BEGIN")  # one snapshot for every SELECT below, so the numbers agree
-        except BaseException:
-            conn.close()
-            raise
-        return conn
 
     def query(
         self,
@@ -357,61 +323,40 @@ class AnalyticsStore:
             "burn": {},
             "forecast": {},
             "recent": [],
+            "instances": 0,  # dariod instances that wrote rows in the window (several in team mode)
         }
         burn_rows: list[tuple[Any, ...]] = []
         try:
-            conn = self._read_conn()
-            if conn is not None:
-                try:
-                    burn_rows = self._query_into(conn, out, since, now, bucket)
-                finally:
-                    conn.close()
-        except (sqlite3.Error, OSError) as exc:
-            if "no such table" not in str(exc):  # the writer has not created it yet: just empty
-                out["problem"] = self.problem or _describe_db_error(self.path, exc)
+            rows = self.backend.read(since=since, now=now, bucket=bucket, burn_since=now - BURN_SPAN_S,
+                                     recent_rows=RECENT_ROWS)
+            if rows is not None:
+                self._shape(out, rows)
+                burn_rows = rows.burn
+        except self.backend.errors as exc:
+            out["problem"] = self.problem or self.backend.describe_error(exc)
         out["burn"] = _burn(burn_rows, pool_windows)
         out["forecast"] = _forecast(out["burn"], pool_windows or {}, now)
         return out
 
-    def _query_into(
-        self, conn: sqlite3.Connection, out: dict[str, Any], since: float, now: float, bucket: int
-    ) -> list[tuple[Any, ...]]:
-        where = "ts >= ? AND ts <= ?"
-        args = (since, now)
-        sums = (
-            f"COUNT(*), TOTAL({_IS_ERROR}), TOTAL(input_tokens), TOTAL(output_tokens), "
-            f"TOTAL(cache_write_5m + cache_write_1h), TOTAL(cache_read), {_COST_SUM}"
-        )
-        row = conn.execute(f"SELECT {sums} FROM usage WHERE {where}", args).fetchone()
-        out["totals"] = _counters(row)
-        reads_sql = f"SELECT NULL, model, TOTAL(cache_read) FROM usage WHERE {where} AND cache_read > 0 GROUP BY 2"
-        out["totals"]["cache_saved_usd"] = self._cache_saved(conn.execute(reads_sql, args)).get(None, 0.0)
-
-        for name, column in (("by_account", "account"), ("by_model", "model"), ("by_client", "client")):
+    def _shape(self, out: dict[str, Any], rows: UsageRows) -> None:
+        out["totals"] = _counters(rows.totals)
+        out["totals"]["cache_saved_usd"] = self._cache_saved(rows.cache_reads).get(None, 0.0)
+        out["instances"] = rows.instances
+        for name, _column in GROUPS:
+            g_rows = rows.groups[name]
             groups: dict[str, dict[str, Any]] = {}
-            for r in conn.execute(
-                f"SELECT {column}, {sums} FROM usage WHERE {where} GROUP BY {column}", args
-            ):
+            for r in g_rows.sums:
                 key = NONE_KEY if r[0] is None else r[0]
                 groups[key] = {"key": key, **_counters(r[1:]), "errors_by_type": {}}
-            err_sql = (
-                f"SELECT {column}, COALESCE(error_type, 'http_' || status), COUNT(*) FROM usage "
-                f"WHERE {where} AND {_IS_ERROR} GROUP BY 1, 2"
-            )
-            for key, etype, n in conn.execute(err_sql, args):
-                groups[NONE_KEY if key is None else key]["errors_by_type"][etype] = n
-            reads_sql = (
-                f"SELECT {column}, model, TOTAL(cache_read) FROM usage "
-                f"WHERE {where} AND cache_read > 0 GROUP BY 1, 2"
-            )
-            saved = self._cache_saved(conn.execute(reads_sql, args))
+            for key, etype, n in g_rows.errors:
+                groups[NONE_KEY if key is None else key]["errors_by_type"][etype] = int(n)
+            saved = self._cache_saved(g_rows.cache_reads)
             for key, g in groups.items():
                 g["cache_saved_usd"] = saved.get(None if key == NONE_KEY else key, 0.0)
             # Latency of failed requests says little (a refusal is instant); percentiles use successes.
             lat: dict[str, list[float]] = collections.defaultdict(list)
             ttft: dict[str, list[float]] = collections.defaultdict(list)
-            lat_sql = f"SELECT {column}, latency_ms, ttft_ms FROM usage WHERE {where} AND NOT {_IS_ERROR}"
-            for key, latency, first in conn.execute(lat_sql, args):
+            for key, latency, first in g_rows.latencies:
                 k = NONE_KEY if key is None else key
                 lat[k].append(latency)
                 if first is not None:
@@ -424,11 +369,9 @@ class AnalyticsStore:
                 g["p95_ttft_ms"] = _percentile(tv, 0.95)
             out[name] = sorted(groups.values(), key=lambda g: (-g["requests"], g["key"]))
 
-        series_sql = (
-            "SELECT CAST(ts / ? AS INTEGER) * ? AS t, account, model, TOTAL(input_tokens), "
-            f"TOTAL(output_tokens), COUNT(*), {_COST_SUM} FROM usage "
-            f"WHERE {where} GROUP BY t, account, model ORDER BY t, account, model"
-        )
+        # Ordered here, not by the database: NULLs first, then by code point, whatever the server's collation.
+        series = sorted(rows.series, key=lambda r: (float(r[0]), r[1] is not None, r[1] or "", r[2] is not None,
+                                                    r[2] or ""))
         out["series"]["points"] = [
             {
                 "t": float(t),
@@ -436,27 +379,17 @@ class AnalyticsStore:
                 "model": NONE_KEY if model is None else model,
                 "input_tokens": int(i),
                 "output_tokens": int(o),
-                "requests": n,
-                "cost_usd": None if c is None else round(c, 6),
+                "requests": int(n),
+                "cost_usd": None if c is None else round(float(c), 6),
             }
-            for t, account, model, i, o, n, c in conn.execute(series_sql, (bucket, bucket, *args))
+            for t, account, model, i, o, n, c in series
         ]
-
-        recent_sql = (
-            f"SELECT {', '.join(_COLUMNS)} FROM usage WHERE ts <= ? ORDER BY ts DESC, id DESC LIMIT ?"
-        )
         recent = []
-        for r in conn.execute(recent_sql, (now, RECENT_ROWS)):
+        for r in rows.recent:
             d = dict(zip(_COLUMNS, r, strict=True))
             d["streaming"] = bool(d["streaming"])
             recent.append(d)
         out["recent"] = recent
-
-        burn_sql = (
-            "SELECT account, TOTAL(input_tokens + cache_write_5m + cache_write_1h), TOTAL(output_tokens), "
-            "COUNT(*) FROM usage WHERE ts > ? AND ts <= ? AND account IS NOT NULL GROUP BY account"
-        )
-        return list(conn.execute(burn_sql, (now - BURN_SPAN_S, now)))
 
     def _cache_saved(self, rows: Any) -> dict[Any, float | None]:
         """Money the cache reads saved, per group: each read token at the model's input rate less
@@ -509,7 +442,8 @@ def _burn(
         alias: {"input_tpm": 0.0, "output_tpm": 0.0, "tokens_tpm": 0.0, "requests_pm": 0.0}
         for alias in (pool_windows or {})
     }
-    for alias, inp, outp, n in rows:
+    for alias, raw_inp, raw_outp, raw_n in rows:
+        inp, outp, n = float(raw_inp), float(raw_outp), float(raw_n)
         burn[alias] = {
             "input_tpm": inp / minutes,
             "output_tpm": outp / minutes,

@@ -264,3 +264,12 @@ def test_usage_cache_sentence_and_share_formatting() -> None:
     assert cache_sentence({"cache_read_share": 0.5, "cache_saved_usd": 12.5}) == (
         "Prompt cache: 50% of prompt tokens read from the cache, saved $12.50"
     )
+
+
+def test_usage_heading_names_the_instances_only_in_a_team() -> None:
+    store = AnalyticsStore(Path("/nonexistent/dario/usage.sqlite3"), prices=PriceTable())
+    usage = store.query("1h", now=NOW)
+    for instances, shown in ((0, False), (1, False), (3, True)):
+        console = Console(record=True, width=100)
+        render_usage({**usage, "instances": instances}, console)
+        assert ("3 dariod instances" in console.export_text()) is shown

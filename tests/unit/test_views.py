@@ -379,3 +379,13 @@ def test_conversations_is_a_count_or_zero() -> None:
     assert views.conversations(account(conversations=4)) == 4
     assert views.conversations(account()) == 0
     assert views.conversations(account(conversations=True)) == 0 and views.conversations(account(conversations=-1)) == 0
+
+
+def test_status_says_when_usage_rows_wait_or_were_dropped() -> None:
+    fine = {"store": "postgresql", "where": "postgresql://team:***@db/usage", "ok": True, "pending": 3,
+            "written": 10, "dropped": 0, "problem": None}
+    assert "Usage analytics" not in render(views.render_status, {**status([]), "analytics": fine}, now=NOW)
+    down = {**fine, "ok": False, "pending": 1200, "dropped": 7,
+            "problem": "usage analytics database postgresql://team:***@db/usage is unusable (connection refused)"}
+    text = render(views.render_status, {**status([]), "analytics": down}, now=NOW)
+    assert "1,200 rows waiting, 7 dropped" in text and "connection refused" in text
