@@ -116,6 +116,8 @@ def cmd_login(args: argparse.Namespace) -> int:
     from dario.ctl.client import ControlAPIError
 
     client = _client(args)
+    if sys.stdin is not None and sys.stdin.isatty():
+        _refuse_config_account(client, args.alias)  # before the prompt, not after a key was pasted
     secret = _read_secret(args.alias, client)
     if not secret:
         raise UsageError("no API key given: type it at the prompt, or pipe it on stdin")
@@ -132,6 +134,18 @@ def cmd_login(args: argparse.Namespace) -> int:
         reason = f" ({account['reason']})" if account.get("reason") else ""
         _say(console, f"status: {account['status']}{reason}")
     return EXIT_OK
+
+
+def _refuse_config_account(client: ControlClient, alias: str) -> None:
+    """An account the team config file defines takes no login: say so before asking for a key."""
+    from dario.ctl.client import ControlAPIError
+    from dario.daemon.commands import command
+
+    for account in client.accounts():
+        if account.get("alias") == alias and account.get("managed_by") == "config":
+            raise ControlAPIError(409, "managed_by_config",
+                                  f"account {alias!r} is defined in dariod's config file; change its secret at the "
+                                  f"source that file names, then run: {command('dario-ctl')} refresh {alias}")
 
 
 def cmd_logout(args: argparse.Namespace) -> int:

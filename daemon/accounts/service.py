@@ -165,8 +165,7 @@ class AccountService:
             self.pool.secret_loaded(m.alias, secret)
 
     def _source_failed(self, m: ManagedAccount, problem: str) -> None:
-        reason = (f"no key from {m.source.describe()} ({problem}); fix the source, then run: "
-                  f"{command('dario-ctl')} refresh {m.alias}")
+        reason = f"{problem}; then run: {command('dario-ctl')} refresh {m.alias}"  # `problem` names the source
         log.warning("account %s: %s", m.alias, problem)
         self.pool.secret_unavailable(m.alias, reason)
 
