@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dario.daemon import __version__
-from dario.daemon.control.api import ACCOUNT_KINDS
+from dario.daemon.control.api import ACCOUNT_KINDS, AccountView
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -102,7 +102,7 @@ def _read_secret(alias: str, client: ControlClient) -> str:
         return ""
     if stdin.isatty():
         # Fail before the prompt, not after the user has pasted a key nobody can take.
-        client.status()
+        _refuse_config_account(client.status().get("accounts", []), alias)
         import getpass
 
         try:
@@ -116,8 +116,6 @@ def cmd_login(args: argparse.Namespace) -> int:
     from dario.ctl.client import ControlAPIError
 
     client = _client(args)
-    if sys.stdin is not None and sys.stdin.isatty():
-        _refuse_config_account(client, args.alias)  # before the prompt, not after a key was pasted
     secret = _read_secret(args.alias, client)
     if not secret:
         raise UsageError("no API key given: type it at the prompt, or pipe it on stdin")
@@ -136,12 +134,12 @@ def cmd_login(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _refuse_config_account(client: ControlClient, alias: str) -> None:
+def _refuse_config_account(accounts: Sequence[AccountView], alias: str) -> None:
     """An account the team config file defines takes no login: say so before asking for a key."""
     from dario.ctl.client import ControlAPIError
     from dario.daemon.commands import command
 
-    for account in client.accounts():
+    for account in accounts:
         if account.get("alias") == alias and account.get("managed_by") == "config":
             raise ControlAPIError(409, "managed_by_config",
                                   f"account {alias!r} is defined in dariod's config file; change its secret at the "

@@ -159,6 +159,6 @@ def test_a_desktop_account_of_the_same_name_gives_way_to_the_file(tmp_path: Path
     registry = Registry(tmp_path / "accounts.json")
     registry.upsert("team", "anthropic", "https://api.anthropic.com")
     registry.save()
-    service, pool = managed_service(tmp_path, write(tmp_path / "key", KEY))
+    _service, pool = managed_service(tmp_path, write(tmp_path / "key", KEY))
     assert pool.accounts["team"].managed_by == "config"
     assert pool.accounts["team"].keyring_wait is None  # not waiting on a keyring read
