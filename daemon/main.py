@@ -260,7 +260,7 @@ def settings_and_config(argv: list[str] | None) -> tuple[Settings, TeamConfig | 
         team = teamconfig.load(path)
     except teamconfig.ConfigError as exc:
         raise SettingsError(f"{exc}\nCheck it with: dariod --config {path} --check") from None
-    return from_namespace(args, team.server.settings, _file_api_key(team), path), team
+    return from_namespace(args, team.server.settings, _file_api_key(team)), team
 
 
 def _file_api_key(team: TeamConfig) -> str | None:

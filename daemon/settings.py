@@ -50,7 +50,6 @@ class Settings:
     body_idle_timeout: float = 30.0  # a request body that sends nothing for this long is cut off
     body_deadline: float = 120.0  # and one that takes longer than this in all
     auto_cache: bool = False  # OpenAI dialect: add prompt-cache breakpoints for every client
-    config_file: Path | None = None  # the team config file (dario.toml) in use, if any
 
     @property
     def is_loopback(self) -> bool:
@@ -137,7 +136,7 @@ def from_args(argv: list[str] | None = None) -> Settings:
 
 
 def from_namespace(args: argparse.Namespace, file: Mapping[str, Any] | None = None,
-                   file_api_key: str | None = None, config_file: Path | None = None) -> Settings:
+                   file_api_key: str | None = None) -> Settings:
     """Flags over environment over `file` (the config file's [server] values, by field name) over defaults.
 
     `file_api_key` is the [server] api_key read from its source; DARIO_API_KEY wins over it.
@@ -180,7 +179,6 @@ def from_namespace(args: argparse.Namespace, file: Mapping[str, Any] | None = No
         body_idle_timeout=seconds(None, "DARIO_BODY_IDLE_TIMEOUT", "body_idle_timeout"),
         body_deadline=seconds(None, "DARIO_BODY_DEADLINE", "body_deadline"),
         auto_cache=switch(args.auto_cache, "DARIO_AUTO_CACHE", "auto_cache"),
-        config_file=config_file,
     )
     settings.check()
     return settings

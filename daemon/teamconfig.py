@@ -44,6 +44,7 @@ from dario.daemon.accounts.sources import (
     SourceKind,
     source_for,
 )
+from dario.daemon.redact import redact
 
 CONFIG_ENV = "DARIO_CONFIG"
 
@@ -426,8 +427,9 @@ def _syntax_problem(exc: tomllib.TOMLDecodeError) -> Problem:
 
 
 def _shown(line: str) -> str:
-    """A line of the file as a problem report shows it: a literal secret is hidden."""
-    return _SECRET_LINE.sub(r"\1<hidden>", line)
+    """A line of the file as a problem report shows it: a literal secret is hidden, and anything
+    shaped like an Anthropic key on any line (say, one a syntax error stopped the parser at)."""
+    return redact(_SECRET_LINE.sub(r"\1<hidden>", line))
 
 
 # -- dariod --config FILE --check --------------------------------------------------------------

@@ -137,6 +137,14 @@ def test_a_literal_secret_is_refused_and_never_echoed() -> None:
     assert "secret = <hidden>" in report
 
 
+def test_a_key_on_a_line_the_parser_stopped_at_is_not_shown() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse("[server]\napi_key = sk-ant-api03-UNQUOTED-KEY\n", Path("t.toml"))
+    report = info.value.report()
+    assert "t.toml:2: not valid TOML" in report
+    assert "UNQUOTED-KEY" not in report
+
+
 def test_every_problem_is_reported_at_once_with_its_line_shown() -> None:
     text = "[server]\nport = -1\n\n[[account]]\nalias = \"a\"\nsecret = { env = \"A\" }\n\n" \
            "[[account]]\nalias = \"a\"\nsecret = { env = \"B\" }\npreferred = true\n\n" \
