@@ -44,6 +44,7 @@ from dario.daemon.accounts.sources import (
     SourceKind,
     source_for,
 )
+from dario.daemon.control.api import ACCOUNT_KINDS
 from dario.daemon.redact import redact
 
 CONFIG_ENV = "DARIO_CONFIG"
@@ -312,7 +313,7 @@ class _Reader:
             try:
                 url = normalise_base_url(kind, base_url)
             except InvalidAccount as exc:
-                key = "kind" if "kind" in str(exc) and "unknown" in str(exc) else "base_url"
+                key = "base_url" if kind in ACCOUNT_KINDS else "kind"
                 self.problem(self.where.key(table, key) or head,
                              f"{label}: {str(exc).replace('--base-url', 'base_url')}")
         flags: dict[str, bool] = {}

@@ -752,8 +752,11 @@ class Pool:
                 self.store.restore(acc, failures=int(item.get("failures") or 0))
             # Only a key the upstream rejected stays rejected across a restart. Older versions also
             # saved keyring trouble here, which would keep a good key dead: that is dropped.
+            # A config-file account is exempt: its source may hold a new key now (a restart is how
+            # systemd hands a service a rotated credential), so the key is judged afresh.
             needs_login = item.get("needs_login")
-            if isinstance(needs_login, str) and needs_login.startswith(AUTH_REJECTED_PREFIX):
+            if (isinstance(needs_login, str) and needs_login.startswith(AUTH_REJECTED_PREFIX)
+                    and acc.managed_by is None):
                 self.store.set_needs_login(acc, _clean(needs_login, acc))
             self.store.observe_windows(acc, {
                 name: Window(w.get("limit"), w.get("remaining"), w.get("reset"))

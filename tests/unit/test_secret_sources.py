@@ -162,3 +162,13 @@ def test_a_desktop_account_of_the_same_name_gives_way_to_the_file(tmp_path: Path
     _service, pool = managed_service(tmp_path, write(tmp_path / "key", KEY))
     assert pool.accounts["team"].managed_by == "config"
     assert pool.accounts["team"].keyring_wait is None  # not waiting on a keyring read
+
+
+def test_a_rejected_key_of_a_config_account_is_judged_afresh_after_a_restart(tmp_path: Path) -> None:
+    rejected = {"version": 1, "accounts": {"team": {"needs_login": "upstream answered 401: invalid x-api-key"}}}
+    _service, pool = managed_service(tmp_path, write(tmp_path / "key", KEY))
+    pool.import_state(rejected)
+    assert pool.view(pool.accounts["team"])["status"] == "ok"  # the source may hold a rotated key now
+    pool.set_managed("team", None)  # the same saved verdict holds for a desktop account
+    pool.import_state(rejected)
+    assert pool.view(pool.accounts["team"])["status"] == "needs_login"
