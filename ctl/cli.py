@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dario.daemon import __version__
-from dario.daemon.control.api import ACCOUNT_KINDS
+from dario.daemon.control.api import ACCOUNT_KINDS, AccountView
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -102,7 +102,7 @@ def _read_secret(alias: str, client: ControlClient) -> str:
         return ""
     if stdin.isatty():
         # Fail before the prompt, not after the user has pasted a key nobody can take.
-        client.status()
+        _refuse_config_account(client.status().get("accounts", []), alias)
         import getpass
 
         try:
@@ -132,6 +132,18 @@ def cmd_login(args: argparse.Namespace) -> int:
         reason = f" ({account['reason']})" if account.get("reason") else ""
         _say(console, f"status: {account['status']}{reason}")
     return EXIT_OK
+
+
+def _refuse_config_account(accounts: Sequence[AccountView], alias: str) -> None:
+    """An account the team config file defines takes no login: say so before asking for a key."""
+    from dario.ctl.client import ControlAPIError
+    from dario.daemon.commands import command
+
+    for account in accounts:
+        if account.get("alias") == alias and account.get("managed_by") == "config":
+            raise ControlAPIError(409, "managed_by_config",
+                                  f"account {alias!r} is defined in dariod's config file; change its secret at the "
+                                  f"source that file names, then run: {command('dario-ctl')} refresh {alias}")
 
 
 def cmd_logout(args: argparse.Namespace) -> int:

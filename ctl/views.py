@@ -181,6 +181,9 @@ def _note_bits(account: AccountView, now: float) -> list[str]:
 def account_hint(account: AccountView) -> str | None:
     """The command that fixes an account the user has to act on, if any."""
     alias = account.get("alias", "")
+    if account.get("status") == "needs_login" and account.get("managed_by") == "config":
+        # Its key comes from the source the team config file names; login would be refused.
+        return f"{alias} needs a working key at its source (see its note), then: {command('dario-ctl')} refresh {alias}"
     if account.get("status") == "needs_login":
         return f"{alias} needs a working key: {command('dario-ctl')} login {alias}"
     if account.get("status") == "disabled":
@@ -227,6 +230,8 @@ def _account_rows(accounts: Sequence[AccountView], now: float, bar_width: int) -
         alias = Text(str(a.get("alias", "?")), style="bold" if a.get("preferred") else "")
         if a.get("preferred"):
             alias.append(" ★", style="yellow")
+        if a.get("managed_by") == "config":
+            alias.append(" (config)", style="dim")  # defined in the team config file
         headroom = a.get("headroom") if status in SHOWS_HEADROOM else None
         bar = headroom_bar(headroom, bar_width) if bar_width else (
             UNKNOWN if headroom is None else f"{round(min(1.0, max(0.0, headroom)) * 100)}%")

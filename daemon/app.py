@@ -21,7 +21,8 @@ from dario.daemon.accounts import secrets
 from dario.daemon.accounts.clientkeys import ClientKeyStore
 from dario.daemon.accounts.errors import UpstreamUnreachable
 from dario.daemon.accounts.registry import Registry
-from dario.daemon.accounts.service import AccountService, KeyCheck, KeyProbe
+from dario.daemon.accounts.service import AccountService, KeyCheck, KeyProbe, ManagedAccount
+from dario.daemon.accounts.sources import source_for
 from dario.daemon.control.server import ControlApp
 from dario.daemon.edge.guard import Guard
 from dario.daemon.edge.peergate import PeerGate
@@ -40,6 +41,7 @@ from dario.daemon.routing.pool import Pool
 from dario.daemon.routing.ratelimits import parse as parse_ratelimits
 from dario.daemon.routing.relay import Relay
 from dario.daemon.settings import Settings
+from dario.daemon.teamconfig import TeamConfig
 from dario.daemon.upstream import anthropic as upstream
 from dario.daemon.upstream.errors import parse_error
 from dario.daemon.upstream.httpclient import HttpClient, Timeouts, UpstreamError
@@ -93,8 +95,9 @@ class Daemon:
         await self.http.aclose()
 
 
-def build(settings: Settings, *, tcp_control: bool = False) -> Daemon:
-    """Wire one dariod from its settings: read the files it keeps, connect the parts."""
+def build(settings: Settings, *, tcp_control: bool = False, team: TeamConfig | None = None) -> Daemon:
+    """Wire one dariod from its settings (and the team config file's accounts): read the files it keeps,
+    connect the parts."""
     http = HttpClient(
         timeouts=Timeouts(connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout),
         # Every open stream holds one upstream connection; thousands of concurrent streams are normal.
@@ -103,7 +106,7 @@ def build(settings: Settings, *, tcp_control: bool = False) -> Daemon:
     pool = Pool()
     client_keys = ClientKeyStore(paths.keys_file())
     persister = Persister(pool, client_keys, paths.pool_state_file())
-    accounts = AccountService(Registry(paths.accounts_file()), pool, key_probe(http))
+    accounts = AccountService(Registry(paths.accounts_file()), pool, key_probe(http), managed_accounts(team))
     accounts.load()
     persister.load_pool_state()
 
@@ -156,6 +159,18 @@ def usage_backend(settings: Settings) -> UsageBackend:
     if settings.analytics_url:
         return PostgresUsage(settings.analytics_url)  # settings checked that psycopg is installed
     return SqliteUsage(paths.analytics_db())
+
+
+def managed_accounts(team: TeamConfig | None) -> list[ManagedAccount]:
+    """The config file's [[account]] tables as the account service takes them."""
+    if team is None:
+        return []
+    return [
+        ManagedAccount(alias=a.alias, kind=a.kind, base_url=a.base_url,
+                       source=source_for(a.secret.kind, a.secret.value, a.alias), config_file=str(team.path),
+                       enabled=a.enabled, preferred=a.preferred, options=dict(a.options))
+        for a in team.accounts
+    ]
 
 
 def key_probe(http: HttpClient) -> KeyProbe:

@@ -17,11 +17,13 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from dario.daemon import __version__, app, paths, peercred
-from dario.daemon.accounts.errors import AccountError
+from dario.daemon import __version__, app, paths, peercred, teamconfig
+from dario.daemon.accounts.errors import AccountError, KeyringUnavailable
+from dario.daemon.accounts.sources import SecretUnavailable, source_for
 from dario.daemon.atomicfile import write_json_atomic
 from dario.daemon.edge import activation
-from dario.daemon.settings import Settings, SettingsError, from_args, is_loopback_host
+from dario.daemon.settings import Settings, SettingsError, from_namespace, is_loopback_host, parse_args
+from dario.daemon.teamconfig import TeamConfig
 
 log = logging.getLogger("dario")
 
@@ -147,19 +149,19 @@ def serve_http1_only() -> None:
     H11Protocol._check_protocol = check_protocol  # type: ignore[method-assign]
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings, team: TeamConfig | None = None) -> None:
     # Take SIGINT/SIGTERM over before anything else, so a signal during start-up still
     # leads to an orderly shutdown (socket removed, state saved).
     if not settings.http2_cleartext:
         serve_http1_only()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        await _run(settings, signals)
+        await _run(settings, signals, team)
 
 
-async def _run(settings: Settings, signals: AsyncIterator[int]) -> None:
+async def _run(settings: Settings, signals: AsyncIterator[int], team: TeamConfig | None) -> None:
     lock_fd = take_lock(settings.socket)
     try:
-        await _serve_all(settings, signals)
+        await _serve_all(settings, signals, team)
     finally:
         os.close(lock_fd)
 
@@ -183,13 +185,13 @@ def public_bind(settings: Settings, host: str) -> str:
     return f"fd://{inherited.fd}"
 
 
-async def _serve_all(settings: Settings, signals: AsyncIterator[int]) -> None:
+async def _serve_all(settings: Settings, signals: AsyncIterator[int], team: TeamConfig | None) -> None:
     tcp_control = paths.control_mode() == "tcp"
     if not tcp_control:
         claim_socket(settings.socket)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     bind = public_bind(settings, host)
-    daemon = app.build(settings, tcp_control=tcp_control)
+    daemon = app.build(settings, tcp_control=tcp_control, team=team)
     endpoint_file = paths.control_endpoint_file(settings.socket)
     stop = trio.Event()
     try:
@@ -242,9 +244,42 @@ async def _watch_signals(signals: AsyncIterator[int], stop: trio.Event) -> None:
         return
 
 
+def settings_and_config(argv: list[str] | None) -> tuple[Settings, TeamConfig | None]:
+    """Flags, environment and the team config file (if one is named) into Settings; raises SettingsError."""
+    args = parse_args(argv)
+    path = teamconfig.config_path(args.config, os.environ)
+    if args.check:
+        if path is None:
+            raise SettingsError("--check needs --config FILE (or DARIO_CONFIG)")
+        report, code = teamconfig.check(path)
+        print(report, file=sys.stdout if code == 0 else sys.stderr)
+        sys.exit(code)
+    if path is None:
+        return from_namespace(args), None
+    try:
+        team = teamconfig.load(path)
+    except teamconfig.ConfigError as exc:
+        raise SettingsError(f"{exc}\nCheck it with: dariod --config {path} --check") from None
+    file_settings = dict(team.server.settings)
+    if team.server.analytics_url:
+        file_settings["analytics_url"] = team.server.analytics_url
+    return from_namespace(args, file_settings, _file_api_key(team)), team
+
+
+def _file_api_key(team: TeamConfig) -> str | None:
+    """The [server] api_key from its source, unless DARIO_API_KEY (which wins) is set."""
+    spec = team.server.api_key
+    if spec is None or os.environ.get("DARIO_API_KEY"):
+        return None
+    try:
+        return source_for(spec.kind, spec.value, "api_key").read()
+    except (SecretUnavailable, KeyringUnavailable) as exc:
+        raise SettingsError(f"[server] api_key in {team.path}: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
-        settings = from_args(argv)
+        settings, team = settings_and_config(argv)
     except SettingsError as exc:
         print(f"dariod: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -256,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     if not settings.verbose:
         logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
     try:
-        trio.run(run, settings)
+        trio.run(run, settings, team)
     except (StartupError, paths.UnsafeFolder, AccountError) as exc:  # AccountError: an unreadable registry
         print(f"dariod: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -1,4 +1,9 @@
-"""dariod's settings: command-line flags over `DARIO_*` environment over defaults."""
+"""dariod's settings: command-line flags over `DARIO_*` environment over the team config file's
+`[server]` table over defaults.
+
+The file itself is read by `teamconfig` (which knows the accounts room); this module only takes
+its already-checked values as a mapping of Settings field names, so it stays a shared module.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,10 @@ import argparse
 import importlib.util
 import ipaddress
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dario.daemon import __version__, dburl, paths
 
@@ -56,8 +63,9 @@ class Settings:
         if not self.is_loopback and not self.api_key:
             raise SettingsError(
                 f"refusing to listen on {self.host}: that address is reachable from other machines, and "
-                "dario adds your real credentials to every request it forwards. Set DARIO_API_KEY to a "
-                "secret that clients must send, or listen on 127.0.0.1 (the default)."
+                "dario adds your real credentials to every request it forwards. Set DARIO_API_KEY (or api_key "
+                "in the config file's [server] table) to a secret that clients must send, or listen on "
+                "127.0.0.1 (the default)."
             )
         if not (0 <= self.port <= 65535):
             raise SettingsError(f"--port must be 0–65535, not {self.port}")
@@ -82,7 +90,9 @@ def _env_float(name: str, default: float) -> float:
         raise SettingsError(f"{name} must be a number of seconds, not {value!r}") from None
 
 
-def _env_list(name: str) -> tuple[str, ...]:
+def _env_list(name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    if not os.environ.get(name, "").strip():
+        return default
     return tuple(x.strip() for x in os.environ.get(name, "").split(",") if x.strip())
 
 
@@ -97,6 +107,11 @@ def _analytics_url(value: str | None) -> str | None:
         f"--analytics / DARIO_ANALYTICS_URL must be a postgresql:// or postgres:// URL, not {dburl.shown(value)!r}; "
         "leave it unset to keep usage in SQLite"
     )
+
+
+def _env_flag(name: str) -> bool | None:
+    value = os.environ.get(name, "")
+    return None if value == "" else value != "0"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,41 +138,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto-cache", action="store_true",
                    help="OpenAI dialect: add prompt-cache breakpoints to every request (DARIO_AUTO_CACHE=1); "
                    "cache writes cost 1.25x input, reads 0.1x")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="team config file (DARIO_CONFIG): [server] settings and [[account]] tables whose "
+                   "secrets come from systemd credentials, files or environment variables")
+    p.add_argument("--check", action="store_true",
+                   help="with --config: check the file, list every problem with its line, exit 2 on problems")
     p.add_argument("--version", action="version", version=f"dariod {__version__}")
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
 def from_args(argv: list[str] | None = None) -> Settings:
-    args = build_parser().parse_args(argv)
+    return from_namespace(parse_args(argv))
+
+
+def from_namespace(args: argparse.Namespace, file: Mapping[str, Any] | None = None,
+                   file_api_key: str | None = None) -> Settings:
+    """Flags over environment over `file` (the config file's [server] values, by field name) over defaults.
+
+    `file_api_key` is the [server] api_key read from its source; DARIO_API_KEY wins over it.
+    """
     env = os.environ
+    f = dict(file or {})
+    defaults = Settings(socket=Path())
     port_env = env.get("DARIO_PORT")
     try:
-        port = args.port if args.port is not None else int(port_env) if port_env else DEFAULT_PORT
+        port = (args.port if args.port is not None else int(port_env) if port_env
+                else int(f.get("port", DEFAULT_PORT)))
     except ValueError:
         raise SettingsError(f"DARIO_PORT must be a port number, not {port_env!r}") from None
+
+    def seconds(flag: float | None, name: str, field_name: str) -> float:
+        if flag is not None:
+            return flag
+        return _env_float(name, float(f.get(field_name, getattr(defaults, field_name))))
+
+    def switch(flag: bool, name: str, field_name: str) -> bool:
+        from_env = _env_flag(name)
+        return flag or (from_env if from_env is not None else bool(f.get(field_name, False)))
+
     settings = Settings(
-        host=args.host or env.get("DARIO_HOST") or DEFAULT_HOST,
+        host=args.host or env.get("DARIO_HOST") or f.get("host") or DEFAULT_HOST,
         port=port,
-        socket=args.socket or paths.socket_path(),
-        verbose=args.verbose or env.get("DARIO_VERBOSE", "") not in ("", "0"),
-        api_key=env.get("DARIO_API_KEY") or None,
-        force_model=args.force_model or env.get("DARIO_MODEL") or None,
-        queue_timeout=args.queue_timeout
-        if args.queue_timeout is not None
-        else _env_float("DARIO_QUEUE_TIMEOUT", 60.0),
-        grace_period=args.grace_period
-        if args.grace_period is not None
-        else _env_float("DARIO_GRACE_PERIOD", 10.0),
-        allowed_hosts=_env_list("DARIO_ALLOWED_HOSTS"),
-        allowed_origins=_env_list("DARIO_ALLOWED_ORIGINS"),
-        upstream_read_timeout=_env_float("DARIO_UPSTREAM_TIMEOUT", 300.0),
-        hold_message_start=_env_float("DARIO_HOLD_MESSAGE_START", 2.0),
-        analytics=not args.no_analytics,
-        analytics_url=_analytics_url(args.analytics_url or env.get("DARIO_ANALYTICS_URL") or None),
-        http2_cleartext=args.http2_cleartext,
-        body_idle_timeout=_env_float("DARIO_BODY_IDLE_TIMEOUT", 30.0),
-        body_deadline=_env_float("DARIO_BODY_DEADLINE", 120.0),
-        auto_cache=args.auto_cache or env.get("DARIO_AUTO_CACHE", "") not in ("", "0"),
+        socket=args.socket or (paths.socket_path() if env.get("DARIO_SOCKET") else None)
+        or f.get("socket") or paths.socket_path(),
+        verbose=switch(args.verbose, "DARIO_VERBOSE", "verbose"),
+        api_key=env.get("DARIO_API_KEY") or file_api_key or None,
+        force_model=args.force_model or env.get("DARIO_MODEL") or f.get("force_model") or None,
+        queue_timeout=seconds(args.queue_timeout, "DARIO_QUEUE_TIMEOUT", "queue_timeout"),
+        grace_period=seconds(args.grace_period, "DARIO_GRACE_PERIOD", "grace_period"),
+        allowed_hosts=_env_list("DARIO_ALLOWED_HOSTS", tuple(f.get("allowed_hosts", ()))),
+        allowed_origins=_env_list("DARIO_ALLOWED_ORIGINS", tuple(f.get("allowed_origins", ()))),
+        upstream_read_timeout=seconds(None, "DARIO_UPSTREAM_TIMEOUT", "upstream_read_timeout"),
+        hold_message_start=seconds(None, "DARIO_HOLD_MESSAGE_START", "hold_message_start"),
+        analytics=not args.no_analytics and bool(f.get("analytics", True)),
+        analytics_url=_analytics_url(args.analytics_url or env.get("DARIO_ANALYTICS_URL") or f.get("analytics_url")
+                                     or None),
+        http2_cleartext=args.http2_cleartext or bool(f.get("http2_cleartext", False)),
+        body_idle_timeout=seconds(None, "DARIO_BODY_IDLE_TIMEOUT", "body_idle_timeout"),
+        body_deadline=seconds(None, "DARIO_BODY_DEADLINE", "body_deadline"),
+        auto_cache=switch(args.auto_cache, "DARIO_AUTO_CACHE", "auto_cache"),
     )
     settings.check()
     return settings

@@ -43,3 +43,7 @@ class KeyringUnavailable(AccountError):
     def __init__(self, message: str, short: str | None = None) -> None:
         super().__init__(message)
         self.short = short or message
+
+
+class ManagedByConfig(AccountError):
+    """The account is defined in the team config file: change it there, not with login/logout."""

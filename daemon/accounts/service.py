@@ -1,5 +1,9 @@
 """The account service: log in, log out, enable, prefer, refresh, and reading keys from the keyring.
 
+Accounts come from two places: the registry (made with `dario-ctl login`, keys in the OS keyring)
+and, on a server, the team config file (`ManagedAccount`: each names its secret source, and
+login/logout refuse them; `refresh` re-reads the source).
+
 It changes three things together (the registry file, the OS keyring and the pool) and raises
 only the domain errors of `accounts.errors`; the control server turns them into HTTP answers.
 The pool and the upstream's key check come in as interfaces (`AccountPool`, `KeyProbe`), so this
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -22,10 +26,12 @@ from dario.daemon.accounts.errors import (
     InvalidAccount,
     KeyRejected,
     KeyringUnavailable,
+    ManagedByConfig,
     UpstreamRefused,
     UpstreamUnreachable,
 )
 from dario.daemon.accounts.registry import Registry, check_alias, normalise_base_url
+from dario.daemon.accounts.sources import KeyringSource, SecretSource, SecretUnavailable
 from dario.daemon.commands import command
 from dario.daemon.control.api import AccountView, RefreshResult
 from dario.daemon.redact import redact
@@ -43,6 +49,20 @@ class KeyCheck:
     ratelimits: Any  # the pool's rate-limit snapshot, read from the answer's headers
     body: bytes
     spend_limit: bool = False  # a 429 that is the organisation's spend limit (the upstream's one rule)
+
+
+@dataclass(frozen=True, slots=True)
+class ManagedAccount:
+    """An account the team config file defines: its metadata and where its secret comes from."""
+
+    alias: str
+    kind: str
+    base_url: str
+    source: SecretSource
+    config_file: str  # the file that defines it, for messages
+    enabled: bool = True
+    preferred: bool = False
+    options: dict[str, str] = field(default_factory=dict)  # kind fields (region, project, …), kept as given
 
 
 # Sends a cheap authenticated request with (base_url, secret); raises UpstreamUnreachable.
@@ -75,6 +95,8 @@ class AccountPool(Protocol):
     def secret_loaded(self, alias: str, secret: str | None) -> None: ...
     def mark_keyring_wait(self, alias: str, reason: str) -> None: ...
     def set_keyring_answer_expected(self, expected: bool) -> None: ...
+    def secret_unavailable(self, alias: str, reason: str) -> None: ...
+    def set_managed(self, alias: str, managed_by: str | None) -> None: ...
     def clear_block(self, alias: str) -> None: ...
     def notify(self) -> None: ...
     def observe_headers(self, acc: Any, snap: Any, sent_at: float | None = None) -> None: ...
@@ -85,10 +107,12 @@ class AccountPool(Protocol):
 
 
 class AccountService:
-    def __init__(self, registry: Registry, pool: AccountPool, probe: KeyProbe) -> None:
+    def __init__(self, registry: Registry, pool: AccountPool, probe: KeyProbe,
+                 managed: list[ManagedAccount] | None = None) -> None:
         self.registry = registry
         self.pool = pool
         self.probe = probe
+        self.managed: dict[str, ManagedAccount] = {m.alias: m for m in managed or ()}
         # The keyring, read by read_secrets_forever: why it cannot be read now (long, with the fix), and
         # the signals `refresh` uses to ask for a read and to wait for one to finish.
         self.keyring_problem: str | None = None
@@ -107,10 +131,43 @@ class AccountService:
         """
         self.registry.load()
         for acc in self.registry.accounts.values():
+            if acc.alias in self.managed:
+                log.warning("account %s is defined in %s and in %s; using the config file's",
+                            acc.alias, self.managed[acc.alias].config_file, self.registry.path)
+                continue
             self.pool.upsert(acc.alias, acc.kind, acc.base_url, acc.created, None, acc.enabled)
             self.pool.mark_keyring_wait(acc.alias, "reading the key from the OS keyring")
-        self.pool.keyring_answer_expected = bool(self.registry.accounts)
-        self.pool.preferred = self.registry.preferred
+        for m in self.managed.values():
+            self.pool.upsert(m.alias, m.kind, m.base_url, 0.0, None, m.enabled)
+            self.pool.set_managed(m.alias, "config")
+            if m.source.kind == "keyring":
+                self.pool.mark_keyring_wait(m.alias, "reading the key from the OS keyring")
+            else:
+                self._read_source(m)
+        self.pool.keyring_answer_expected = bool(self._keyring_pending())
+        preferred = next((m.alias for m in self.managed.values() if m.preferred), None)
+        self.pool.preferred = preferred or (
+            self.registry.preferred if self.registry.preferred in self.pool.accounts else None)
+
+    # -- secrets from a config file's sources ----------------------------------------------
+    def _read_source(self, m: ManagedAccount) -> None:
+        """Read a config account's secret from its source into the pool (blocking; start-up only)."""
+        self._apply_source(m, _read_source(m.source))
+
+    async def _reread_source(self, m: ManagedAccount) -> None:
+        self._apply_source(m, await trio.to_thread.run_sync(_read_source, m.source))
+
+    def _apply_source(self, m: ManagedAccount, outcome: tuple[str | None, str | None]) -> None:
+        secret, problem = outcome
+        if secret is None:
+            self._source_failed(m, problem or "no key")
+        elif self.pool.accounts.get(m.alias) is not None:
+            self.pool.secret_loaded(m.alias, secret)
+
+    def _source_failed(self, m: ManagedAccount, problem: str) -> None:
+        reason = f"{problem}; then run: {command('dario-ctl')} refresh {m.alias}"  # `problem` names the source
+        log.warning("account %s: %s", m.alias, problem)
+        self.pool.secret_unavailable(m.alias, reason)
 
     # -- secrets from the keyring ---------------------------------------------------------
     def _keyring_pending(self) -> list[str]:
@@ -173,6 +230,10 @@ class AccountService:
             acc = self.pool.accounts.get(alias)
             if acc is not None and acc.secret is None:  # a login meanwhile brought a newer key
                 self.pool.secret_loaded(alias, secret)
+                managed = self.managed.get(alias)
+                if managed is not None and not secret:
+                    self._source_failed(managed, f"{KeyringSource(alias).describe()} holds no key; store one with "
+                                                 f"`keyring set {secrets.KEYRING_SERVICE} {alias}`")
         return True
 
     def _keyring_failed(self, pending: list[str], exc: KeyringUnavailable) -> None:
@@ -198,6 +259,7 @@ class AccountService:
     # -- account operations ----------------------------------------------------------------
     async def login(self, alias: str, secret: str, kind: str, base_url: str | None) -> AccountView:
         check_alias(alias)
+        self._refuse_managed(alias, "login")
         url = normalise_base_url(kind, base_url)
         secret = secret.strip()
         if not secret:
@@ -236,11 +298,24 @@ class AccountService:
         return self.pool.view(state)
 
     def _require(self, alias: str) -> None:
-        if alias not in self.registry.accounts:
-            known = ", ".join(self.registry.accounts) or "none yet"
+        if alias not in self.registry.accounts and alias not in self.managed:
+            known = ", ".join(self.pool.accounts) or "none yet"
             raise AccountNotFound(f"no account named {alias!r} (accounts: {known})")
 
+    def _refuse_managed(self, alias: str, what: str) -> None:
+        m = self.managed.get(alias)
+        if m is None:
+            return
+        change = ("change the secret at its source" if what == "login"
+                  else "remove its [[account]] table from the file and restart dariod")
+        raise ManagedByConfig(
+            f"account {alias!r} is defined in the config file {m.config_file}, so {what} cannot change it: "
+            f"{change} (its secret comes from {m.source.describe()}); "
+            f"after changing the secret, run: {command('dario-ctl')} refresh {alias}"
+        )
+
     async def logout(self, alias: str) -> None:
+        self._refuse_managed(alias, "logout")
         self._require(alias)
         await _keyring_call(lambda: secrets.delete_secret(alias))
         self.registry.remove(alias)
@@ -250,15 +325,18 @@ class AccountService:
 
     async def set_enabled(self, alias: str, enabled: bool) -> AccountView:
         self._require(alias)
-        self.registry.accounts[alias].enabled = enabled
-        await trio.to_thread.run_sync(self.registry.save)
+        if alias in self.registry.accounts and alias not in self.managed:
+            self.registry.accounts[alias].enabled = enabled
+            await trio.to_thread.run_sync(self.registry.save)
+        # A config account: until dariod restarts, when the file's `enabled` holds again.
         self.pool.set_enabled(alias, enabled)
         return self.pool.view(self.pool.accounts[alias])
 
     async def prefer(self, alias: str | None) -> str | None:
         if alias is not None:
             self._require(alias)
-        self.registry.preferred = alias
+        # A config account is preferred until dariod restarts; the file's `preferred` decides then.
+        self.registry.preferred = alias if alias in self.registry.accounts else None
         await trio.to_thread.run_sync(self.registry.save)
         self.pool.prefer(alias)
         return alias
@@ -267,7 +345,12 @@ class AccountService:
         if alias is not None:
             self._require(alias)
         targets = [alias] if alias else list(self.pool.accounts)
-        unread = [name for name in targets if self.pool.accounts[name].secret is None]
+        for name in targets:  # a config account's source may hold a new (rotated) key: read it again
+            m = self.managed.get(name)
+            if m is not None and m.source.kind != "keyring":
+                await self._reread_source(m)
+        unread = [name for name in targets if self.pool.accounts[name].secret is None
+                  and not (name in self.managed and self.managed[name].source.kind != "keyring")]
         if unread:
             await self._reread_keyring(unread)
         results: list[RefreshResult] = []
@@ -292,8 +375,10 @@ class AccountService:
         status, body = check.status, check.body
         if status in (401, 403):
             self.pool.observe_auth_failure(acc, status, _upstream_message(body, acc.secret))
-            return {"alias": alias, "ok": False, "status": "needs_login",
-                    "message": f"key rejected ({status}); run: {command('dario-ctl')} login {alias}"}
+            fix = (f"fix the key in {self.managed[alias].source.describe()}, then run: "
+                   f"{command('dario-ctl')} refresh {alias}" if alias in self.managed
+                   else f"run: {command('dario-ctl')} login {alias}")
+            return {"alias": alias, "ok": False, "status": "needs_login", "message": f"key rejected ({status}); {fix}"}
         if status == 429:
             self.pool.observe_rate_limited(acc, check.ratelimits, spend_limit=check.spend_limit,
                                            message=_upstream_message(body, acc.secret))
@@ -309,6 +394,14 @@ class AccountService:
         self.pool.observe_headers(acc, check.ratelimits)
         view = self.pool.view(acc)
         return {"alias": alias, "ok": True, "status": view["status"], "message": "key valid; windows re-read"}
+
+
+def _read_source(source: SecretSource) -> tuple[str | None, str | None]:
+    """(secret, None) or (None, why not): a blocking read, safe to run in a worker thread."""
+    try:
+        return source.read(), None
+    except (SecretUnavailable, KeyringUnavailable) as exc:
+        return None, str(exc)
 
 
 async def _keyring_call(fn: Callable[[], object]) -> None:

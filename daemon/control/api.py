@@ -61,6 +61,9 @@ class AccountView(TypedDict):
     errors: int
     latency_ms: float | None  # recent (EWMA) upstream latency
     conversations: int  # live prompt-cache prefixes this account holds (prompt-cache affinity)
+    # "config" when the team config file (dario.toml) defines the account: login/logout refuse it
+    # and its secret comes from the source the file names. None for accounts made with login.
+    managed_by: NotRequired[str | None]
 
 
 class PoolView(TypedDict):

@@ -22,6 +22,7 @@ from dario.daemon.accounts.errors import (
     InvalidAccount,
     KeyRejected,
     KeyringUnavailable,
+    ManagedByConfig,
     UpstreamRefused,
     UpstreamUnreachable,
 )
@@ -49,6 +50,7 @@ ALLOWED_HOSTS = frozenset({CONTROL_HOST.encode(), b"localhost", b""})
 # The handlers only encode results; this table is the one place that knows HTTP.
 ACCOUNT_ERRORS: dict[type[AccountError], tuple[int, str]] = {
     InvalidAccount: (400, "invalid_request"),
+    ManagedByConfig: (409, "managed_by_config"),
     KeyRejected: (400, "key_rejected"),
     AccountNotFound: (404, "not_found"),
     UpstreamRefused: (502, "upstream_error"),

@@ -167,7 +167,20 @@ class Pool:
         acc = self.accounts[alias]
         acc.secret = secret
         acc.keyring_wait = None
+        acc.secret_problem = None
         self._changed(acc)
+
+    def secret_unavailable(self, alias: str, reason: str) -> None:
+        """A config account's secret source gave no key: needs_login here, with `reason` (names the source)."""
+        acc = self.accounts[alias]
+        acc.secret = None
+        acc.keyring_wait = None
+        acc.secret_problem = reason
+        self._changed(acc)
+
+    def set_managed(self, alias: str, managed_by: str | None) -> None:
+        """Mark who manages the account: "config" for one the team config file defines."""
+        self.accounts[alias].managed_by = managed_by
 
     def mark_keyring_wait(self, alias: str, reason: str) -> None:
         acc = self.accounts[alias]
@@ -603,7 +616,8 @@ class Pool:
         reason: str | None = None
         until: float | None = None
         if status is Status.NEEDS_LOGIN:
-            reason = acc.needs_login or f"no key in the keyring; run: {command('dario-ctl')} login {acc.alias}"
+            reason = (acc.needs_login or acc.secret_problem
+                      or f"no key in the keyring; run: {command('dario-ctl')} login {acc.alias}")
         elif status is Status.WAITING_FOR_KEYRING:
             reason = acc.keyring_wait
         elif status in BLOCKED_BY_TIME:
@@ -637,6 +651,7 @@ class Pool:
             "errors": acc.errors,
             "latency_ms": None if acc.latency_ms is None else round(acc.latency_ms, 2),
             "conversations": conversations.get(acc.alias, 0),
+            "managed_by": acc.managed_by,
         }
 
     def views(self) -> list[AccountView]:
@@ -737,8 +752,11 @@ class Pool:
                 self.store.restore(acc, failures=int(item.get("failures") or 0))
             # Only a key the upstream rejected stays rejected across a restart. Older versions also
             # saved keyring trouble here, which would keep a good key dead: that is dropped.
+            # A config-file account is exempt: its source may hold a new key now (a restart is how
+            # systemd hands a service a rotated credential), so the key is judged afresh.
             needs_login = item.get("needs_login")
-            if isinstance(needs_login, str) and needs_login.startswith(AUTH_REJECTED_PREFIX):
+            if (isinstance(needs_login, str) and needs_login.startswith(AUTH_REJECTED_PREFIX)
+                    and acc.managed_by is None):
                 self.store.set_needs_login(acc, _clean(needs_login, acc))
             self.store.observe_windows(acc, {
                 name: Window(w.get("limit"), w.get("remaining"), w.get("reset"))

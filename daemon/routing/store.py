@@ -107,6 +107,10 @@ class AccountState:
     # Why the key could not be read from the keyring yet (locked, not answering, failing). Never
     # persisted: a keyring problem is a passing state of this session, not a verdict on the key.
     keyring_wait: str | None = None
+    # Why a config-file account's secret source gave no key (missing credential, unreadable file):
+    # local to this instance, as another instance may read its own source fine. Never persisted.
+    secret_problem: str | None = None
+    managed_by: str | None = None  # "config" when the team config file defines the account
     block_kind: BlockKind | None = None  # shared
     block_reason: str | None = None  # shared
     block_until: float | None = None  # shared

@@ -384,6 +384,19 @@ def test_login_tty_uses_getpass(
     assert SECRET not in out + err
 
 
+def test_login_of_a_config_account_is_refused_before_the_prompt(
+    daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon.on("GET", "/v1/status", {**STATUS, "accounts": [{**ACCOUNT, "managed_by": "config"}]})
+    _stdin(monkeypatch, "must not be read")
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": pytest.fail("prompted for a key"))
+    assert run(daemon, "login", "work") == 1
+    assert daemon.bodies("POST", "/v1/accounts") == []
+    err = capsys.readouterr().err
+    assert "defined in dariod's config file" in err and "refresh work" in err
+
+
 def test_login_tty_checks_daemon_before_prompting(
     short_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
