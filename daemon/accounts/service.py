@@ -25,7 +25,7 @@ from dario.daemon.accounts.errors import (
     UpstreamRefused,
     UpstreamUnreachable,
 )
-from dario.daemon.accounts.registry import Registry, check_alias, normalise_base_url
+from dario.daemon.accounts.registry import Registry, check_alias, check_limits, normalise_base_url
 from dario.daemon.commands import command
 from dario.daemon.control.api import AccountView, RefreshResult
 from dario.daemon.redact import redact
@@ -76,6 +76,7 @@ class AccountPool(Protocol):
     def mark_keyring_wait(self, alias: str, reason: str) -> None: ...
     def set_keyring_answer_expected(self, expected: bool) -> None: ...
     def clear_block(self, alias: str) -> None: ...
+    def set_declared_limits(self, alias: str, limits: Mapping[str, int | None]) -> None: ...
     def notify(self) -> None: ...
     def observe_headers(self, acc: Any, snap: Any, sent_at: float | None = None) -> None: ...
     def observe_rate_limited(self, acc: Any, snap: Any, *, spend_limit: bool, message: str) -> None: ...
@@ -108,6 +109,8 @@ class AccountService:
         self.registry.load()
         for acc in self.registry.accounts.values():
             self.pool.upsert(acc.alias, acc.kind, acc.base_url, acc.created, None, acc.enabled)
+            if any(v is not None for v in acc.limits().values()):
+                self.pool.set_declared_limits(acc.alias, acc.limits())
             self.pool.mark_keyring_wait(acc.alias, "reading the key from the OS keyring")
         self.pool.keyring_answer_expected = bool(self.registry.accounts)
         self.pool.preferred = self.registry.preferred
@@ -196,9 +199,12 @@ class AccountService:
                 await self._keyring_round_done.wait()
 
     # -- account operations ----------------------------------------------------------------
-    async def login(self, alias: str, secret: str, kind: str, base_url: str | None) -> AccountView:
+    async def login(self, alias: str, secret: str, kind: str, base_url: str | None,
+                    limits: Mapping[str, object] | None = None) -> AccountView:
+        """Check the key upstream, store it, add the account. `limits`: declared limits to set too."""
         check_alias(alias)
         url = normalise_base_url(kind, base_url)
+        declared = check_limits(dict(limits or {}))
         secret = secret.strip()
         if not secret:
             raise InvalidAccount("the API key is empty")
@@ -223,8 +229,11 @@ class AccountService:
             )
         await _keyring_call(lambda: secrets.set_secret(alias, secret))
         acc = self.registry.upsert(alias, kind, url)
+        if declared:
+            acc.set_limits({**acc.limits(), **declared})
         await trio.to_thread.run_sync(self.registry.save)
         state = self.pool.upsert(alias, kind, url, acc.created, secret, acc.enabled)
+        self.pool.set_declared_limits(alias, acc.limits())
         self.pool.clear_block(alias)
         if status == 429:
             self.pool.observe_rate_limited(state, check.ratelimits, spend_limit=check.spend_limit,
@@ -253,6 +262,19 @@ class AccountService:
         self.registry.accounts[alias].enabled = enabled
         await trio.to_thread.run_sync(self.registry.save)
         self.pool.set_enabled(alias, enabled)
+        return self.pool.view(self.pool.accounts[alias])
+
+    async def set_limits(self, alias: str, changes: Mapping[str, object], *, clear: bool = False) -> AccountView:
+        """Change the declared limits (a value None clears that one; `clear`: all first); applied at once."""
+        self._require(alias)
+        checked = check_limits(dict(changes))
+        acc = self.registry.accounts[alias]
+        base: dict[str, int | None] = {} if clear else acc.limits()
+        acc.set_limits({**base, **checked})
+        await trio.to_thread.run_sync(self.registry.save)
+        self.pool.set_declared_limits(alias, acc.limits())
+        log.info("account %s: declared limits %s", alias,
+                 ", ".join(f"{k}={v}" for k, v in acc.limits().items() if v is not None) or "none")
         return self.pool.view(self.pool.accounts[alias])
 
     async def prefer(self, alias: str | None) -> str | None:
