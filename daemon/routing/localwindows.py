@@ -153,13 +153,17 @@ class LocalWindows:
         return entry
 
     def finished(self, alias: str, entry: Sent, used: tuple[int, int] | None, now: float) -> None:
-        """The request is over: its real tokens (None: it took none, e.g. refused) join its window."""
+        """The request is over: it joins its window with its real tokens.
+
+        `used` None: no answer came through (refused, throttled, failed), so it took no quota;
+        it stays in the last minute's log as a request sent, which is what a throttle is judged by.
+        """
         t = self.tracks.get(alias)
         if t is None:
             return
         entry.input, entry.output = used if used is not None else (0, 0)
         self._roll(t, now)
-        if t.start is not None and entry.at >= t.start:
+        if used is not None and t.start is not None and entry.at >= t.start:
             u = t.used
             u["requests"] = u.get("requests", 0) + 1
             u["input-tokens"] = u.get("input-tokens", 0) + entry.input
