@@ -218,24 +218,36 @@ class LocalWindows:
             t.used = {}
 
     # -- what the pool reads -------------------------------------------------------------------
-    def windows(self, alias: str, now: float) -> tuple[dict[str, Window], dict[str, WindowSource]]:
-        """The windows to route `alias` by, and where each limit comes from (empty: none apply)."""
+    def windows(self, alias: str, now: float) -> dict[str, Window]:
+        """The windows to route `alias` by (empty: none apply); `sources` says where each comes from.
+
+        Called at every send and release of such an account, so kept to plain reads.
+        """
         t = self.tracks.get(alias)
-        if t is None or not t.active:
-            return {}, {}
-        self._advance(t, now)
-        self._roll(t, now)
+        if t is None or t.headerless is False or not (t.declared or t.learned):
+            return {}
+        if t.learned:
+            self._advance(t, now)
+        start = t.start
+        if start is not None and now >= start + MINUTE:
+            t.start = start = None
+            t.used = {}
+        reset = None if start is None else start + MINUTE
+        declared, learned, used = t.declared, t.learned, t.used
         windows: dict[str, Window] = {}
-        sources: dict[str, WindowSource] = {}
-        reset = None if t.start is None else t.start + MINUTE
         for name in LOCAL_WINDOWS:
-            limit = self.limit_of(t, name)
-            if limit is None:
-                continue
-            whole = max(1, int(limit))
-            windows[name] = Window(whole, max(0, whole - t.used.get(name, 0)), reset)
-            sources[name] = "estimated" if name in t.learned else "declared"
-        return windows, sources
+            est = learned.get(name)
+            cap = declared.get(name)
+            if est is None:
+                if cap is None:
+                    continue
+                whole = cap
+            else:
+                limit = est.limit if cap is None or est.limit < cap else cap
+                whole = int(limit) if limit >= 1 else 1
+            remaining = whole - used.get(name, 0)
+            windows[name] = Window(whole, remaining if remaining > 0 else 0, reset)
+        return windows
 
     def sources(self, alias: str) -> dict[str, WindowSource]:
         """Where the local windows now in the pool come from (their names), without moving anything."""

@@ -168,7 +168,7 @@ class Pool:
         track = self.local.tracks.get(acc.alias)
         if track is None:
             return
-        windows, _ = self.local.windows(acc.alias, self.clock() if now is None else now)
+        windows = self.local.windows(acc.alias, self.clock() if now is None else now)
         gone = [name for name in track.applied if name not in windows]
         if gone:
             self.store.forget_windows(acc, gone)
@@ -323,9 +323,12 @@ class Pool:
         self.store.reserve(chosen, est)
         chosen.last_chosen = next(self._seq)
         sent = None
-        if chosen.alias in self.local.tracks:
+        track = self.local.tracks.get(chosen.alias)
+        if track is not None:
+            opened = track.start
             sent = self.local.sent(chosen.alias, est.input_tokens, est.output_tokens, now)
-            self._refresh_local(chosen, now)
+            if track.start != opened:  # a new minute began: its reset is new (the reservation is the pool's)
+                self._refresh_local(chosen, now)
         self._touch(chosen)
         return Lease(chosen, est, now, chosen.last_chosen, local=sent)
 

@@ -57,15 +57,14 @@ def serve(pool: Pool, est: Estimate | None = None, used: Usage | None = None) ->
 def test_a_declared_window_counts_the_minute_and_resets() -> None:
     local = LocalWindows()
     local.declare("a", {"rpm": 3}, T0)
-    assert local.windows("a", T0)[0]["requests"] == Window(3, 3, None)  # idle: no reset yet
+    assert local.windows("a", T0)["requests"] == Window(3, 3, None)  # idle: no reset yet
     entry = local.sent("a", 10, 5, T0 + 1)
     assert entry is not None
     local.finished("a", entry, (10, 5), T0 + 2)
-    windows, sources = local.windows("a", T0 + 2)
-    assert windows["requests"] == Window(3, 2, T0 + 1 + MINUTE)
-    assert sources == {"requests": "declared"}
+    windows = local.windows("a", T0 + 2)
+    assert windows == {"requests": Window(3, 2, T0 + 1 + MINUTE)}
     # The minute is over: a fresh window, nothing used.
-    assert local.windows("a", T0 + 1 + MINUTE)[0]["requests"] == Window(3, 3, None)
+    assert local.windows("a", T0 + 1 + MINUTE)["requests"] == Window(3, 3, None)
 
 
 def test_a_request_counts_in_the_minute_it_was_sent_in() -> None:
@@ -73,12 +72,12 @@ def test_a_request_counts_in_the_minute_it_was_sent_in() -> None:
     local.declare("a", {"rpm": 5}, T0)
     late = local.sent("a", 0, 0, T0 + 59)
     assert late is not None
-    first_reset = local.windows("a", T0 + 59)[0]["requests"].reset
+    first_reset = local.windows("a", T0 + 59)["requests"].reset
     # It ends after its window has reset: the new window does not carry it.
     local.sent("a", 0, 0, T0 + 59 + MINUTE - 1)  # opens nothing new yet (same window)
     local.finished("a", late, (0, 0), T0 + 59 + MINUTE + 1)
     assert first_reset == T0 + 59 + MINUTE
-    assert local.windows("a", T0 + 59 + MINUTE + 1)[0]["requests"].remaining == 5
+    assert local.windows("a", T0 + 59 + MINUTE + 1)["requests"].remaining == 5
 
 
 def test_no_declared_limit_and_no_throttle_means_no_window() -> None:
@@ -231,10 +230,10 @@ def test_a_declared_limit_caps_a_higher_estimate() -> None:
     for i in range(40):
         local.sent("a", 0, 0, T0 + i)
     local.throttled("a", T0 + 40)
-    assert local.windows("a", T0 + 40)[0]["requests"].limit == 28
+    assert local.windows("a", T0 + 40)["requests"].limit == 28
     local.declare("a", {"rpm": 10}, T0 + 41)
-    windows, sources = local.windows("a", T0 + 41)
-    assert (windows["requests"].limit, sources["requests"]) == (10, "declared")
+    assert local.windows("a", T0 + 41)["requests"].limit == 10
+    assert "requests" not in local.tracks["a"].learned  # the declared limit is the tighter one
 
 
 # -- persistence -----------------------------------------------------------------------------------
