@@ -5,6 +5,10 @@ from `acquire` and gives it back with `release`. State that must survive a resta
 (cooldowns, exhaustion, needs-login, last seen windows) is exported by `export_state`
 and restored by `import_state`; the daemon persists it.
 
+Accounts whose answers carry no rate-limit headers (Bedrock, Vertex) get windows dario keeps
+itself — limits the user declared, or estimates learned from throttling (`localwindows.py`) —
+fed in through the same store operation as header windows, so every decision below is unchanged.
+
 The decisions are made here; the state they are made from lives in a `PoolStore`
 (store.py), in memory today, so a store shared by several daemons (Redis) is an added module.
 """
