@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dario.daemon import __version__
-from dario.daemon.control.api import ACCOUNT_KINDS, AccountView
+from dario.daemon.control.api import ACCOUNT_KINDS, LIMIT_MAX, LIMIT_NAMES, AccountView
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -120,7 +120,8 @@ def cmd_login(args: argparse.Namespace) -> int:
     if not secret:
         raise UsageError("no API key given: type it at the prompt, or pipe it on stdin")
     try:
-        account = client.login(args.alias, secret, kind=args.kind, base_url=args.base_url)
+        limits = {name: getattr(args, name) for name in LIMIT_NAMES if getattr(args, name) is not None}
+        account = client.login(args.alias, secret, kind=args.kind, base_url=args.base_url, limits=limits)
     except ControlAPIError as exc:
         # The daemon should never echo the key back; scrub it anyway before it reaches a terminal.
         if secret in exc.message:
@@ -144,6 +145,44 @@ def _refuse_config_account(accounts: Sequence[AccountView], alias: str) -> None:
             raise ControlAPIError(409, "managed_by_config",
                                   f"account {alias!r} is defined in dariod's config file; change its secret at the "
                                   f"source that file names, then run: {command('dario-ctl')} refresh {alias}")
+
+
+def cmd_limits(args: argparse.Namespace) -> int:
+    client = _client(args)
+    changes = {name: getattr(args, name) for name in LIMIT_NAMES if getattr(args, name) is not None}
+    if changes or args.clear:
+        account = client.set_limits(args.alias, changes, clear=args.clear)
+    else:  # no change asked: show what is declared
+        found = next((a for a in client.accounts() if a["alias"] == args.alias), None)
+        if found is None:
+            raise CommandFailed(f"no account named {args.alias!r}")
+        account = found
+    if args.json:
+        _print_json({"account": account})
+        return EXIT_OK
+    from dario.ctl.views import limits_lines
+
+    console = _console()
+    for line in limits_lines(account):
+        _say(console, line)
+    return EXIT_OK
+
+
+def _limit_value(text: str) -> int:
+    """A declared limit on the command line: a whole number from 1 up."""
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number per minute, not {text!r}") from None
+    if not 1 <= value <= LIMIT_MAX:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {LIMIT_MAX:,} per minute, not {value}")
+    return value
+
+
+def _limit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rpm", type=_limit_value, metavar="N", help="requests per minute the account allows")
+    p.add_argument("--input-tpm", type=_limit_value, metavar="N", help="input tokens per minute")
+    p.add_argument("--output-tpm", type=_limit_value, metavar="N", help="output tokens per minute")
 
 
 def cmd_logout(args: argparse.Namespace) -> int:
@@ -340,6 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("alias", nargs="?", default="default", metavar="ALIAS", help="default: default")
     p.add_argument("--kind", choices=ACCOUNT_KINDS, default="anthropic", help="upstream (default: anthropic)")
     p.add_argument("--base-url", metavar="URL", default=None, help="upstream base URL (default: per kind)")
+    _limit_flags(p)
+
+    p = add(sub, "limits", "declare an account's per-minute limits (for upstreams that send no rate-limit "
+            "headers); with no flags, show them", cmd_limits)
+    alias_arg(p)
+    _limit_flags(p)
+    p.add_argument("--clear", action="store_true", help="drop every declared limit (before setting any given)")
+    json_flag(p)
 
     alias_arg(add(sub, "logout", "remove an account and its key", cmd_logout))
 

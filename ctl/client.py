@@ -17,6 +17,7 @@ import os
 import socket
 import stat
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote, urlencode
@@ -213,9 +214,12 @@ class ControlClient:
         return cast(list[AccountView], self.request("GET", "/v1/accounts")["accounts"])
 
     def login(
-        self, alias: str, secret: str, kind: str = "anthropic", base_url: str | None = None
+        self, alias: str, secret: str, kind: str = "anthropic", base_url: str | None = None,
+        limits: Mapping[str, int] | None = None,
     ) -> AccountView:
-        body = {"alias": alias, "secret": secret, "kind": kind, "base_url": base_url}
+        """`limits`: declared limits to set with the account (rpm, input_tpm, output_tpm)."""
+        body: dict[str, Any] = {"alias": alias, "secret": secret, "kind": kind, "base_url": base_url}
+        body.update(limits or {})
         # Validation makes an upstream call: allow it time.
         return cast(AccountView, self.request("POST", "/v1/accounts", body, timeout=90)["account"])
 
@@ -227,6 +231,11 @@ class ControlClient:
 
     def disable(self, alias: str) -> AccountView:
         return cast(AccountView, self.request("POST", f"/v1/accounts/{quote(alias, safe='')}/disable")["account"])
+
+    def set_limits(self, alias: str, changes: Mapping[str, int | None], clear: bool = False) -> AccountView:
+        """Change declared limits (a value None clears that one; `clear`: all of them first)."""
+        body: dict[str, Any] = {**changes, "clear": True} if clear else dict(changes)
+        return cast(AccountView, self.request("POST", f"/v1/accounts/{quote(alias, safe='')}/limits", body)["account"])
 
     def prefer(self, alias: str | None) -> str | None:
         return cast("str | None", self.request("POST", "/v1/prefer", {"alias": alias})["preferred"])

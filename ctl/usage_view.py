@@ -122,6 +122,13 @@ def _runs_out_before_reset(entry: Mapping[str, Any], now: float) -> bool:
     return entry.get("reset") is not None or float(runs_out_at) - now <= UNKNOWN_RESET_HORIZON
 
 
+def _window_words(entry: Mapping[str, Any]) -> str:
+    """"requests", or "requests (declared limit)" / "(estimated limit)" for a limit dario keeps itself."""
+    what = WINDOW_WORDS.get(entry["window"], str(entry["window"]))
+    source = entry.get("source")
+    return f"{what} ({source} limit)" if source in ("declared", "estimated") else what
+
+
 def forecast_sentences(usage: Mapping[str, Any], now: float) -> list[str]:
     """The forecast in plain words, one line per window that runs out before its reset;
     for an account where none does, one line saying so for its tightest window."""
@@ -133,7 +140,7 @@ def forecast_sentences(usage: Mapping[str, Any], now: float) -> list[str]:
             continue
         running_out = [e for e in entries if _runs_out_before_reset(e, now)]
         for e in sorted(running_out, key=lambda e: float(e["runs_out_at"])):
-            what = WINDOW_WORDS.get(e["window"], str(e["window"]))
+            what = _window_words(e)
             left = float(e["runs_out_at"]) - now
             if float(e["remaining"]) <= 0:
                 head = f"{alias}: {what} are used up"
@@ -152,7 +159,7 @@ def forecast_sentences(usage: Mapping[str, Any], now: float) -> list[str]:
         if running_out:
             continue
         tightest = min(entries, key=_fraction)  # min() keeps the first on ties: the daemon's window order
-        what = WINDOW_WORDS.get(tightest["window"], str(tightest["window"]))
+        what = _window_words(tightest)
         line = f"{alias}: {what} fine at current burn"
         reset = tightest.get("reset")
         if reset is not None:

@@ -149,17 +149,45 @@ def headroom_bar(fraction: float | None, width: int = 10) -> str:
     return "█" * filled + "░" * (width - filled) + f" {round(f * 100)}%"
 
 
+def window_text(name: str, w: WindowView) -> str | None:
+    """`req 49/50`, `req 2/3 (declared)`, `req 1/~2 (estimated)`; None when nothing is known."""
+    limit, remaining = w.get("limit"), w.get("remaining")
+    if limit is None and remaining is None:
+        return None
+    source = w.get("source", "headers")
+    approx = "~" if source == "estimated" else ""
+    text = f"{WINDOW_LABELS.get(name, name)} {compact_count(remaining)}/{approx}{compact_count(limit)}"
+    return text if source not in ("declared", "estimated") else f"{text} ({source})"
+
+
 def windows_summary(windows: Mapping[str, WindowView]) -> str:
-    """`req 49/50 · out 190k/200k`: remaining/limit per known rate-limit window."""
+    """`req 49/50 · out 190k/200k`: remaining/limit per known rate-limit window, marked when the
+    limit is one the user declared or one dario estimated from throttling (`~`)."""
     order = [k for k in WINDOW_LABELS if k in windows] + sorted(k for k in windows if k not in WINDOW_LABELS)
-    parts = []
-    for key in order:
-        w = windows[key]
-        limit, remaining = w.get("limit"), w.get("remaining")
-        if limit is None and remaining is None:
-            continue
-        parts.append(f"{WINDOW_LABELS.get(key, key)} {compact_count(remaining)}/{compact_count(limit)}")
+    parts = [text for key in order if (text := window_text(key, windows[key])) is not None]
     return " · ".join(parts) or UNKNOWN
+
+
+# Each declared limit: how it reads, and the window it bounds.
+LIMIT_LABELS = {"rpm": ("rpm", "requests"), "input_tpm": ("input tpm", "input-tokens"),
+                "output_tpm": ("output tpm", "output-tokens")}
+
+
+def limits_lines(account: AccountView) -> list[str]:
+    """What `dario-ctl limits` prints: each declared limit, then the windows routed by now."""
+    alias = printable(account.get("alias", "?"))
+    declared: Mapping[str, object] = account.get("limits") or {}
+    given = [f"{LIMIT_LABELS[name][0]} {value:,}" for name, value in declared.items()
+             if name in LIMIT_LABELS and isinstance(value, int)]
+    lines = [f"{alias}: declared " + (", ".join(given) if given else "none")]
+    windows = account.get("windows") or {}
+    estimated = [f"~{compact_count(w.get('limit'))} {label}"
+                 for label, window in LIMIT_LABELS.values() for w in [windows.get(window)]
+                 if w is not None and w.get("source") == "estimated"]
+    if estimated:
+        lines.append(f"{alias}: estimated from throttling " + ", ".join(estimated) + " (rises each minute without one)")
+    lines.append(f"{alias}: windows {windows_summary(printable_data(windows))}")
+    return lines
 
 
 def _note_bits(account: AccountView, now: float) -> list[str]:

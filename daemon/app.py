@@ -168,7 +168,7 @@ def managed_accounts(team: TeamConfig | None) -> list[ManagedAccount]:
     return [
         ManagedAccount(alias=a.alias, kind=a.kind, base_url=a.base_url,
                        source=source_for(a.secret.kind, a.secret.value, a.alias), config_file=str(team.path),
-                       enabled=a.enabled, preferred=a.preferred, options=dict(a.options))
+                       enabled=a.enabled, preferred=a.preferred, options=dict(a.options), limits=dict(a.limits))
         for a in team.accounts
     ]
 

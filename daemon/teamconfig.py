@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dario.daemon.accounts.errors import InvalidAccount
-from dario.daemon.accounts.registry import check_alias, normalise_base_url
+from dario.daemon.accounts.registry import check_alias, check_limits, normalise_base_url
 from dario.daemon.accounts.sources import (
     CREDENTIALS_ENV,
     SOURCE_KINDS,
@@ -44,7 +44,7 @@ from dario.daemon.accounts.sources import (
     SourceKind,
     source_for,
 )
-from dario.daemon.control.api import ACCOUNT_KINDS
+from dario.daemon.control.api import ACCOUNT_KINDS, LIMIT_NAMES
 from dario.daemon.redact import redact
 
 CONFIG_ENV = "DARIO_CONFIG"
@@ -72,7 +72,7 @@ SERVER_KEYS: dict[str, tuple[str, str, str]] = {
 SERVER_SPECIAL = ("api_key", "store", "analytics")
 # Kind-specific account fields (Bedrock, Vertex): accepted and kept, passed on to the registry.
 KIND_FIELDS = ("region", "project", "inference_profile", "aws_profile")
-ACCOUNT_KEYS = ("alias", "kind", "base_url", "enabled", "preferred", "secret", *KIND_FIELDS)
+ACCOUNT_KEYS = ("alias", "kind", "base_url", "enabled", "preferred", "secret", *KIND_FIELDS, *LIMIT_NAMES)
 
 _CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,254}$")  # a file name in $CREDENTIALS_DIRECTORY
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -96,6 +96,7 @@ class AccountEntry:
     enabled: bool = True
     preferred: bool = False
     options: Mapping[str, str] = field(default_factory=dict)  # region, project, inference_profile, aws_profile
+    limits: Mapping[str, int | None] = field(default_factory=dict)  # declared rpm, input_tpm, output_tpm
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +331,14 @@ class _Reader:
                     options[key] = raw[key]
                 else:
                     self.problem(self.where.key(table, key), f"{label}: {key} must be a non-empty string")
+        limits: dict[str, int | None] = {}
+        for key in LIMIT_NAMES:
+            if key in raw:
+                try:
+                    limits.update(check_limits({key: raw[key]}))
+                except InvalidAccount as exc:  # its message names the flag; the file says the key
+                    message = str(exc).replace("--" + key.replace("_", "-"), key)
+                    self.problem(self.where.key(table, key), f"{label}: {message}")
         secret: SecretSpec | None = None
         if "secret" not in raw:
             self.problem(head, f"{label}: secret is required: where the key comes from, e.g. "
@@ -340,7 +349,7 @@ class _Reader:
         if len(self.problems) > before or alias is None or secret is None:
             return None
         return AccountEntry(alias=alias, kind=kind, base_url=url, secret=secret, enabled=flags["enabled"],
-                            preferred=flags["preferred"], options=options)
+                            preferred=flags["preferred"], options=options, limits=limits)
 
     def secret(self, line: int | None, label: str, raw: Any, *, allow_keyring: bool) -> SecretSpec | None:
         kinds = SOURCE_KINDS if allow_keyring else tuple(k for k in SOURCE_KINDS if k != "keyring")

@@ -8,6 +8,10 @@ What a /v1/messages reply contains is chosen by directives in the text of the la
 ``[[max]]``. Faults are queued with ``POST /_fake/script`` (see ``_ACTION_KEYS``), rate-limit windows
 are set with ``POST /_fake/limits``, ``POST /_fake/clock {"offset": s}`` makes the ``Date`` header run
 ``s`` seconds off, and ``GET /_fake/requests`` returns what was received.
+``POST /_fake/headers {"key": k, "ratelimit": false}`` makes answers to key ``k`` carry no
+``anthropic-ratelimit-*`` headers at all, as Bedrock and Vertex answer; a scripted
+``{"status": 429, "retry_after": null}`` then throttles with no reset named anywhere (Bedrock's
+ThrottlingException names none).
 
 Prompt-cache mode (``--prompt-cache``, ``FakeUpstream(prompt_cache=True)`` or ``POST /_fake/cache
 {"enabled": true}``) keeps one prompt cache per API key with the API's rules (see ``_PromptCache``)
@@ -517,6 +521,7 @@ class _State:
         self.scripts: list[tuple[str | None, dict[str, Any]]] = []
         self.log: deque[dict[str, Any]] = deque(maxlen=log_max)
         self.limits = _Limits()
+        self.headerless: set[str] = set()  # keys whose answers carry no rate-limit headers
         self.clock_offset = 0.0  # seconds added to the Date header, for clock-skew tests
         self.clock_advance = 0.0  # seconds the fake's own clock (cache expiry) has been moved on
         self.prompt_cache_default = prompt_cache
@@ -1070,6 +1075,8 @@ class App:
             (b"anthropic-organization-id", ORG_ID),
             (b"date", _http_date(int(time.time() + self.s.clock_offset))),
         ]
+        if self.s.headerless and req.key in self.s.headerless:
+            return h
         for name, w in zip(WINDOWS, ws, strict=True):
             lim, rem, rst = _RL_NAMES[name]
             h += ((lim, b"%d" % w.limit), (rem, b"%d" % max(0, w.remaining)), (rst, w.reset_b))
@@ -1479,6 +1486,14 @@ class App:
                     s.clock_advance += float(body["advance"])
                 if "offset" in body or "advance" not in body:
                     s.clock_offset = float(body.get("offset", 0))
+            elif (method, path) == ("POST", "/_fake/headers"):
+                key = body.get("key")
+                if not isinstance(key, str) or not isinstance(body.get("ratelimit"), bool):
+                    raise ValueError("key must be a string and ratelimit true or false")
+                if body["ratelimit"]:
+                    s.headerless.discard(key)
+                else:
+                    s.headerless.add(key)
             elif (method, path) == ("POST", "/_fake/cache"):
                 if "enabled" in body:
                     s.prompt_cache = bool(body["enabled"])
@@ -1493,6 +1508,7 @@ class App:
                 s.scripts.clear()
                 s.log.clear()
                 s.limits.reset()
+                s.headerless.clear()
             else:
                 status, out = 404, orjson.dumps({"error": f"no admin endpoint {method} {path}"})
         except (ValueError, TypeError, AttributeError, orjson.JSONDecodeError) as e:
@@ -1609,6 +1625,10 @@ class FakeUpstream(FakeProcess):
     def advance_clock(self, seconds: float) -> None:
         """Move the fake's own clock (prompt-cache expiry) forward; the Date header is unaffected."""
         self._call("POST", "/_fake/clock", {"advance": seconds})
+
+    def set_ratelimit_headers(self, key: str, enabled: bool) -> None:
+        """Whether answers to `key` carry anthropic-ratelimit-* headers (clear() puts them back)."""
+        self._call("POST", "/_fake/headers", {"key": key, "ratelimit": enabled})
 
     def set_prompt_cache(self, enabled: bool, clear: bool = False) -> None:
         """Turn the per-key prompt cache on or off (clear=True also forgets every entry)."""

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dario.ctl.views import conversations, human_duration, printable
+from dario.ctl.views import conversations, human_duration, printable, window_text
 from dario.daemon.control.api import AccountView, Status
 
 DEFAULT_LISTEN = "http://127.0.0.1:3456"
@@ -73,9 +73,24 @@ def _until(account: AccountView, now: float) -> str | None:
     return f"in {human_duration(until - now, coarse=True)}"
 
 
+def _local_limits(account: AccountView) -> str:
+    """The windows dario keeps itself, marked: " · req 2/3 (declared)"; "" for header windows."""
+    windows = account.get("windows") or {}
+    texts = [window_text(name, w) for name, w in windows.items() if w.get("source") in ("declared", "estimated")]
+    return "".join(f" · {printable(t)}" for t in texts if t)
+
+
 def account_state(account: AccountView, now: float | None = None) -> str:
-    """The account's condition in a few words: "83% · ok", "exhausted, resets in 38 s"."""
+    """The account's condition in a few words: "83% · ok", "exhausted, resets in 38 s"; windows
+    dario keeps itself (declared or estimated limits) follow, marked: "67% · ok · req 2/3 (declared)"."""
     now = time.time() if now is None else now
+    state = _account_state(account, now)
+    if account["status"] in ("ok", "exhausted", "cooling"):
+        state += _local_limits(account)
+    return state
+
+
+def _account_state(account: AccountView, now: float) -> str:
     status = account["status"]
     if not account["enabled"] or status == "disabled":
         return "disabled"

@@ -1,6 +1,7 @@
 """The account registry: account metadata in a small JSON file.
 
-The file (under the XDG config folder) holds alias, kind, base URL, created, enabled and
+The file (under the XDG config folder) holds alias, kind, base URL, created, enabled, the
+limits the user declared (requests, input and output tokens per minute; not secret) and
 which account is preferred. The secret of each account lives only in the OS keyring
 (`accounts.secrets`), never here.
 """
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit
 
 from dario.daemon import atomicfile
 from dario.daemon.accounts.errors import InvalidAccount
-from dario.daemon.control.api import ACCOUNT_KINDS
+from dario.daemon.control.api import ACCOUNT_KINDS, LIMIT_MAX, LIMIT_NAMES
 from dario.daemon.settings import is_loopback_host
 
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -30,6 +31,34 @@ class Account:
     base_url: str
     created: float
     enabled: bool = True
+    # Declared limits per minute (dario-ctl limits); None: not declared.
+    rpm: int | None = None
+    input_tpm: int | None = None
+    output_tpm: int | None = None
+
+    def limits(self) -> dict[str, int | None]:
+        return {"rpm": self.rpm, "input_tpm": self.input_tpm, "output_tpm": self.output_tpm}
+
+    def set_limits(self, limits: dict[str, int | None]) -> None:
+        self.rpm, self.input_tpm, self.output_tpm = (limits.get(n) for n in LIMIT_NAMES)
+
+
+def check_limits(values: dict[str, object]) -> dict[str, int | None]:
+    """Declared limits as given (rpm, input_tpm, output_tpm; None clears one), checked."""
+    out: dict[str, int | None] = {}
+    for name, value in values.items():
+        if name not in LIMIT_NAMES:
+            raise InvalidAccount(f"unknown limit {name!r}; the limits are: {', '.join(LIMIT_NAMES)}")
+        flag = "--" + name.replace("_", "-")
+        if value is None:
+            out[name] = None
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= LIMIT_MAX:
+            raise InvalidAccount(
+                f"{flag} must be a whole number from 1 to {LIMIT_MAX:,} per minute, not {value!r}"
+            )
+        out[name] = value
+    return out
 
 
 def check_alias(alias: str) -> str:
@@ -88,6 +117,7 @@ class Registry:
                     created=float(item.get("created", 0.0)),
                     enabled=bool(item.get("enabled", True)),
                 )
+                acc.set_limits(_saved_limits(item))
             except (KeyError, TypeError, ValueError):
                 continue  # one broken entry must not take the others down
             self.accounts[acc.alias] = acc
@@ -106,6 +136,7 @@ class Registry:
         acc = Account(alias=alias, kind=kind, base_url=base_url, created=existing.created if existing else time.time())
         if existing:
             acc.enabled = existing.enabled
+            acc.set_limits(existing.limits())
         self.accounts[alias] = acc
         return acc
 
@@ -113,3 +144,14 @@ class Registry:
         del self.accounts[alias]
         if self.preferred == alias:
             self.preferred = None
+
+
+def _saved_limits(item: dict[str, Any]) -> dict[str, int | None]:
+    """Declared limits from the file; one that is not a valid limit is dropped, not fatal."""
+    out: dict[str, int | None] = {}
+    for name in LIMIT_NAMES:
+        try:
+            out.update(check_limits({name: item.get(name)}))
+        except InvalidAccount:
+            out[name] = None
+    return out

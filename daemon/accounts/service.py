@@ -30,7 +30,7 @@ from dario.daemon.accounts.errors import (
     UpstreamRefused,
     UpstreamUnreachable,
 )
-from dario.daemon.accounts.registry import Registry, check_alias, normalise_base_url
+from dario.daemon.accounts.registry import Registry, check_alias, check_limits, normalise_base_url
 from dario.daemon.accounts.sources import KeyringSource, SecretSource, SecretUnavailable
 from dario.daemon.commands import command
 from dario.daemon.control.api import AccountView, RefreshResult
@@ -63,6 +63,7 @@ class ManagedAccount:
     enabled: bool = True
     preferred: bool = False
     options: dict[str, str] = field(default_factory=dict)  # kind fields (region, project, …), kept as given
+    limits: dict[str, int | None] = field(default_factory=dict)  # declared limits (rpm, input_tpm, output_tpm)
 
 
 # Sends a cheap authenticated request with (base_url, secret); raises UpstreamUnreachable.
@@ -98,6 +99,7 @@ class AccountPool(Protocol):
     def secret_unavailable(self, alias: str, reason: str) -> None: ...
     def set_managed(self, alias: str, managed_by: str | None) -> None: ...
     def clear_block(self, alias: str) -> None: ...
+    def set_declared_limits(self, alias: str, limits: Mapping[str, int | None]) -> None: ...
     def notify(self) -> None: ...
     def observe_headers(self, acc: Any, snap: Any, sent_at: float | None = None) -> None: ...
     def observe_rate_limited(self, acc: Any, snap: Any, *, spend_limit: bool, message: str) -> None: ...
@@ -136,10 +138,14 @@ class AccountService:
                             acc.alias, self.managed[acc.alias].config_file, self.registry.path)
                 continue
             self.pool.upsert(acc.alias, acc.kind, acc.base_url, acc.created, None, acc.enabled)
+            if any(v is not None for v in acc.limits().values()):
+                self.pool.set_declared_limits(acc.alias, acc.limits())
             self.pool.mark_keyring_wait(acc.alias, "reading the key from the OS keyring")
         for m in self.managed.values():
             self.pool.upsert(m.alias, m.kind, m.base_url, 0.0, None, m.enabled)
             self.pool.set_managed(m.alias, "config")
+            if any(v is not None for v in m.limits.values()):
+                self.pool.set_declared_limits(m.alias, m.limits)
             if m.source.kind == "keyring":
                 self.pool.mark_keyring_wait(m.alias, "reading the key from the OS keyring")
             else:
@@ -257,10 +263,13 @@ class AccountService:
                 await self._keyring_round_done.wait()
 
     # -- account operations ----------------------------------------------------------------
-    async def login(self, alias: str, secret: str, kind: str, base_url: str | None) -> AccountView:
+    async def login(self, alias: str, secret: str, kind: str, base_url: str | None,
+                    limits: Mapping[str, object] | None = None) -> AccountView:
+        """Check the key upstream, store it, add the account. `limits`: declared limits to set too."""
         check_alias(alias)
         self._refuse_managed(alias, "login")
         url = normalise_base_url(kind, base_url)
+        declared = check_limits(dict(limits or {}))
         secret = secret.strip()
         if not secret:
             raise InvalidAccount("the API key is empty")
@@ -285,8 +294,11 @@ class AccountService:
             )
         await _keyring_call(lambda: secrets.set_secret(alias, secret))
         acc = self.registry.upsert(alias, kind, url)
+        if declared:
+            acc.set_limits({**acc.limits(), **declared})
         await trio.to_thread.run_sync(self.registry.save)
         state = self.pool.upsert(alias, kind, url, acc.created, secret, acc.enabled)
+        self.pool.set_declared_limits(alias, acc.limits())
         self.pool.clear_block(alias)
         if status == 429:
             self.pool.observe_rate_limited(state, check.ratelimits, spend_limit=check.spend_limit,
@@ -330,6 +342,25 @@ class AccountService:
             await trio.to_thread.run_sync(self.registry.save)
         # A config account: until dariod restarts, when the file's `enabled` holds again.
         self.pool.set_enabled(alias, enabled)
+        return self.pool.view(self.pool.accounts[alias])
+
+    async def set_limits(self, alias: str, changes: Mapping[str, object], *, clear: bool = False) -> AccountView:
+        """Change the declared limits (a value None clears that one; `clear`: all first); applied at once."""
+        self._require(alias)
+        checked = check_limits(dict(changes))
+        acc = self.registry.accounts.get(alias)
+        if acc is None:  # a config account: the change holds until restart; the file decides then
+            shown = self.pool.view(self.pool.accounts[alias]).get("limits")
+            base: dict[str, int | None] = {} if clear or shown is None else {
+                "rpm": shown["rpm"], "input_tpm": shown["input_tpm"], "output_tpm": shown["output_tpm"]}
+            declared: dict[str, int | None] = {**base, **checked}
+        else:
+            acc.set_limits({**({} if clear else acc.limits()), **checked})
+            await trio.to_thread.run_sync(self.registry.save)
+            declared = acc.limits()
+        self.pool.set_declared_limits(alias, declared)
+        log.info("account %s: declared limits %s", alias,
+                 ", ".join(f"{k}={v}" for k, v in declared.items() if v is not None) or "none")
         return self.pool.view(self.pool.accounts[alias])
 
     async def prefer(self, alias: str | None) -> str | None:

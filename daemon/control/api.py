@@ -15,6 +15,7 @@ Routes (all JSON; errors are `ControlError` with a 4xx/5xx status):
     DELETE /v1/accounts/{alias}           -> {"removed": alias}
     POST   /v1/accounts/{alias}/enable    -> {"account": AccountView}
     POST   /v1/accounts/{alias}/disable   -> {"account": AccountView}
+    POST   /v1/accounts/{alias}/limits    <- LimitsRequest -> {"account": AccountView}
     POST   /v1/prefer                     <- {"alias": str | null} -> {"preferred": str | null}
     POST   /v1/refresh                    <- {"alias": str | null} -> {"results": [RefreshResult, ...]}
     GET    /v1/usage?window=1h|24h|7d     -> Usage (see analytics)
@@ -38,10 +39,24 @@ PoolHealth = Literal["ok", "degraded", "exhausted", "empty", "needs_login", "wai
 ACCOUNT_KINDS = ("anthropic", "anthropic-compatible")
 
 
+# Where a window's limit comes from: the upstream's rate-limit headers, a limit the user declared
+# (`dario-ctl limits`), or one dario estimated from throttling (accounts that send no headers).
+WindowSource = Literal["headers", "declared", "estimated"]
+
+
 class WindowView(TypedDict):
     limit: int | None
     remaining: int | None
     reset: float | None  # epoch seconds
+    source: NotRequired[WindowSource]  # absent from daemons older than declared limits
+
+
+class DeclaredLimits(TypedDict):
+    """Limits the user declared for an account (per minute); None: not declared."""
+
+    rpm: int | None
+    input_tpm: int | None
+    output_tpm: int | None
 
 
 class AccountView(TypedDict):
@@ -64,6 +79,7 @@ class AccountView(TypedDict):
     # "config" when the team config file (dario.toml) defines the account: login/logout refuse it
     # and its secret comes from the source the file names. None for accounts made with login.
     managed_by: NotRequired[str | None]
+    limits: NotRequired[DeclaredLimits]  # what the user declared (dario-ctl limits)
 
 
 class PoolView(TypedDict):
@@ -104,6 +120,25 @@ class LoginRequest(TypedDict, total=False):
     secret: str  # required; never echoed back
     kind: str  # default "anthropic"
     base_url: str | None  # default per kind
+    rpm: int  # declared limits, optional (see LimitsRequest)
+    input_tpm: int
+    output_tpm: int
+
+
+class LimitsRequest(TypedDict, total=False):
+    """Declared limits to change: a field given sets it (null clears it), a field absent keeps it.
+
+    `clear`: drop every declared limit first. Values are whole numbers from 1 to `LIMIT_MAX`.
+    """
+
+    rpm: int | None
+    input_tpm: int | None
+    output_tpm: int | None
+    clear: bool
+
+
+LIMIT_MAX = 1_000_000_000
+LIMIT_NAMES = ("rpm", "input_tpm", "output_tpm")  # the fields of DeclaredLimits and LimitsRequest
 
 
 class RefreshResult(TypedDict):

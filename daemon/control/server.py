@@ -39,7 +39,7 @@ from dario.daemon.asgi import (
     read_body,
     send_json,
 )
-from dario.daemon.control.api import CONTROL_HOST
+from dario.daemon.control.api import CONTROL_HOST, LIMIT_NAMES
 from dario.daemon.views import StatusView
 
 log = logging.getLogger("dario.control")
@@ -150,7 +150,8 @@ class ControlApp:
                 base_url = body.get("base_url")
                 if not isinstance(kind, str) or (base_url is not None and not isinstance(base_url, str)):
                     raise ControlFailure(400, "invalid_request", "kind and base_url must be strings")
-                return 201, {"account": await accounts.login(alias, secret, kind, base_url)}
+                limits = {k: body[k] for k in LIMIT_NAMES if k in body}
+                return 201, {"account": await accounts.login(alias, secret, kind, base_url, limits)}
             case "DELETE", ["accounts", alias]:
                 await accounts.logout(alias)
                 return 200, {"removed": alias}
@@ -158,6 +159,16 @@ class ControlApp:
                 return 200, {"account": await accounts.set_enabled(alias, True)}
             case "POST", ["accounts", alias, "disable"]:
                 return 200, {"account": await accounts.set_enabled(alias, False)}
+            case "POST", ["accounts", alias, "limits"]:
+                unknown = sorted(set(body) - set(LIMIT_NAMES) - {"clear"})
+                if unknown:
+                    raise ControlFailure(400, "invalid_request",
+                                         f"unknown fields {unknown}; expected {', '.join(LIMIT_NAMES)}, clear")
+                clear = body.get("clear", False)
+                if not isinstance(clear, bool):
+                    raise ControlFailure(400, "invalid_request", "clear must be true or false")
+                changes = {k: body[k] for k in LIMIT_NAMES if k in body}
+                return 200, {"account": await accounts.set_limits(alias, changes, clear=clear)}
             case "POST", ["prefer"]:
                 alias_or_none = body.get("alias")
                 if alias_or_none is not None and not isinstance(alias_or_none, str):

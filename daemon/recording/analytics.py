@@ -494,6 +494,8 @@ def _forecast(
                     "runs_out_at": runs_out_at,
                     "runs_out_in_s": runs_out_in_s,
                     "before_reset": before_reset,
+                    # "declared" or "estimated" for a limit dario keeps itself (no rate-limit headers).
+                    "source": w.get("source", "headers"),
                 }
             )
         forecast[alias] = entries

@@ -5,6 +5,10 @@ from `acquire` and gives it back with `release`. State that must survive a resta
 (cooldowns, exhaustion, needs-login, last seen windows) is exported by `export_state`
 and restored by `import_state`; the daemon persists it.
 
+Accounts whose answers carry no rate-limit headers (Bedrock, Vertex) get windows dario keeps
+itself — limits the user declared, or estimates learned from throttling (`localwindows.py`) —
+fed in through the same store operation as header windows, so every decision below is unchanged.
+
 The decisions are made here; the state they are made from lives in a `PoolStore`
 (store.py), in memory today, so a store shared by several daemons (Redis) is an added module.
 """
@@ -23,8 +27,9 @@ import trio
 
 from dario.daemon.commands import command
 from dario.daemon.control.api import AccountView, PoolView
-from dario.daemon.exchange import CacheKeys, Estimate
+from dario.daemon.exchange import CacheKeys, Estimate, Usage
 from dario.daemon.redact import redact
+from dario.daemon.routing.localwindows import LocalWindows, Sent
 from dario.daemon.routing.ratelimits import WINDOWS, Snapshot, Window
 from dario.daemon.routing.store import (
     BLOCKED_BY_TIME,
@@ -59,6 +64,7 @@ class Lease:
     started: float
     seq: int = 0  # order in which leases were granted
     released: bool = False
+    local: Sent | None = None  # the request in its account's local windows (accounts without headers)
 
 
 # An entry of the ready heap, smallest first: (-headroom, in_flight, last_chosen, uid, version,
@@ -121,6 +127,8 @@ class Pool:
         # While a keyring read is under way and not yet overdue, requests for accounts waiting on it
         # queue (a read at start-up takes milliseconds); once it is overdue they get a 503 at once.
         self.keyring_answer_expected = False
+        # Windows dario keeps itself for accounts whose answers carry no rate-limit headers.
+        self.local = LocalWindows()
 
     @property
     def preferred(self) -> str | None:
@@ -149,7 +157,28 @@ class Pool:
 
     def remove(self, alias: str) -> None:
         self.store.remove(alias)
+        self.local.forget(alias)
         self._changed()
+
+    def set_declared_limits(self, alias: str, limits: Mapping[str, int | None]) -> None:
+        """The user's limits for `alias` (rpm, input_tpm, output_tpm; None: none), applied at once."""
+        acc = self.accounts[alias]
+        self.local.declare(alias, limits, self.clock())
+        self._refresh_local(acc)
+        self._changed(acc)
+
+    def _refresh_local(self, acc: AccountState, now: float | None = None) -> None:
+        """Put the account's local windows (declared or estimated) in the pool, through the store."""
+        track = self.local.tracks.get(acc.alias)
+        if track is None:
+            return
+        windows = self.local.windows(acc.alias, self.clock() if now is None else now)
+        gone = [name for name in track.applied if name not in windows]
+        if gone:
+            self.store.forget_windows(acc, gone)
+        if windows:
+            self.store.observe_windows(acc, windows)
+        track.applied = frozenset(windows)
 
     def set_enabled(self, alias: str, enabled: bool) -> None:
         acc = self.accounts[alias]
@@ -254,6 +283,8 @@ class Pool:
             due, _, acc = heapq.heappop(timers)
             if acc.timer_due == due and self.accounts.get(acc.alias) is acc:
                 acc.timer_due = None
+                if acc.alias in self.local.tracks:
+                    self._refresh_local(acc, now)  # a local window reset, or an estimate due to rise
                 self._touch(acc)
 
     # -- choice ------------------------------------------------------------------------
@@ -308,8 +339,15 @@ class Pool:
                 return None
         self.store.reserve(chosen, est)
         chosen.last_chosen = next(self._seq)
+        sent = None
+        track = self.local.tracks.get(chosen.alias)
+        if track is not None:
+            opened = track.start
+            sent = self.local.sent(chosen.alias, est.input_tokens, est.output_tokens, now)
+            if track.start != opened:  # a new minute began: its reset is new (the reservation is the pool's)
+                self._refresh_local(chosen, now)
         self._touch(chosen)
-        return Lease(chosen, est, now, chosen.last_chosen)
+        return Lease(chosen, est, now, chosen.last_chosen, local=sent)
 
     def _cache_owner(self, affinity: CacheKeys, chosen: AccountState | None, chosen_fits: bool,
                      excluded: set[str] | frozenset[str], est: Estimate, now: float) -> AccountState | None:
@@ -382,12 +420,19 @@ class Pool:
             heapq.heappush(heap, entry)
         return chosen
 
-    def release(self, lease: Lease) -> None:
+    def release(self, lease: Lease, used: Usage | None = None) -> None:
+        """The request is over. `used`: what it really took, when the upstream said (for local windows)."""
         if lease.released:
             return
         lease.released = True
         acc = lease.account
         self.store.release(acc, lease.estimate)
+        if lease.local is not None:
+            tokens = None if used is None else (
+                used.input_tokens + used.cache_write_5m + used.cache_write_1h, used.output_tokens)
+            self.local.finished(acc.alias, lease.local, tokens, self.clock())
+            if self.accounts.get(acc.alias) is acc:
+                self._refresh_local(acc)
         if self.accounts.get(acc.alias) is acc:
             self._touch(acc)
         self._dispatch()
@@ -531,11 +576,25 @@ class Pool:
     def _is_stale(self, acc: AccountState, sent_at: float | None) -> bool:
         return sent_at is not None and acc.block_since is not None and sent_at < acc.block_since
 
-    def observe_headers(self, acc: AccountState, snap: Snapshot, sent_at: float | None = None) -> None:
-        """Fresh rate-limit windows. `sent_at`: when the request they answer was sent (None: now)."""
+    def observe_headers(self, acc: AccountState, snap: Snapshot, sent_at: float | None = None,
+                        status: int | None = None) -> None:
+        """Fresh rate-limit windows. `sent_at`: when the request they answer was sent (None: now).
+
+        An answer with no rate-limit headers at all (`status` below 500: gateways' errors often
+        carry none) marks the account as one whose windows dario keeps itself (localwindows.py).
+        """
+        if status is None or status < 500:
+            self.local.saw_answer(acc.alias, bool(snap.windows))
         if self._is_stale(acc, sent_at):
             return  # older than what blocked the account: it would overwrite newer news
-        self.store.observe_windows(acc, snap.windows)
+        if snap.windows:
+            track = self.local.tracks.get(acc.alias)
+            if track is not None and track.applied and not track.active:
+                self.store.forget_windows(acc, [n for n in track.applied if n not in snap.windows])
+                track.applied = frozenset()
+            self.store.observe_windows(acc, snap.windows)
+        else:
+            self._refresh_local(acc)
         # Fresh headers showing room again are evidence of recovery.
         if acc.block_kind is BlockKind.EXHAUSTED and snap.windows and acc.zero_window_reset(self.clock()) is None \
                 and all((w.remaining or 0) > 0 for w in snap.windows.values()):
@@ -569,6 +628,13 @@ class Pool:
                 now + snap.retry_after if snap.retry_after is not None else None,
                 snap.latest_exhausted_reset(),
             ) if t is not None]
+            if not snap.windows and self.local.is_headerless(acc.alias):
+                # No headers to say which limit or when: learn a lower estimate (AIMD) and, unless
+                # Retry-After said otherwise, hold the account until its local minute resets.
+                hold = self.local.throttled(acc.alias, now)
+                if not candidates:
+                    candidates.append(hold)
+                self._refresh_local(acc, now)
             until = max(candidates) if candidates else now + DEFAULT_429_COOLDOWN
             reason = "rate limited (429)"
         # The latest reset wins: a new 429 never shortens a longer exhaustion.
@@ -625,11 +691,15 @@ class Pool:
             until = acc.next_free(now)
         elif status is Status.DISABLED:
             reason = f"disabled; run: {command('dario-ctl')} accounts enable {acc.alias}"
+        if acc.alias in self.local.tracks:
+            self._refresh_local(acc, now)  # an estimate may have risen since the last request
+        sources = self.local.sources(acc.alias)
         windows = {
             name: {
                 "limit": w.limit,
                 "remaining": w.remaining_at(now),
                 "reset": w.reset if (w.reset is None or w.reset > now) else None,
+                "source": sources.get(name, "headers"),
             }
             for name, w in acc.windows.items()
         }
@@ -652,6 +722,7 @@ class Pool:
             "latency_ms": None if acc.latency_ms is None else round(acc.latency_ms, 2),
             "conversations": conversations.get(acc.alias, 0),
             "managed_by": acc.managed_by,
+            "limits": self.local.declared(acc.alias),
         }
 
     def views(self) -> list[AccountView]:
@@ -727,14 +798,18 @@ class Pool:
     def export_state(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for acc in self.accounts.values():
+            local = self.local.sources(acc.alias)  # rebuilt from "local" on restore, not saved as windows
             out[acc.alias] = {
                 "block_kind": None if acc.block_kind is None else acc.block_kind.value,
                 "block_reason": _clean(acc.block_reason, acc),
                 "block_until": acc.block_until,
                 "failures": acc.failures,
                 "needs_login": _clean(acc.needs_login, acc),
-                "windows": {name: w.as_dict() for name, w in acc.windows.items()},
+                "windows": {name: w.as_dict() for name, w in acc.windows.items() if name not in local},
             }
+            saved = self.local.export(acc.alias)
+            if saved is not None:
+                out[acc.alias]["local"] = saved
         return {"version": 1, "saved_at": self.clock(), "accounts": out}
 
     def import_state(self, data: Any) -> None:
@@ -762,6 +837,9 @@ class Pool:
                 name: Window(w.get("limit"), w.get("remaining"), w.get("reset"))
                 for name, w in (item.get("windows") or {}).items() if name in WINDOWS and isinstance(w, dict)
             })
+            if "local" in item:
+                self.local.restore(alias, item["local"], now)
+                self._refresh_local(acc, now)
             self._touch(acc)
 
 

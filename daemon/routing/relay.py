@@ -138,8 +138,10 @@ class Relay:
                 log.info("failover: %s on %s; retrying on %s", _describe(last), out.account, lease.account.alias)
             out.queue_wait_ms += waited * 1000.0
             out.account = lease.account.alias
+            answered = False  # the attempt ran to its end: `out.usage` is what it took
             try:
                 await self._attempt(lease, inc, sink, out)
+                answered = True
                 if inc.cache_keys is not None and out.status == 200 and out.error_type is None:
                     self.pool.remember_cache(lease.account.alias, inc.cache_keys)
                 return
@@ -148,7 +150,7 @@ class Relay:
                 if not retry.rate_limited:
                     excluded.append(lease.account.alias)
             finally:
-                self.pool.release(lease)
+                self.pool.release(lease, out.usage if answered else None)
             if trio.current_time() >= failover_deadline:
                 await self._give_up(sink, out, last, None)
                 return
@@ -231,8 +233,8 @@ class Relay:
             raise _Retry(None, _transport_error(exc, acc.alias)) from None
         try:
             snap = up.limits(response.headers)
-            self.pool.observe_headers(acc, snap, lease.started)
             status = response.status
+            self.pool.observe_headers(acc, snap, lease.started, status)
             if status >= 400:
                 # Where upstream error text enters dario: from here on it holds no key.
                 body = redact_body(await self._read_error_body(response), (acc.secret,))

@@ -19,7 +19,7 @@ How a Redis-backed store (team mode) implements the same operations, as an added
   needs_login) plus one hash of reservations per account keyed by lease id, and one string for
   the preferred alias. Each window field carries its reset; the hash's expiry is set to the
   latest reset (`PEXPIREAT`), so stale windows and finished blocks disappear by themselves.
-- `reserve` / `release` / `observe_windows` / `block` / `clear_block` / `recovered` /
+- `reserve` / `release` / `observe_windows` / `forget_windows` / `block` / `clear_block` / `recovered` /
   `count_failure` are each one Lua script (`EVALSHA`), so check-and-update is atomic on the
   server. Its `reserve` would re-check that the estimate still fits the account's remaining
   budget less the other instances' reservations and refuse otherwise; `reserve` then has to say
@@ -251,6 +251,10 @@ class PoolStore(Protocol):
         """Fresh rate-limit windows from an upstream answer replace the ones known."""
         ...
 
+    def forget_windows(self, acc: AccountState, names: Sequence[str]) -> None:
+        """Drop windows that no longer apply (a declared limit cleared, headers took over)."""
+        ...
+
     def block(self, acc: AccountState, kind: BlockKind, reason: str | None, until: float,
               *, since: float | None) -> None:
         """Hold the account back until `until`; `since` is when the evidence arrived."""
@@ -325,6 +329,10 @@ class MemoryStore:
 
     def observe_windows(self, acc: AccountState, windows: Mapping[str, Window]) -> None:
         acc.windows.update(windows)
+
+    def forget_windows(self, acc: AccountState, names: Sequence[str]) -> None:
+        for name in names:
+            acc.windows.pop(name, None)
 
     def block(self, acc: AccountState, kind: BlockKind, reason: str | None, until: float,
               *, since: float | None) -> None:

@@ -1,9 +1,11 @@
 """In-process micro-benchmark: one `Pool.choose` + `Pool.release` with N accounts.
 
-Run alone: ``python -m tests.bench.bench_pool [N ...]`` prints JSON {N: median ns}.
+Run alone: ``python -m tests.bench.bench_pool [N ...] [--local]`` prints JSON {N: median ns}.
 Every account is usable and has all four rate-limit windows known (the steady state once
 the upstream's headers have been seen), so `choose` does its full work: status, fit and
-headroom for each account, then the tie-break.
+headroom for each account, then the tie-break. With ``--local`` the accounts send no
+rate-limit headers and have declared limits instead: dario counts each request in its own
+per-minute windows (routing/localwindows.py), at send and at release.
 """
 
 from __future__ import annotations
@@ -16,25 +18,31 @@ import orjson
 
 from dario.daemon.exchange import Estimate
 from dario.daemon.routing.pool import Pool
-from dario.daemon.routing.ratelimits import WINDOWS, Window
+from dario.daemon.routing.ratelimits import WINDOWS, Snapshot, Window
 
 LIMITS = {"requests": 4000, "tokens": 2_000_000, "input-tokens": 1_600_000, "output-tokens": 400_000}
 
 
-def make_pool(n: int) -> Pool:
+def make_pool(n: int, local: bool = False) -> Pool:
     pool = Pool()
     now = time.time()
     for i in range(n):
         acc = pool.upsert(f"acct{i:03d}", "anthropic", "https://api.anthropic.com", now, f"sk-bench-{i}")
+        if local:
+            pool.observe_headers(acc, Snapshot({}, None), status=200)
+            # Limits no loop of the benchmark reaches within a minute: every account stays usable.
+            pool.set_declared_limits(acc.alias, {"rpm": 10**9, "input_tpm": 10**9, "output_tpm": 10**9})
+            continue
         for name in WINDOWS:
             limit = LIMITS[name]
             acc.windows[name] = Window(limit, limit - 10 * (i % 7), now + 3600.0)
     return pool
 
 
-def per_op_ns(n: int, repeats: int = 7, target_s: float = 0.05, max_iters: int = 200_000) -> dict[str, float]:
+def per_op_ns(n: int, repeats: int = 7, target_s: float = 0.05, max_iters: int = 200_000,
+              local: bool = False) -> dict[str, float]:
     """Median and spread over `repeats` timed loops, each sized to take about `target_s`."""
-    pool = make_pool(n)
+    pool = make_pool(n, local)
     est = Estimate(input_tokens=1200, output_tokens=1024)
     choose, release = pool.choose, pool.release
     # Size the loop from a short trial.
@@ -59,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     args = argv if argv is not None else sys.argv[1:]
     sizes = [int(a) for a in args if not a.startswith("-")] or [1, 10, 100]
     quick = "--quick" in args
-    out = {str(n): per_op_ns(n, repeats=5 if quick else 9, target_s=0.03 if quick else 0.08) for n in sizes}
+    local = "--local" in args
+    out = {str(n): per_op_ns(n, repeats=5 if quick else 9, target_s=0.03 if quick else 0.08, local=local)
+           for n in sizes}
     print(orjson.dumps(out).decode(), flush=True)
 
 

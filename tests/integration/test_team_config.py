@@ -276,3 +276,23 @@ def test_check_reports_problems_with_lines_and_passes_the_example(tmp_path: Path
     assert f"{bad}:6: [[account]] #1 (a): secret must name where the secret comes from" in result.stderr
     assert "sk-ant-literal-LLLL" not in result.stderr + result.stdout
     assert "2 problems" in result.stderr
+
+
+def test_declared_limits_come_from_the_file_and_dario_ctl_limits_changes_them_until_restart(
+        dariod_factory: Callable[..., Dariod], upstream: Any) -> None:
+    config = f"""
+[[account]]
+alias = "team-a"
+kind = "anthropic-compatible"
+base_url = "{upstream.url}"
+secret = {{ env = "TEAM_A_KEY" }}
+rpm = 2
+output_tpm = 9000
+"""
+    d = team_dariod(dariod_factory, config, env={"TEAM_A_KEY": KEY_A})
+    assert accounts(d)["team-a"]["limits"] == {"rpm": 2, "input_tpm": None, "output_tpm": 9000}
+    changed = d.ctl_json("limits", "team-a", "--rpm", "5")
+    assert changed["account"]["limits"] == {"rpm": 5, "input_tpm": None, "output_tpm": 9000}
+    assert accounts(d)["team-a"]["limits"]["rpm"] == 5
+    # The file is the account's record: nothing about it is written to accounts.json.
+    assert not any("team-a" in p.read_text() for p in d.home.rglob("accounts.json"))

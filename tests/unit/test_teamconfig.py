@@ -281,3 +281,13 @@ def test_the_files_analytics_url_reaches_settings_and_the_flag_wins(
     assert settings.analytics_url == "postgresql://dario@pg/team"
     settings, _ = dariod_main.settings_and_config(["--config", str(path), "--analytics", "postgresql://other/db"])
     assert settings.analytics_url == "postgresql://other/db"
+
+
+def test_declared_limits_in_an_account_are_checked_by_the_same_rule_as_the_flags(tmp_path: Path) -> None:
+    path = tmp_path / "dario.toml"
+    path.write_text(account('secret = { env = "X" }\nrpm = 40\ninput_tpm = 0'))
+    report, code = check(path)
+    assert code == 2
+    assert "input_tpm must be a whole number from 1 to" in report
+    path.write_text(account('secret = { env = "X" }\nrpm = 40'))
+    assert teamconfig.load(path).accounts[0].limits == {"rpm": 40}

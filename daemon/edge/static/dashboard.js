@@ -153,7 +153,10 @@
       const fill = el("div", { style: h === null ? "" : `width:${(h * 100).toFixed(1)}%;background:${colour}` });
       const windows = Object.entries(a.windows || {})
         .filter(([, w]) => w && w.remaining !== null && w.remaining !== undefined)
-        .map(([k, w]) => `${WINDOW_SHORT[k] || k} ${compact(w.remaining)}${w.limit ? "/" + compact(w.limit) : ""}`);
+        // A limit dario keeps itself (the upstream sends no rate-limit headers) is marked as such.
+        .map(([k, w]) => `${WINDOW_SHORT[k] || k} ${compact(w.remaining)}`
+          + `${w.limit ? "/" + (w.source === "estimated" ? "~" : "") + compact(w.limit) : ""}`
+          + (w.source === "declared" || w.source === "estimated" ? ` (${w.source})` : ""));
       const meta = [];
       meta.push(h === null ? "headroom unknown" : `${Math.round(h * 100)}% headroom`);
       if (a.in_flight) meta.push(`${a.in_flight} in flight`);
