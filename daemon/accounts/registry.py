@@ -1,7 +1,8 @@
 """The account registry: account metadata in a small JSON file.
 
-The file (under the XDG config folder) holds alias, kind, base URL, created, enabled and
-which account is preferred. The secret of each account lives only in the OS keyring
+The file (under the XDG config folder) holds alias, kind, base URL, created, enabled, the
+non-secret details of Bedrock and Vertex accounts (region, project, credential type, AWS profile
+name, inference-profile prefix) and which account is preferred. The secret of each account lives only in the OS keyring
 (`accounts.secrets`), never here.
 """
 
@@ -30,6 +31,22 @@ class Account:
     base_url: str
     created: float
     enabled: bool = True
+    region: str | None = None
+    project: str | None = None
+    credential: str | None = None
+    aws_profile: str | None = None
+    inference_profile: str | None = None
+
+    def details(self) -> dict[str, str | None]:
+        """The kind's non-secret settings, for views."""
+        return {name: getattr(self, name) for name in DETAIL_FIELDS if getattr(self, name) is not None}
+
+
+DETAIL_FIELDS = ("region", "project", "credential", "aws_profile", "inference_profile")
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def check_alias(alias: str) -> str:
@@ -87,6 +104,7 @@ class Registry:
                     base_url=str(item["base_url"]),
                     created=float(item.get("created", 0.0)),
                     enabled=bool(item.get("enabled", True)),
+                    **{name: _opt_str(item.get(name)) for name in DETAIL_FIELDS},
                 )
             except (KeyError, TypeError, ValueError):
                 continue  # one broken entry must not take the others down
@@ -98,12 +116,16 @@ class Registry:
     def save(self) -> None:
         atomicfile.write_json_atomic(
             self.path,
-            {"accounts": [asdict(a) for a in self.accounts.values()], "preferred": self.preferred},
+            {"accounts": [{k: v for k, v in asdict(a).items() if v is not None} for a in self.accounts.values()],
+             "preferred": self.preferred},
         )
 
-    def upsert(self, alias: str, kind: str, base_url: str) -> Account:
+    def upsert(self, alias: str, kind: str, base_url: str, details: dict[str, str | None] | None = None) -> Account:
         existing = self.accounts.get(alias)
         acc = Account(alias=alias, kind=kind, base_url=base_url, created=existing.created if existing else time.time())
+        for name, value in (details or {}).items():
+            if name in DETAIL_FIELDS:
+                setattr(acc, name, value)
         if existing:
             acc.enabled = existing.enabled
         self.accounts[alias] = acc

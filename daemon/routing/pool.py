@@ -133,11 +133,12 @@ class Pool:
 
     # -- membership --------------------------------------------------------------------
     def upsert(self, alias: str, kind: str, base_url: str, created: float, secret: str | None,
-               enabled: bool = True) -> AccountState:
+               enabled: bool = True, details: Mapping[str, str | None] | None = None) -> AccountState:
         acc = self.accounts.get(alias)
         if acc is None:
             acc = self.store.add(AccountState(alias, kind, base_url, created, uid=next(self._uids)))
         acc.kind, acc.base_url, acc.created = kind, base_url, created
+        acc.details = dict(details or {})
         if acc.enabled != enabled:
             self.store.set_enabled(acc, enabled)
         if secret is not None:
@@ -620,7 +621,7 @@ class Pool:
             for name, w in acc.windows.items()
         }
         headroom = acc.headroom(now)
-        return {
+        view: AccountView = {
             "alias": acc.alias,
             "kind": acc.kind,
             "base_url": acc.base_url,
@@ -638,6 +639,9 @@ class Pool:
             "latency_ms": None if acc.latency_ms is None else round(acc.latency_ms, 2),
             "conversations": conversations.get(acc.alias, 0),
         }
+        for name, value in acc.details.items():  # a Bedrock or Vertex account's region, project …
+            view[name] = value  # type: ignore[literal-required]
+        return view
 
     def views(self) -> list[AccountView]:
         now = self.clock()

@@ -235,7 +235,7 @@ class Relay:
             status = response.status
             if status >= 400:
                 # Where upstream error text enters dario: from here on it holds no key.
-                body = redact_body(await self._read_error_body(response), (acc.secret,))
+                body = redact_body(await self._read_error_body(response), up.secret_values(acc.secret))
                 out.upstream_ms += (time.perf_counter() - t0) * 1000.0
                 answer = Answer(status, self._client_headers(response, acc.alias, inc, None), body, acc.alias)
                 verdict = up.classify(status, response.headers, body)
@@ -312,6 +312,8 @@ class Relay:
     async def _stream(self, response: Reply, up: Upstream, acc: AccountState, lease: Lease, inc: Incoming,
                       sink: Sink, out: Outcome, t0: float) -> None:
         splitter = up.stream_decoder()
+        assert acc.secret is not None
+        secrets = up.secret_values(acc.secret)  # every secret string in the account's credential
         held: list[bytes] = []
         committed = False
         ended = False
@@ -342,7 +344,7 @@ class Relay:
             if not block:
                 continue
             if block.find(b"error") >= 0:  # any spelling of an error event ("event:error" too)
-                block = redact_sse(block, (acc.secret,))
+                block = redact_sse(block, secrets)
             for name, data in iter_events(block):
                 event = _event_json(data)
                 if event is None:
@@ -397,7 +399,7 @@ class Relay:
                 if not block:
                     continue
                 if block.find(b"error") >= 0:
-                    block = redact_sse(block, (acc.secret,))
+                    block = redact_sse(block, secrets)
                 good, bad, ends = _scan_events(block, out)
                 terminal = terminal or ends
                 if good:

@@ -111,6 +111,15 @@ class ScriptedUpstream:
     def limits(self, headers: list[tuple[bytes, bytes]]) -> Snapshot:
         return ratelimits.parse(headers)
 
+    def secret_values(self, secret: str) -> tuple[str, ...]:
+        return (secret,)
+
+    def check_label(self, base_url: str, secret: str) -> str:
+        return base_url
+
+    def check_warning(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> str | None:
+        return None
+
     def is_stream(self, headers: list[tuple[bytes, bytes]]) -> bool:
         return (b"content-type", b"text/event-stream") in headers
 
