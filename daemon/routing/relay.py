@@ -300,6 +300,11 @@ class Relay:
         if kind is VerdictKind.RATE_LIMITED or kind is VerdictKind.SPEND_LIMITED:
             spend = kind is VerdictKind.SPEND_LIMITED
             self.pool.observe_rate_limited(acc, snap, spend_limit=spend, message=message)
+            if not spend and acc.block_until is not None and not any(k == b"retry-after" for k, _ in answer.headers):
+                # Kinds that send no rate-limit headers (Bedrock, Vertex): if this answer reaches the
+                # client, it still says when the account is back, as the pool judged it.
+                wait = max(1, math.ceil(acc.block_until - self.pool.clock()))
+                answer.headers.append((b"retry-after", str(wait).encode()))
             raise _Retry(answer, None, rate_limited=not spend)
         if kind is VerdictKind.AUTH:
             self.pool.observe_auth_failure(acc, answer.status, message)
