@@ -213,3 +213,31 @@ def test_status_json_keeps_secrets_out(gateway: Dariod) -> None:
     for secret in (SECRET, API_KEY, PROFILE_SECRET, "PRIVATE KEY"):
         assert secret not in out
     assert os.environ.get("DARIO_TEST_KEYRING") or "bedrock" in out
+
+
+def test_vertex_tokens_are_refreshed_in_the_background(gateway: Dariod, vertex: FakeVertex, files: Path) -> None:
+    from tests.support import wait_until
+
+    vertex.set_expires_in(4)  # refreshed at half its life: about 2 s after it was issued
+    try:
+        sa = vertex.service_account(files, email="dario-refresh@proj.iam.gserviceaccount.com")
+        result = gateway.ctl("login", "gcp-refresh", "--kind", "vertex", "--project", "proj", "--region",
+                             "us-east5", "--credentials", str(sa), "--base-url", vertex.url, input="")
+        assert result.returncode == 0, result.stderr
+        issued = vertex.tokens_issued()
+        model_calls = [r for r in vertex.requests() if r["path"] != "/token"]
+        # No request needs a token meanwhile: only dariod's refresher (TokenCache.run) can fetch one.
+        wait_until(lambda: vertex.tokens_issued() > issued, 20, "a background token refresh")
+        assert [r for r in vertex.requests() if r["path"] != "/token"] == model_calls
+    finally:
+        vertex.set_expires_in(3600)
+        gateway.ctl("logout", "gcp-refresh")
+
+
+def test_details_survive_a_restart(gateway: Dariod, bedrock: FakeBedrock) -> None:
+    assert bedrock_login(gateway, bedrock, "aws-restart", input=f"{AKID} {SECRET}\n").returncode == 0
+    gateway.stop()
+    gateway.start()
+    acc = accounts(gateway)["aws-restart"]
+    assert (acc["kind"], acc["region"], acc["credential"]) == ("bedrock", "us-east-1", "keys")
+    assert "bedrock us-east-1" in gateway.ctl("accounts", "list").stdout
