@@ -17,8 +17,8 @@ from dario.daemon.upstream import bedrock, vertex
 AKID = "AKIAEXAMPLEKEY00001"
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 KEYS = json.dumps({"access_key_id": AKID, "secret_access_key": SECRET})
-SA = json.dumps({"type": "service_account", "client_email": "a@p.iam.gserviceaccount.com",
-                 "private_key": "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n",
+PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"
+SA = json.dumps({"type": "service_account", "client_email": "a@p.iam.gserviceaccount.com", "private_key": PEM,
                  "private_key_id": "0123456789abcdef0123"})
 
 
