@@ -294,3 +294,11 @@ def test_secrets_never_reach_the_client(pool: Pool, client: anthropic.Anthropic,
         client.messages.create(**ask())
     token = vertex.requests()[-1]["headers"]["authorization"].split(" ", 1)[1]
     assert token not in info.value.response.text and "[redacted]" in info.value.response.text
+
+
+def test_model_list_never_sends_a_credential_document(pool: Pool, client: anthropic.Anthropic,
+                                                      bedrock: FakeBedrock, vertex: FakeVertex) -> None:
+    pool.only("bed")  # only a Bedrock account can serve: dario must not list models through it
+    client.models.list()
+    assert not [r for r in bedrock.requests() if "/v1/models" in r["path"]]
+    assert not [r for r in vertex.requests() if "/v1/models" in r["path"]]
