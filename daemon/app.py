@@ -36,7 +36,6 @@ from dario.daemon.redact import redact
 from dario.daemon.routing.catalog import ModelCatalog
 from dario.daemon.routing.models import ModelTable
 from dario.daemon.routing.pool import Pool
-from dario.daemon.routing.ratelimits import parse as parse_ratelimits
 from dario.daemon.routing.relay import Relay
 from dario.daemon.settings import Settings
 from dario.daemon.upstream import anthropic, bedrock, vertex
@@ -167,14 +166,15 @@ def key_probe(upstreams: Mapping[str, Upstream]) -> KeyProbe:
             status, headers, body = await up.check_key(base_url, secret)
         except UpstreamError as exc:
             raise UpstreamUnreachable(str(exc), type(exc).__name__) from None
+        limits = up.limits(headers)  # each kind reads its own headers (Bedrock and Vertex send none)
         if status < 400:
-            return KeyCheck(status, parse_ratelimits(headers), body, checked=up.check_label(base_url, secret))
+            return KeyCheck(status, limits, body, checked=up.check_label(base_url, secret))
         values = up.secret_values(secret)
         verdict = up.classify(status, headers, body)
         info = verdict.error or parse_error(status, body)
         warning = up.check_warning(status, headers, body)
         return KeyCheck(
-            status, parse_ratelimits(headers), body, spend_limit=info.spend_limit,
+            status, limits, body, spend_limit=info.spend_limit,
             message=redact(info.message, values), error_type=info.declared_type,
             checked=up.check_label(base_url, secret), warning=redact(warning, values) if warning else None,
         )

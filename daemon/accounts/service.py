@@ -4,7 +4,8 @@ It changes three things together (the registry file, the OS keyring and the pool
 only the domain errors of `accounts.errors`; the control server turns them into HTTP answers.
 The pool and the upstream's key check come in as interfaces (`AccountPool`, `KeyProbe`), so this
 room imports nothing of the request path but the adapters' account-document helpers, through
-`accounts.kinds` (what a Bedrock or Vertex login stores is defined by its adapter). Blocking work (keyring, files) runs in worker threads.
+`accounts.kinds` (what a Bedrock or Vertex login stores is defined by its adapter). Blocking work
+(keyring, files) runs in worker threads.
 """
 
 from __future__ import annotations

@@ -147,13 +147,6 @@ async def send(
     return await up.send(request, read_timeout=read_timeout)
 
 
-async def validate_key(
-    client: HttpClient, base_url: str, secret: str
-) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """A cheap authenticated call that costs no tokens: list one model. Returns (status, headers, body)."""
-    return await AnthropicUpstream(client).check_key(base_url, secret)
-
-
 def upstreams(client: HttpClient) -> dict[str, Upstream]:
     """The Upstream for each account kind this module serves, sharing one HTTP client."""
     return {kind: AnthropicUpstream(client, kind) for kind in KINDS}
