@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dario.daemon import __version__
-from dario.daemon.control.api import ACCOUNT_KINDS, LIMIT_MAX, LIMIT_NAMES, AccountView
+from dario.daemon.control.api import ACCOUNT_KINDS, INFERENCE_PROFILES, LIMIT_MAX, LIMIT_NAMES, AccountView
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -96,7 +96,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _read_secret(alias: str, client: ControlClient) -> str:
+def _read_secret(alias: str, client: ControlClient, what: str = "API key") -> str:
     stdin = sys.stdin
     if stdin is None:
         return ""
@@ -106,29 +106,106 @@ def _read_secret(alias: str, client: ControlClient) -> str:
         import getpass
 
         try:
-            return getpass.getpass(f"API key for {alias} (input hidden): ").strip()
+            return getpass.getpass(f"{what} for {alias} (input hidden): ").strip()
         except EOFError:
             return ""
     return stdin.read().strip()
 
 
-def cmd_login(args: argparse.Namespace) -> int:
-    from dario.ctl.client import ControlAPIError
+def _login_input(args: argparse.Namespace, client: ControlClient) -> tuple[str, dict[str, str | None]]:
+    """(the secret, the kind's non-secret fields) for a login, from flags, a prompt or stdin."""
+    from dario.ctl.credentials import CredentialError
 
-    client = _client(args)
+    bedrock_flags = {"--aws-profile": args.aws_profile, "--bedrock-api-key": args.bedrock_api_key,
+                     "--inference-profile": args.inference_profile}
+    vertex_flags = {"--project": args.project, "--credentials": args.credentials, "--adc": args.adc}
+    given = [flag for flag, value in {**bedrock_flags, **vertex_flags, "--region": args.region}.items() if value]
+    try:
+        if args.kind == "bedrock":
+            wrong = [flag for flag, value in vertex_flags.items() if value]
+            if wrong:
+                raise UsageError(f"{', '.join(wrong)} apply to --kind vertex")
+            return _bedrock_input(args, client)
+        if args.kind == "vertex":
+            wrong = [flag for flag, value in bedrock_flags.items() if value]
+            if wrong:
+                raise UsageError(f"{', '.join(wrong)} apply to --kind bedrock")
+            return _vertex_input(args)
+    except CredentialError as exc:
+        raise UsageError(str(exc)) from None
+    if given:
+        raise UsageError(f"{', '.join(given)} apply to --kind bedrock or vertex")
     secret = _read_secret(args.alias, client)
     if not secret:
         raise UsageError("no API key given: type it at the prompt, or pipe it on stdin")
+    return secret, {}
+
+
+def _bedrock_input(args: argparse.Namespace, client: ControlClient) -> tuple[str, dict[str, str | None]]:
+    import orjson
+
+    from dario.ctl.credentials import parse_aws_keys, prompt_aws_keys, read_stdin
+
+    if not args.region:
+        raise UsageError("--kind bedrock needs --region (an AWS region, e.g. us-east-1)")
+    fields: dict[str, str | None] = {"region": args.region, "inference_profile": args.inference_profile}
+    if args.aws_profile and args.bedrock_api_key:
+        raise UsageError("choose one of --aws-profile and --bedrock-api-key")
+    if args.aws_profile:
+        return "", {**fields, "credential": "profile", "aws_profile": args.aws_profile}
+    if args.bedrock_api_key:
+        key = _read_secret(args.alias, client, "Bedrock API key")
+        if not key:
+            raise UsageError("no Bedrock API key given: type it at the prompt, or pipe it on stdin")
+        return key, {**fields, "credential": "api_key"}
+    if sys.stdin is not None and sys.stdin.isatty():
+        client.status()  # fail before the prompt, not after the user has typed keys nobody can take
+        keys = prompt_aws_keys(args.alias)
+    else:
+        text = read_stdin().strip()
+        keys = parse_aws_keys(text) if text else None
+    if keys is None:  # no keys: botocore's own chain (environment, shared files, SSO, instance role)
+        return "", {**fields, "credential": "profile", "aws_profile": None}
+    return orjson.dumps(keys).decode(), {**fields, "credential": "keys"}
+
+
+def _vertex_input(args: argparse.Namespace) -> tuple[str, dict[str, str | None]]:
+    from dario.ctl.credentials import read_service_account
+
+    if not args.project or not args.region:
+        raise UsageError("--kind vertex needs --project PROJECT and --region REGION (e.g. us-east5, global)")
+    fields: dict[str, str | None] = {"region": args.region, "project": args.project}
+    if bool(args.credentials) == bool(args.adc):
+        raise UsageError("--kind vertex needs one of --credentials FILE (a service-account key) or --adc")
+    if args.adc:
+        return "", {**fields, "credential": "adc"}
+    return read_service_account(args.credentials), {**fields, "credential": "service_account"}
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    from dario.ctl.client import ControlAPIError
+    from dario.ctl.credentials import secret_parts
+
+    client = _client(args)
+    secret, fields = _login_input(args, client)
     try:
         limits = {name: getattr(args, name) for name in LIMIT_NAMES if getattr(args, name) is not None}
-        account = client.login(args.alias, secret, kind=args.kind, base_url=args.base_url, limits=limits)
+        result = client.login(args.alias, secret, kind=args.kind, base_url=args.base_url, limits=limits, **fields)
     except ControlAPIError as exc:
         # The daemon should never echo the key back; scrub it anyway before it reaches a terminal.
-        if secret in exc.message:
-            raise ControlAPIError(exc.status, exc.type, exc.message.replace(secret, "<secret>")) from None
+        message = exc.message
+        for part in sorted(secret_parts(secret), key=len, reverse=True):
+            message = message.replace(part, "<secret>")
+        if message != exc.message:
+            raise ControlAPIError(exc.status, exc.type, message) from None
         raise
+    from dario.ctl.views import kind_label
+
+    account = result["account"]
     console = _console()
-    _say(console, f"Logged in as {account['alias']} ({account['kind']}, {account['base_url']})", "green")
+    _say(console, f"Logged in as {account['alias']} ({kind_label(account)}, {account['base_url']})", "green")
+    if result.get("warning"):
+        _say(console, f"note: {result['warning']}", "yellow")
     if account.get("status") not in (None, "ok"):
         reason = f" ({account['reason']})" if account.get("reason") else ""
         _say(console, f"status: {account['status']}{reason}")
@@ -378,14 +455,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(sub, "login", "add an account, or replace its key (hidden prompt, or stdin)", cmd_login)
     p.add_argument("alias", nargs="?", default="default", metavar="ALIAS", help="default: default")
     p.add_argument("--kind", choices=ACCOUNT_KINDS, default="anthropic", help="upstream (default: anthropic)")
-    p.add_argument("--base-url", metavar="URL", default=None, help="upstream base URL (default: per kind)")
+    p.add_argument("--base-url", metavar="URL", default=None,
+                   help="upstream base URL (default: per kind; for vertex the host only)")
+    p.add_argument("--region", metavar="REGION", help="bedrock: AWS region; vertex: location (e.g. us-east5)")
+    p.add_argument("--aws-profile", metavar="NAME",
+                   help="bedrock: use this AWS profile through the AWS credential chain (nothing secret is stored)")
+    p.add_argument("--bedrock-api-key", action="store_true",
+                   help="bedrock: the credential is a Bedrock API key (prompt, or stdin)")
+    p.add_argument("--inference-profile", choices=INFERENCE_PROFILES,
+                   help="bedrock: route through this cross-region inference profile")
+    p.add_argument("--project", metavar="PROJECT", help="vertex: Google Cloud project id")
+    p.add_argument("--credentials", metavar="FILE",
+                   help="vertex: service-account key file (its contents go to the keyring)")
+    p.add_argument("--adc", action="store_true",
+                   help="vertex: use application default credentials (by reference, nothing secret stored)")
     _limit_flags(p)
 
     p = add(sub, "limits", "declare an account's per-minute limits (for upstreams that send no rate-limit "
             "headers); with no flags, show them", cmd_limits)
     alias_arg(p)
     _limit_flags(p)
-    p.add_argument("--clear", action="store_true", help="drop every declared limit (before setting any given)")
+    p.add_argument("--clear", action="store_true",
+                   help="drop every declared limit and every estimate learned from throttling, then set any given")
     json_flag(p)
 
     alias_arg(add(sub, "logout", "remove an account and its key", cmd_logout))

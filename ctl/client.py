@@ -26,7 +26,7 @@ import orjson
 
 from dario.daemon import paths, peercred
 from dario.daemon.commands import command
-from dario.daemon.control.api import CONTROL_HOST, AccountView, ClientKeyView, RefreshResult, Status
+from dario.daemon.control.api import CONTROL_HOST, AccountView, ClientKeyView, LoginResult, RefreshResult, Status
 
 
 def start_hint() -> str:
@@ -215,13 +215,16 @@ class ControlClient:
 
     def login(
         self, alias: str, secret: str, kind: str = "anthropic", base_url: str | None = None,
-        limits: Mapping[str, int] | None = None,
-    ) -> AccountView:
-        """`limits`: declared limits to set with the account (rpm, input_tpm, output_tpm)."""
-        body: dict[str, Any] = {"alias": alias, "secret": secret, "kind": kind, "base_url": base_url}
+        limits: Mapping[str, int] | None = None, **fields: str | None,
+    ) -> LoginResult:
+        """Log in; `fields` are the kind's non-secret settings (region, project, credential, aws_profile,
+        inference_profile); `limits` the declared limits (rpm, input_tpm, output_tpm). The answer may
+        carry a warning beside the account."""
+        body: dict[str, Any] = {"alias": alias, "secret": secret, "kind": kind, "base_url": base_url,
+                                **{k: v for k, v in fields.items() if v is not None}}
         body.update(limits or {})
         # Validation makes an upstream call: allow it time.
-        return cast(AccountView, self.request("POST", "/v1/accounts", body, timeout=90)["account"])
+        return cast(LoginResult, self.request("POST", "/v1/accounts", body, timeout=90))
 
     def logout(self, alias: str) -> None:
         self.request("DELETE", f"/v1/accounts/{quote(alias, safe='')}")

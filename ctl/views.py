@@ -73,6 +73,17 @@ def printable(value: object, *, keep_newlines: bool = False) -> str:
     return _BREAKS.sub(" ", text)
 
 
+def kind_label(account: AccountView) -> str:
+    """The kind, and where a Bedrock or Vertex account points: "bedrock us-east-1", "vertex proj/us-east5"."""
+    kind = printable(account.get("kind", ""))
+    region, project = account.get("region"), account.get("project")
+    if project and region:
+        return f"{kind} {printable(project)}/{printable(region)}"
+    if region:
+        return f"{kind} {printable(region)}"
+    return kind
+
+
 def printable_data(data: _T) -> _T:
     """A copy of decoded JSON with every string (keys too) passed through `printable`."""
     result: Any
@@ -268,7 +279,7 @@ def _account_rows(accounts: Sequence[AccountView], now: float, bar_width: int) -
             bits = [_without_run_hint(b) for b in bits]
         rows.append({
             "Account": alias,
-            "Kind": Text(str(a.get("kind", ""))),
+            "Kind": Text(kind_label(a)),
             "Status": Text(status, style=STATUS_STYLES.get(status, "")),
             "Headroom": Text(bar, style=_headroom_style(headroom)),
             "Windows": Text(windows_summary(a.get("windows") or {})),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets as token_source
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -35,14 +35,15 @@ from dario.daemon.recording.prices import PriceTable
 from dario.daemon.recording.recorder import AccessLog, AnalyticsObserver, MetricsObserver, Recorder
 from dario.daemon.recording.usage_postgres import PostgresUsage
 from dario.daemon.recording.usage_sqlite import SqliteUsage
+from dario.daemon.redact import redact
 from dario.daemon.routing.catalog import ModelCatalog
 from dario.daemon.routing.models import ModelTable
 from dario.daemon.routing.pool import Pool
-from dario.daemon.routing.ratelimits import parse as parse_ratelimits
 from dario.daemon.routing.relay import Relay
 from dario.daemon.settings import Settings
 from dario.daemon.teamconfig import TeamConfig
-from dario.daemon.upstream import anthropic as upstream
+from dario.daemon.upstream import anthropic, bedrock, vertex
+from dario.daemon.upstream.base import Upstream
 from dario.daemon.upstream.errors import parse_error
 from dario.daemon.upstream.httpclient import HttpClient, Timeouts, UpstreamError
 from dario.daemon.views import EdgeServices, StatusView
@@ -73,6 +74,8 @@ class Daemon:
     control: ControlApp
     control_token: str | None  # set when the control API is on loopback TCP
     bound_port: list[int] = field(default_factory=list)  # the public port once bound (the guard reads it)
+    # Upstream background work, e.g. Vertex AI's token refresher: run in the daemon's nursery.
+    refreshers: list[Callable[..., Awaitable[None]]] = field(default_factory=list)
 
     def listening(self, host: str, port: int) -> None:
         """The public port is bound: the guard checks Host against it, status shows it."""
@@ -80,10 +83,13 @@ class Daemon:
         self.view.listen = f"http://{host}:{port}"
 
     async def run_background(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Analytics writer, persister and keyring reader; started once the first keyring read had its grace."""
+        """Analytics writer, persister, keyring reader and upstream refreshers (Vertex AI tokens);
+        started once the first keyring read had its grace."""
         async with trio.open_nursery() as nursery:
             if self.analytics is not None:
                 await nursery.start(self.analytics.run)
+            for refresher in self.refreshers:
+                await nursery.start(refresher)
             nursery.start_soon(self.persister.persist_forever)
             nursery.start_soon(self.accounts.read_secrets_forever)
             # An unlocked keyring answers within the grace and the daemon starts with its keys; a
@@ -104,9 +110,13 @@ def build(settings: Settings, *, tcp_control: bool = False, team: TeamConfig | N
         max_connections_per_origin=settings.max_upstream_connections,
     )
     pool = Pool()
+    vertex_upstream = vertex.VertexUpstream(http)
+    upstreams: dict[str, Upstream] = {
+        **anthropic.upstreams(http), **bedrock.upstreams(http), vertex.KIND: vertex_upstream,
+    }
     client_keys = ClientKeyStore(paths.keys_file())
     persister = Persister(pool, client_keys, paths.pool_state_file())
-    accounts = AccountService(Registry(paths.accounts_file()), pool, key_probe(http), managed_accounts(team))
+    accounts = AccountService(Registry(paths.accounts_file()), pool, key_probe(upstreams), managed_accounts(team))
     accounts.load()
     persister.load_pool_state()
 
@@ -128,7 +138,7 @@ def build(settings: Settings, *, tcp_control: bool = False, team: TeamConfig | N
     catalog = ModelCatalog(_load_or_default(ModelTable.load, paths.models_file(), ModelTable, "aliases"),
                            view.fetch_upstream_models)
     relay = Relay(
-        pool, upstream.upstreams(http),
+        pool, upstreams,
         queue_timeout=settings.queue_timeout,
         failover_deadline=settings.failover_deadline,
         hold_message_start=settings.hold_message_start,
@@ -150,7 +160,7 @@ def build(settings: Settings, *, tcp_control: bool = False, team: TeamConfig | N
         settings=settings, http=http, pool=pool, accounts=accounts, client_keys=client_keys,
         persister=persister, recorder=recorder, analytics=analytics, metrics=metrics, view=view,
         catalog=catalog, relay=relay, guard=guard, public=public, control=control,
-        control_token=control_token, bound_port=bound_port,
+        control_token=control_token, bound_port=bound_port, refreshers=[vertex_upstream.tokens.run],
     )
 
 
@@ -173,14 +183,26 @@ def managed_accounts(team: TeamConfig | None) -> list[ManagedAccount]:
     ]
 
 
-def key_probe(http: HttpClient) -> KeyProbe:
-    """The upstream's key check as the account service needs it (status, rate limits, body)."""
-    async def probe(base_url: str, secret: str) -> KeyCheck:
+def key_probe(upstreams: Mapping[str, Upstream]) -> KeyProbe:
+    """Each kind's key check as the account service needs it (status, rate limits, body, what it means)."""
+    async def probe(kind: str, base_url: str, secret: str) -> KeyCheck:
+        up = upstreams[kind]
         try:
-            status, headers, body = await upstream.validate_key(http, base_url, secret)
+            status, headers, body = await up.check_key(base_url, secret)
         except UpstreamError as exc:
             raise UpstreamUnreachable(str(exc), type(exc).__name__) from None
-        return KeyCheck(status, parse_ratelimits(headers), body, spend_limit=parse_error(status, body).spend_limit)
+        limits = up.limits(headers)  # each kind reads its own headers (Bedrock and Vertex send none)
+        if status < 400:
+            return KeyCheck(status, limits, body, checked=up.check_label(base_url, secret))
+        values = up.secret_values(secret)
+        verdict = up.classify(status, headers, body)
+        info = verdict.error or parse_error(status, body)
+        warning = up.check_warning(status, headers, body)
+        return KeyCheck(
+            status, limits, body, spend_limit=info.spend_limit,
+            message=redact(info.message, values), error_type=info.declared_type,
+            checked=up.check_label(base_url, secret), warning=redact(warning, values) if warning else None,
+        )
     return probe
 
 

@@ -82,8 +82,13 @@ class StatusView:
         return self.metrics.render()
 
     async def fetch_upstream_models(self) -> list[dict[str, Any]] | None:
-        """The upstream's model list, through any account that can serve right now."""
-        lease = self.pool.choose(Estimate())
+        """The upstream's model list, through any account that can serve right now.
+
+        Only accounts that speak Anthropic's API can list models this way: a Bedrock or Vertex
+        account's secret is a credential document that must never go out as an x-api-key.
+        """
+        other_kinds = [a.alias for a in self.pool.accounts.values() if a.kind not in upstream.MODEL_LIST_KINDS]
+        lease = self.pool.choose(Estimate(), other_kinds)
         if lease is None:
             return None
         try:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dario.ctl.views import conversations, human_duration, printable, window_text
+from dario.ctl.views import conversations, human_duration, kind_label, printable, window_text
 from dario.daemon.control.api import AccountView, Status
 
 DEFAULT_LISTEN = "http://127.0.0.1:3456"
@@ -179,6 +179,11 @@ def tooltip(status: Status | None, now: float | None = None) -> str:
 
 
 # -- menu ----------------------------------------------------------------------------------
+def _where(account: AccountView) -> str:
+    """For a Bedrock or Vertex account, e.g. " (bedrock us-east-1)"; nothing for an Anthropic one (room is short)."""
+    return f" ({kind_label(account)})" if account.get("region") else ""
+
+
 def menu_model(status: Status | None, now: float | None = None) -> list[MenuEntry]:
     now = time.time() if now is None else now
     summary = tooltip(status, now).removeprefix("dario: ")
@@ -190,7 +195,7 @@ def menu_model(status: Status | None, now: float | None = None) -> list[MenuEntr
         for account in accounts:
             entries.append(
                 MenuEntry(
-                    f"{printable(account['alias'])} — {account_state(account, now)}",
+                    f"{printable(account['alias'])}{_where(account)} — {account_state(account, now)}",
                     "radio",
                     checked=account["preferred"],
                     # A disabled account cannot be preferred: the daemon would never route to it.

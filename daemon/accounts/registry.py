@@ -1,8 +1,9 @@
 """The account registry: account metadata in a small JSON file.
 
 The file (under the XDG config folder) holds alias, kind, base URL, created, enabled, the
-limits the user declared (requests, input and output tokens per minute; not secret) and
-which account is preferred. The secret of each account lives only in the OS keyring
+limits the user declared (requests, input and output tokens per minute; not secret), the
+non-secret details of Bedrock and Vertex accounts (region, project, credential type, AWS profile
+name, inference-profile prefix) and which account is preferred. The secret of each account lives only in the OS keyring
 (`accounts.secrets`), never here.
 """
 
@@ -35,12 +36,28 @@ class Account:
     rpm: int | None = None
     input_tpm: int | None = None
     output_tpm: int | None = None
+    region: str | None = None
+    project: str | None = None
+    credential: str | None = None
+    aws_profile: str | None = None
+    inference_profile: str | None = None
 
     def limits(self) -> dict[str, int | None]:
         return {"rpm": self.rpm, "input_tpm": self.input_tpm, "output_tpm": self.output_tpm}
 
     def set_limits(self, limits: dict[str, int | None]) -> None:
         self.rpm, self.input_tpm, self.output_tpm = (limits.get(n) for n in LIMIT_NAMES)
+
+    def details(self) -> dict[str, str | None]:
+        """The kind's non-secret settings, for views."""
+        return {name: getattr(self, name) for name in DETAIL_FIELDS if getattr(self, name) is not None}
+
+
+DETAIL_FIELDS = ("region", "project", "credential", "aws_profile", "inference_profile")
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def check_limits(values: dict[str, object]) -> dict[str, int | None]:
@@ -117,6 +134,8 @@ class Registry:
                     created=float(item.get("created", 0.0)),
                     enabled=bool(item.get("enabled", True)),
                 )
+                for name in DETAIL_FIELDS:
+                    setattr(acc, name, _opt_str(item.get(name)))
                 acc.set_limits(_saved_limits(item))
             except (KeyError, TypeError, ValueError):
                 continue  # one broken entry must not take the others down
@@ -128,12 +147,16 @@ class Registry:
     def save(self) -> None:
         atomicfile.write_json_atomic(
             self.path,
-            {"accounts": [asdict(a) for a in self.accounts.values()], "preferred": self.preferred},
+            {"accounts": [{k: v for k, v in asdict(a).items() if v is not None} for a in self.accounts.values()],
+             "preferred": self.preferred},
         )
 
-    def upsert(self, alias: str, kind: str, base_url: str) -> Account:
+    def upsert(self, alias: str, kind: str, base_url: str, details: dict[str, str | None] | None = None) -> Account:
         existing = self.accounts.get(alias)
         acc = Account(alias=alias, kind=kind, base_url=base_url, created=existing.created if existing else time.time())
+        for name, value in (details or {}).items():
+            if name in DETAIL_FIELDS:
+                setattr(acc, name, value)
         if existing:
             acc.enabled = existing.enabled
             acc.set_limits(existing.limits())

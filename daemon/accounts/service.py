@@ -7,7 +7,9 @@ login/logout refuse them; `refresh` re-reads the source).
 It changes three things together (the registry file, the OS keyring and the pool) and raises
 only the domain errors of `accounts.errors`; the control server turns them into HTTP answers.
 The pool and the upstream's key check come in as interfaces (`AccountPool`, `KeyProbe`), so this
-room imports nothing of the request path. Blocking work (keyring, files) runs in worker threads.
+room imports nothing of the request path but the adapters' account-document helpers, through
+`accounts.kinds` (what a Bedrock or Vertex login stores is defined by its adapter). Blocking work
+(keyring, files) runs in worker threads.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Protocol
 import orjson
 import trio
 
-from dario.daemon.accounts import secrets
+from dario.daemon.accounts import kinds, secrets
 from dario.daemon.accounts.errors import (
     AccountNotFound,
     InvalidAccount,
@@ -30,14 +32,16 @@ from dario.daemon.accounts.errors import (
     UpstreamRefused,
     UpstreamUnreachable,
 )
-from dario.daemon.accounts.registry import Registry, check_alias, check_limits, normalise_base_url
+from dario.daemon.accounts.kinds import LoginFields
+from dario.daemon.accounts.registry import Registry, check_alias, check_limits
 from dario.daemon.accounts.sources import KeyringSource, SecretSource, SecretUnavailable
 from dario.daemon.commands import command
-from dario.daemon.control.api import AccountView, RefreshResult
+from dario.daemon.control.api import ACCOUNT_KINDS, AccountView, LoginResult, RefreshResult
 from dario.daemon.redact import redact
 
 log = logging.getLogger("dario.accounts")
 
+ANTHROPIC_KINDS = ("anthropic", "anthropic-compatible")
 KEYRING_CONTROL_TIMEOUT = 20.0  # login/logout: time to answer the unlock prompt the call may open (ctl waits 30 s+)
 
 
@@ -49,6 +53,12 @@ class KeyCheck:
     ratelimits: Any  # the pool's rate-limit snapshot, read from the answer's headers
     body: bytes
     spend_limit: bool = False  # a 429 that is the organisation's spend limit (the upstream's one rule)
+    message: str | None = None  # the error's message, redacted of every secret value (None: read `body`)
+    error_type: str | None = None  # the error type the provider named (e.g. AccessDeniedException)
+    checked: str | None = None  # what was checked, in words (e.g. "Amazon Bedrock CountTokens on …")
+    # An error that still proves the credential (e.g. the one model checked is not enabled): the
+    # account is stored and the user told this.
+    warning: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +76,15 @@ class ManagedAccount:
     limits: dict[str, int | None] = field(default_factory=dict)  # declared limits (rpm, input_tpm, output_tpm)
 
 
-# Sends a cheap authenticated request with (base_url, secret); raises UpstreamUnreachable.
-KeyProbe = Callable[[str, str], Awaitable[KeyCheck]]
+# Sends a cheap authenticated request with (kind, base_url, secret); raises UpstreamUnreachable.
+KeyProbe = Callable[[str, str, str], Awaitable[KeyCheck]]
 
 
 class PoolAccount(Protocol):
     """One account as the pool holds it, as far as the service reads it."""
 
     alias: str
+    kind: str
     base_url: str
     secret: str | None
     keyring_wait: str | None
@@ -89,7 +100,7 @@ class AccountPool(Protocol):
     @property
     def accounts(self) -> Mapping[str, PoolAccount]: ...
     def upsert(self, alias: str, kind: str, base_url: str, created: float, secret: str | None,
-               enabled: bool = True) -> Any: ...
+               enabled: bool = True, details: Mapping[str, str | None] | None = None) -> Any: ...
     def remove(self, alias: str) -> None: ...
     def set_enabled(self, alias: str, enabled: bool) -> None: ...
     def prefer(self, alias: str | None) -> None: ...
@@ -99,7 +110,8 @@ class AccountPool(Protocol):
     def secret_unavailable(self, alias: str, reason: str) -> None: ...
     def set_managed(self, alias: str, managed_by: str | None) -> None: ...
     def clear_block(self, alias: str) -> None: ...
-    def set_declared_limits(self, alias: str, limits: Mapping[str, int | None]) -> None: ...
+    def set_declared_limits(self, alias: str, limits: Mapping[str, int | None], *,
+                            forget_estimates: bool = False) -> None: ...
     def notify(self) -> None: ...
     def observe_headers(self, acc: Any, snap: Any, sent_at: float | None = None) -> None: ...
     def observe_rate_limited(self, acc: Any, snap: Any, *, spend_limit: bool, message: str) -> None: ...
@@ -137,7 +149,7 @@ class AccountService:
                 log.warning("account %s is defined in %s and in %s; using the config file's",
                             acc.alias, self.managed[acc.alias].config_file, self.registry.path)
                 continue
-            self.pool.upsert(acc.alias, acc.kind, acc.base_url, acc.created, None, acc.enabled)
+            self.pool.upsert(acc.alias, acc.kind, acc.base_url, acc.created, None, acc.enabled, acc.details())
             if any(v is not None for v in acc.limits().values()):
                 self.pool.set_declared_limits(acc.alias, acc.limits())
             self.pool.mark_keyring_wait(acc.alias, "reading the key from the OS keyring")
@@ -264,50 +276,66 @@ class AccountService:
 
     # -- account operations ----------------------------------------------------------------
     async def login(self, alias: str, secret: str, kind: str, base_url: str | None,
-                    limits: Mapping[str, object] | None = None) -> AccountView:
-        """Check the key upstream, store it, add the account. `limits`: declared limits to set too."""
+                    fields: LoginFields | None = None, limits: Mapping[str, object] | None = None) -> AccountView:
+        return (await self.login_account(alias, secret, kind, base_url, fields, limits))["account"]
+
+    async def login_account(self, alias: str, secret: str, kind: str, base_url: str | None,
+                            fields: LoginFields | None = None,
+                            limits: Mapping[str, object] | None = None) -> LoginResult:
+        """Check the credential with the kind's key check, then store it; a rejected one stores nothing.
+
+        `limits`: declared limits (rpm, input_tpm, output_tpm) to set with the account.
+        """
         check_alias(alias)
         self._refuse_managed(alias, "login")
-        url = normalise_base_url(kind, base_url)
+        if kind not in ACCOUNT_KINDS:
+            raise InvalidAccount(f"unknown account kind {kind!r}; choose one of: {', '.join(ACCOUNT_KINDS)}")
         declared = check_limits(dict(limits or {}))
-        secret = secret.strip()
-        if not secret:
-            raise InvalidAccount("the API key is empty")
+        prepared = kinds.prepare(kind, secret, base_url, fields or LoginFields())
+        url, secret = prepared.base_url, prepared.secret
         await _keyring_call(secrets.check_keyring)
         try:
-            check = await self.probe(url, secret)
+            check = await self.probe(kind, url, secret)
         except UpstreamUnreachable as exc:
             raise UpstreamUnreachable(
                 f"could not reach {url} to check the key ({exc}); nothing was stored", exc.cause,
             ) from None
-        status, body = check.status, check.body
-        if status in (401, 403):
-            raise KeyRejected(
-                f"{url} rejected this key ({status}: {_upstream_message(body, secret)}); nothing was stored. "
-                "Check that it is an API key from the provider's console.",
-            )
+        status = check.status
+        message = _check_message(check, secret)
+        what = check.checked or url
+        if status in (401, 403) and check.warning is None:
+            if kind in ANTHROPIC_KINDS:
+                raise KeyRejected(
+                    f"{url} rejected this key ({status}: {message}); nothing was stored. "
+                    "Check that it is an API key from the provider's console.",
+                )
+            named = f"{status} {check.error_type}" if check.error_type else str(status)
+            raise KeyRejected(f"{what} rejected this credential ({named}: {message}); nothing was stored.")
         # A 429 still proves the key is valid (the account is merely at its limit right now).
-        if status >= 400 and status != 429:
+        if status >= 400 and status != 429 and check.warning is None:
             raise UpstreamRefused(
-                f"{url} answered {status} ({_upstream_message(body, secret)}) while checking the key; "
-                "nothing was stored",
+                f"{what if kind not in ANTHROPIC_KINDS else url} answered {status} ({message}) while checking "
+                "the key; nothing was stored",
             )
         await _keyring_call(lambda: secrets.set_secret(alias, secret))
-        acc = self.registry.upsert(alias, kind, url)
+        acc = self.registry.upsert(alias, kind, url, prepared.details)
         if declared:
             acc.set_limits({**acc.limits(), **declared})
         await trio.to_thread.run_sync(self.registry.save)
-        state = self.pool.upsert(alias, kind, url, acc.created, secret, acc.enabled)
+        state = self.pool.upsert(alias, kind, url, acc.created, secret, acc.enabled, acc.details())
         self.pool.set_declared_limits(alias, acc.limits())
         self.pool.clear_block(alias)
         if status == 429:
-            self.pool.observe_rate_limited(state, check.ratelimits, spend_limit=check.spend_limit,
-                                           message=_upstream_message(body, secret))
+            self.pool.observe_rate_limited(state, check.ratelimits, spend_limit=check.spend_limit, message=message)
         else:
             self.pool.observe_headers(state, check.ratelimits)
         self.pool.notify()
         log.info("account %s logged in (%s, %s)", alias, kind, url)
-        return self.pool.view(state)
+        result: LoginResult = {"account": self.pool.view(state)}
+        if check.warning is not None:
+            log.warning("account %s: %s", alias, check.warning)
+            result["warning"] = check.warning
+        return result
 
     def _require(self, alias: str) -> None:
         if alias not in self.registry.accounts and alias not in self.managed:
@@ -358,7 +386,7 @@ class AccountService:
             acc.set_limits({**({} if clear else acc.limits()), **checked})
             await trio.to_thread.run_sync(self.registry.save)
             declared = acc.limits()
-        self.pool.set_declared_limits(alias, declared)
+        self.pool.set_declared_limits(alias, declared, forget_estimates=clear)
         log.info("account %s: declared limits %s", alias,
                  ", ".join(f"{k}={v}" for k, v in declared.items() if v is not None) or "none")
         return self.pool.view(self.pool.accounts[alias])
@@ -398,21 +426,23 @@ class AccountService:
             view = self.pool.view(acc)
             return {"alias": alias, "ok": False, "status": view["status"], "message": view["reason"] or ""}
         try:
-            check = await self.probe(acc.base_url, acc.secret)
+            check = await self.probe(acc.kind, acc.base_url, acc.secret)
         except UpstreamUnreachable as exc:
             self.pool.observe_transient(acc, f"refresh failed: {exc.cause}")
             view = self.pool.view(acc)
             return {"alias": alias, "ok": False, "status": view["status"], "message": f"unreachable: {exc}"}
-        status, body = check.status, check.body
+        status = check.status
+        message = _check_message(check, acc.secret)
+        if check.warning is not None:
+            status = 200  # the credential works; what the check could not do is said below
         if status in (401, 403):
-            self.pool.observe_auth_failure(acc, status, _upstream_message(body, acc.secret))
+            self.pool.observe_auth_failure(acc, status, message)
             fix = (f"fix the key in {self.managed[alias].source.describe()}, then run: "
                    f"{command('dario-ctl')} refresh {alias}" if alias in self.managed
                    else f"run: {command('dario-ctl')} login {alias}")
             return {"alias": alias, "ok": False, "status": "needs_login", "message": f"key rejected ({status}); {fix}"}
         if status == 429:
-            self.pool.observe_rate_limited(acc, check.ratelimits, spend_limit=check.spend_limit,
-                                           message=_upstream_message(body, acc.secret))
+            self.pool.observe_rate_limited(acc, check.ratelimits, spend_limit=check.spend_limit, message=message)
             view = self.pool.view(acc)
             return {"alias": alias, "ok": False, "status": view["status"], "message": "still rate limited"}
         if status >= 400:
@@ -424,7 +454,8 @@ class AccountService:
         self.pool.clear_block(alias)
         self.pool.observe_headers(acc, check.ratelimits)
         view = self.pool.view(acc)
-        return {"alias": alias, "ok": True, "status": view["status"], "message": "key valid; windows re-read"}
+        said = f"credential valid; {check.warning}" if check.warning else "key valid; windows re-read"
+        return {"alias": alias, "ok": True, "status": view["status"], "message": said[:300]}
 
 
 def _read_source(source: SecretSource) -> tuple[str | None, str | None]:
@@ -471,6 +502,12 @@ class _ThreadCall:
             self.error = exc
         finally:
             self.done.set()
+
+
+def _check_message(check: KeyCheck, secret: str | None) -> str:
+    if check.message is not None:
+        return redact(check.message, (secret,))[:200]  # the probe redacted every secret value already
+    return _upstream_message(check.body, secret)
 
 
 def _upstream_message(body: bytes, secret: str | None) -> str:

@@ -11,7 +11,7 @@ Routes (all JSON; errors are `ControlError` with a 4xx/5xx status):
 
     GET    /v1/status                     -> Status
     GET    /v1/accounts                   -> {"accounts": [AccountView, ...]}
-    POST   /v1/accounts                   <- LoginRequest  -> 201 {"account": AccountView}
+    POST   /v1/accounts                   <- LoginRequest  -> 201 LoginResult
     DELETE /v1/accounts/{alias}           -> {"removed": alias}
     POST   /v1/accounts/{alias}/enable    -> {"account": AccountView}
     POST   /v1/accounts/{alias}/disable   -> {"account": AccountView}
@@ -36,7 +36,15 @@ CONTROL_HOST = "dario.sock"
 # dario keeps retrying and the account serves by itself once the keyring answers.
 AccountStatus = Literal["ok", "cooling", "exhausted", "needs_login", "disabled", "waiting_for_keyring"]
 PoolHealth = Literal["ok", "degraded", "exhausted", "empty", "needs_login", "waiting_for_keyring"]
-ACCOUNT_KINDS = ("anthropic", "anthropic-compatible")
+ACCOUNT_KINDS = ("anthropic", "anthropic-compatible", "bedrock", "vertex")
+# How a Bedrock or Vertex account authenticates (LoginRequest.credential, AccountView.credential):
+# keys: AWS access keys, kept in the keyring; api_key: a Bedrock API key, kept in the keyring;
+# profile: botocore's credential chain (a named profile, SSO, environment, instance role), by reference;
+# service_account: a Google service-account key file's contents, kept in the keyring;
+# adc: Google application default credentials, by reference.
+BEDROCK_CREDENTIALS = ("keys", "api_key", "profile")
+VERTEX_CREDENTIALS = ("service_account", "adc")
+INFERENCE_PROFILES = ("us", "eu", "apac", "global")  # Bedrock cross-region inference-profile prefixes
 
 
 # Where a window's limit comes from: the upstream's rate-limit headers, a limit the user declared
@@ -80,6 +88,13 @@ class AccountView(TypedDict):
     # and its secret comes from the source the file names. None for accounts made with login.
     managed_by: NotRequired[str | None]
     limits: NotRequired[DeclaredLimits]  # what the user declared (dario-ctl limits)
+    # Bedrock and Vertex accounts (never secrets): region, Google Cloud project, credential type
+    # (one of BEDROCK_CREDENTIALS / VERTEX_CREDENTIALS), AWS profile name, inference-profile prefix.
+    region: NotRequired[str | None]
+    project: NotRequired[str | None]
+    credential: NotRequired[str | None]
+    aws_profile: NotRequired[str | None]
+    inference_profile: NotRequired[str | None]
 
 
 class PoolView(TypedDict):
@@ -117,12 +132,24 @@ class Status(TypedDict):
 
 class LoginRequest(TypedDict, total=False):
     alias: str  # required
-    secret: str  # required; never echoed back
+    secret: str  # required but for credentials kept by reference (profile, adc); never echoed back.
+    #   bedrock keys: {"access_key_id", "secret_access_key", "session_token"?} as JSON text;
+    #   bedrock api_key: the key; vertex service_account: the key file's contents.
     kind: str  # default "anthropic"
-    base_url: str | None  # default per kind
+    base_url: str | None  # default per kind (bedrock: its region's endpoint; vertex: the host only)
+    region: str | None  # bedrock, vertex: required
+    project: str | None  # vertex: required
+    credential: str | None  # bedrock: keys (default) | api_key | profile; vertex: service_account | adc
+    aws_profile: str | None  # bedrock with credential "profile": the profile name (None: the default chain)
+    inference_profile: str | None  # bedrock: one of INFERENCE_PROFILES
     rpm: int  # declared limits, optional (see LimitsRequest)
     input_tpm: int
     output_tpm: int
+
+
+class LoginResult(TypedDict):
+    account: AccountView
+    warning: NotRequired[str]  # stored, but the check found something to say (e.g. a model not enabled)
 
 
 class LimitsRequest(TypedDict, total=False):

@@ -26,6 +26,7 @@ from dario.daemon.accounts.errors import (
     UpstreamRefused,
     UpstreamUnreachable,
 )
+from dario.daemon.accounts.kinds import LoginFields
 from dario.daemon.accounts.service import AccountService
 from dario.daemon.asgi import (
     BodyTooLarge,
@@ -145,13 +146,17 @@ class ControlApp:
                 return 200, {"accounts": view.pool.views()}
             case "POST", ["accounts"]:
                 alias = _str(body, "alias")
-                secret = _str(body, "secret")
                 kind = body.get("kind") or "anthropic"
                 base_url = body.get("base_url")
                 if not isinstance(kind, str) or (base_url is not None and not isinstance(base_url, str)):
                     raise ControlFailure(400, "invalid_request", "kind and base_url must be strings")
+                fields = _login_fields(body)
+                # Credentials kept by reference (an AWS profile, Google ADC) come with no secret.
+                secret = body.get("secret") if fields.credential in ("profile", "adc") else _str(body, "secret")
+                if secret is not None and not isinstance(secret, str):
+                    raise ControlFailure(400, "invalid_request", "secret must be a string")
                 limits = {k: body[k] for k in LIMIT_NAMES if k in body}
-                return 201, {"account": await accounts.login(alias, secret, kind, base_url, limits)}
+                return 201, await accounts.login_account(alias, secret or "", kind, base_url, fields, limits)
             case "DELETE", ["accounts", alias]:
                 await accounts.logout(alias)
                 return 200, {"removed": alias}
@@ -222,3 +227,14 @@ def _str(body: dict[str, Any], name: str) -> str:
 
 async def _fail(send: Send, status: int, type: str, message: str) -> None:
     await send_json(send, status, {"error": {"type": type, "message": message}})
+
+
+def _login_fields(body: dict[str, Any]) -> LoginFields:
+    """The non-secret settings of a Bedrock or Vertex login (see LoginRequest)."""
+    values: dict[str, str | None] = {}
+    for name in ("region", "project", "credential", "aws_profile", "inference_profile"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ControlFailure(400, "invalid_request", f"{name} must be a string")
+        values[name] = value or None
+    return LoginFields(**values)

@@ -190,6 +190,19 @@ class LocalWindows:
             t.start = now
         return t.start + MINUTE
 
+    def forget_estimates(self, alias: str) -> None:
+        """Drop the limits learned from throttling; declared limits and this minute's counts stay."""
+        t = self.tracks.get(alias)
+        if t is not None:
+            t.learned.clear()
+
+    def new_minute(self, alias: str) -> None:
+        """Forget this minute's counts (the learned estimates stay): the user asked for a fresh check."""
+        t = self.tracks.get(alias)
+        if t is not None:
+            t.start = None
+            t.used = {}
+
     def _advance(self, t: Track, now: float) -> None:
         """Raise each estimate by one step per whole minute since it last moved (the additive part)."""
         for name, learned in list(t.learned.items()):

@@ -141,11 +141,12 @@ class Pool:
 
     # -- membership --------------------------------------------------------------------
     def upsert(self, alias: str, kind: str, base_url: str, created: float, secret: str | None,
-               enabled: bool = True) -> AccountState:
+               enabled: bool = True, details: Mapping[str, str | None] | None = None) -> AccountState:
         acc = self.accounts.get(alias)
         if acc is None:
             acc = self.store.add(AccountState(alias, kind, base_url, created, uid=next(self._uids)))
         acc.kind, acc.base_url, acc.created = kind, base_url, created
+        acc.details = dict(details or {})
         if acc.enabled != enabled:
             self.store.set_enabled(acc, enabled)
         if secret is not None:
@@ -160,9 +161,15 @@ class Pool:
         self.local.forget(alias)
         self._changed()
 
-    def set_declared_limits(self, alias: str, limits: Mapping[str, int | None]) -> None:
-        """The user's limits for `alias` (rpm, input_tpm, output_tpm; None: none), applied at once."""
+    def set_declared_limits(self, alias: str, limits: Mapping[str, int | None], *,
+                            forget_estimates: bool = False) -> None:
+        """The user's limits for `alias` (rpm, input_tpm, output_tpm; None: none), applied at once.
+
+        `forget_estimates`: also drop what was learned from throttling (`dario-ctl limits --clear`).
+        """
         acc = self.accounts[alias]
+        if forget_estimates:
+            self.local.forget_estimates(alias)
         self.local.declare(alias, limits, self.clock())
         self._refresh_local(acc)
         self._changed(acc)
@@ -226,8 +233,16 @@ class Pool:
             waiter.event.set()
 
     def clear_block(self, alias: str) -> None:
+        """A key check just succeeded (login, refresh): lift the block and start a fresh local minute.
+
+        Header windows are re-read from the check's answer; an account without them has only dario's
+        own count, so a refresh gives it a new minute (its learned estimates stay).
+        """
         acc = self.accounts[alias]
         self.store.clear_block(acc, forget_failures=True)
+        if alias in self.local.tracks:
+            self.local.new_minute(alias)
+            self._refresh_local(acc)
         self._changed(acc)
 
     # -- the index -----------------------------------------------------------------------
@@ -704,7 +719,7 @@ class Pool:
             for name, w in acc.windows.items()
         }
         headroom = acc.headroom(now)
-        return {
+        view: AccountView = {
             "alias": acc.alias,
             "kind": acc.kind,
             "base_url": acc.base_url,
@@ -724,6 +739,9 @@ class Pool:
             "managed_by": acc.managed_by,
             "limits": self.local.declared(acc.alias),
         }
+        for name, value in acc.details.items():  # a Bedrock or Vertex account's region, project …
+            view[name] = value  # type: ignore[literal-required]
+        return view
 
     def views(self) -> list[AccountView]:
         now = self.clock()

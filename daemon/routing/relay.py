@@ -237,7 +237,7 @@ class Relay:
             self.pool.observe_headers(acc, snap, lease.started, status)
             if status >= 400:
                 # Where upstream error text enters dario: from here on it holds no key.
-                body = redact_body(await self._read_error_body(response), (acc.secret,))
+                body = redact_body(await self._read_error_body(response), up.secret_values(acc.secret))
                 out.upstream_ms += (time.perf_counter() - t0) * 1000.0
                 answer = Answer(status, self._client_headers(response, acc.alias, inc, None), body, acc.alias)
                 verdict = up.classify(status, response.headers, body)
@@ -302,6 +302,11 @@ class Relay:
         if kind is VerdictKind.RATE_LIMITED or kind is VerdictKind.SPEND_LIMITED:
             spend = kind is VerdictKind.SPEND_LIMITED
             self.pool.observe_rate_limited(acc, snap, spend_limit=spend, message=message)
+            if not spend and acc.block_until is not None and not any(k == b"retry-after" for k, _ in answer.headers):
+                # Kinds that send no rate-limit headers (Bedrock, Vertex): if this answer reaches the
+                # client, it still says when the account is back, as the pool judged it.
+                wait = max(1, math.ceil(acc.block_until - self.pool.clock()))
+                answer.headers.append((b"retry-after", str(wait).encode()))
             raise _Retry(answer, None, rate_limited=not spend)
         if kind is VerdictKind.AUTH:
             self.pool.observe_auth_failure(acc, answer.status, message)
@@ -314,6 +319,8 @@ class Relay:
     async def _stream(self, response: Reply, up: Upstream, acc: AccountState, lease: Lease, inc: Incoming,
                       sink: Sink, out: Outcome, t0: float) -> None:
         splitter = up.stream_decoder()
+        assert acc.secret is not None
+        secrets = up.secret_values(acc.secret)  # every secret string in the account's credential
         held: list[bytes] = []
         committed = False
         ended = False
@@ -344,7 +351,7 @@ class Relay:
             if not block:
                 continue
             if block.find(b"error") >= 0:  # any spelling of an error event ("event:error" too)
-                block = redact_sse(block, (acc.secret,))
+                block = redact_sse(block, secrets)
             for name, data in iter_events(block):
                 event = _event_json(data)
                 if event is None:
@@ -399,7 +406,7 @@ class Relay:
                 if not block:
                     continue
                 if block.find(b"error") >= 0:
-                    block = redact_sse(block, (acc.secret,))
+                    block = redact_sse(block, secrets)
                 good, bad, ends = _scan_events(block, out)
                 terminal = terminal or ends
                 if good:

@@ -129,6 +129,8 @@ class AccountState:
     version: int = 0  # bumped on every change; heap entries of older versions are stale
     last_chosen: int = 0  # sequence of the last choice: least recently chosen wins ties (round robin)
     timer_due: float | None = None  # when this account's pending timer fires
+    # A Bedrock or Vertex account's non-secret settings (region, project, credential type …), for views.
+    details: dict[str, str | None] = field(default_factory=dict)
 
     def _clear_block_if_over(self, now: float) -> None:
         # A block that has run out is gone, as a Redis key past its expiry would be.

@@ -18,6 +18,8 @@ PATH_MESSAGES = "/v1/messages"
 PATH_COUNT_TOKENS = "/v1/messages/count_tokens"
 PATH_MODELS = "/v1/models"
 FIXED_PATHS = frozenset({PATH_MESSAGES, PATH_COUNT_TOKENS, PATH_MODELS})
+KINDS = ("anthropic", "anthropic-compatible")
+MODEL_LIST_KINDS = frozenset(KINDS)  # the account kinds whose model list `send` may fetch
 
 USER_AGENT = f"dario/{__version__}".encode()
 DEFAULT_VERSION = b"2023-06-01"
@@ -94,6 +96,15 @@ class AnthropicUpstream:
     def limits(self, headers: list[tuple[bytes, bytes]]) -> ratelimits.Snapshot:
         return ratelimits.parse(headers)
 
+    def secret_values(self, secret: str) -> tuple[str, ...]:
+        return (secret,)  # the key itself
+
+    def check_label(self, base_url: str, secret: str) -> str:
+        return f"{base_url} (GET /v1/models)"
+
+    def check_warning(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> str | None:
+        return None  # any error while listing models means the key (or the URL) is not usable
+
     def is_stream(self, headers: list[tuple[bytes, bytes]]) -> bool:
         for name, value in headers:
             if name == b"content-type":
@@ -136,13 +147,6 @@ async def send(
     return await up.send(request, read_timeout=read_timeout)
 
 
-async def validate_key(
-    client: HttpClient, base_url: str, secret: str
-) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """A cheap authenticated call that costs no tokens: list one model. Returns (status, headers, body)."""
-    return await AnthropicUpstream(client).check_key(base_url, secret)
-
-
 def upstreams(client: HttpClient) -> dict[str, Upstream]:
     """The Upstream for each account kind this module serves, sharing one HTTP client."""
-    return {kind: AnthropicUpstream(client, kind) for kind in ("anthropic", "anthropic-compatible")}
+    return {kind: AnthropicUpstream(client, kind) for kind in KINDS}

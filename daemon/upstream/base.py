@@ -6,7 +6,8 @@ events. The relay speaks only Anthropic's dialect, so a provider that frames its
 differently converts here. The seam is shaped for the next two kinds: Bedrock (SigV4-signed
 requests to a path that names the model, answers in AWS's binary event-stream framing) and
 Vertex (an OAuth bearer token, the model in the URL) both change the URL, body and headers in
-`prepare` and the framing in `stream_decoder`.
+`prepare` and the framing in `stream_decoder`. Every error answer `send` returns is in Anthropic's
+error shape, whatever the provider sent: the relay passes it on as is, to either dialect.
 """
 
 from __future__ import annotations
@@ -100,6 +101,13 @@ class Upstream(Protocol):
 
     def limits(self, headers: list[tuple[bytes, bytes]]) -> Snapshot: ...
 
+    def secret_values(self, secret: str) -> tuple[str, ...]:
+        """Every secret string inside an account's secret, for redacting upstream text.
+
+        An Anthropic key is one string; a Bedrock or Vertex secret is a document holding several.
+        """
+        ...
+
     def is_stream(self, headers: list[tuple[bytes, bytes]]) -> bool:
         """Whether this answer is an event stream (to be read through `stream_decoder`)."""
         ...
@@ -112,4 +120,13 @@ class Upstream(Protocol):
 
     async def check_key(self, base_url: str, secret: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """A cheap authenticated call that costs no tokens, for login and refresh: (status, headers, body)."""
+        ...
+
+    def check_label(self, base_url: str, secret: str) -> str:
+        """What `check_key` checks, in words, for messages (never a secret)."""
+        ...
+
+    def check_warning(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> str | None:
+        """For a `check_key` error that still proves the credential (e.g. the one model checked is
+        not enabled): what to tell the user. None: the answer means what its status says."""
         ...

@@ -28,6 +28,11 @@ gateway, the tests' fake); the signing region always comes from the document. `p
 `send` adds them: a bearer header, or a SigV4 signature by botocore's `SigV4Auth` (service
 `bedrock`). Credentials from botocore's chain are resolved and refreshed in a worker thread (the
 chain may read files or call STS/SSO/IMDS), cached and renewed before they expire.
+
+The relay knows nothing of AWS: a request that cannot be made (an unknown model, a bad account
+document, a chain with no credentials) is refused by `send` with a local Anthropic-shaped answer,
+nothing sent, and every error answer from Bedrock is rewritten into Anthropic's error shape
+(`error_body`) with the AWS error name kept in `x-amzn-errortype` for `classify`.
 """
 
 from __future__ import annotations
@@ -46,13 +51,15 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.eventstream import EventStreamBuffer, ParserError
+from botocore.exceptions import BotoCoreError, ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError
 
 from dario.daemon import __version__
 from dario.daemon.errors import ANTHROPIC_STATUS, anthropic_type_for_status
 from dario.daemon.upstream import ratelimits
-from dario.daemon.upstream.base import Call, Request, StreamDecoder, Verdict, VerdictKind
+from dario.daemon.upstream.base import Call, Request, StreamDecoder, Upstream, Verdict, VerdictKind
 from dario.daemon.upstream.errors import MAX_MESSAGE, UpstreamErrorInfo
-from dario.daemon.upstream.httpclient import HttpClient, Response
+from dario.daemon.upstream.httpclient import ConnectError, HttpClient, Response
+from dario.daemon.upstream.local import LocalReply, json_headers, read_capped, refusal
 from dario.daemon.upstream.sse import MAX_PENDING_EVENT, EventTooLarge
 
 KIND = "bedrock"
@@ -101,6 +108,7 @@ class BedrockCallError(ValueError):
     def __init__(self, status: int, etype: str, message: str) -> None:
         super().__init__(message)
         self.status = status
+        self.etype = etype
         self.body = orjson.dumps({"type": "error", "error": {"type": etype, "message": message}})
         self.verdict = Verdict(VerdictKind.FINAL, UpstreamErrorInfo(etype, message, False, None))
 
@@ -311,6 +319,11 @@ class BedrockRequest(Request):
 
     region: str = ""
     auth: Auth | None = field(default=None, repr=False)
+    refused: tuple[int, str, str] | None = None  # (status, Anthropic error type, message): answered here
+
+
+def _refused(status: int, etype: str, message: str) -> BedrockRequest:
+    return BedrockRequest("POST", "", [], b"", refused=(status, etype, message))
 
 
 def _sign(request: BedrockRequest, creds: Credentials | ReadOnlyCredentials) -> list[tuple[bytes, bytes]]:
@@ -508,7 +521,16 @@ class BedrockUpstream:
         self.chain = chain or CredentialChain()
 
     def prepare(self, base_url: str, secret: str, call: Call) -> BedrockRequest:
-        """Raises BedrockCallError (answer it to the client as is) or ValueError (a bad account)."""
+        """Never raises: a request that cannot be made becomes a refusal `send` answers locally."""
+        try:
+            return self._build(base_url, secret, call)
+        except BedrockCallError as exc:
+            return _refused(exc.status, exc.etype, str(exc))
+        except ValueError as exc:  # the account document (its messages never quote it)
+            return _refused(401, "authentication_error", f"this Amazon Bedrock account cannot be used: {exc}")
+
+    def _build(self, base_url: str, secret: str, call: Call) -> BedrockRequest:
+        """Raises BedrockCallError (the request's fault) or ValueError (a bad account document)."""
         target = parse_target(secret)
         base = base_url.rstrip("/")
         if call.path == PATH_COUNT_TOKENS:
@@ -539,10 +561,32 @@ class BedrockUpstream:
             return _sign(request, Credentials(auth.access_key_id, auth.secret_access_key, auth.session_token))
         return _sign(request, await self.chain.get(auth.profile))
 
-    async def send(self, request: Request, *, read_timeout: float | None = None) -> Response:
-        headers = await self.authorize(request)
-        return await self.client.request(request.method, request.url, headers, request.body,
-                                         read_timeout=read_timeout)
+    async def send(self, request: Request, *, read_timeout: float | None = None) -> Response | LocalReply:
+        """Sign and send. A refusal, unusable credentials and every error answer come back as a
+        `LocalReply` in Anthropic's error shape (the AWS error name kept in `x-amzn-errortype`)."""
+        if isinstance(request, BedrockRequest) and request.refused is not None:
+            return refusal(*request.refused)
+        try:
+            headers = await self.authorize(request)
+        except CredentialsUnavailable as exc:
+            return refusal(401, "authentication_error", f"Amazon Bedrock: {exc}")
+        except BotoCoreError as exc:
+            if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError)):
+                # The chain could not reach STS, SSO or the instance metadata: try again later.
+                raise ConnectError(f"AWS credentials: {type(exc).__name__}") from None
+            return refusal(401, "authentication_error",
+                           f"Amazon Bedrock: the AWS credential chain failed ({type(exc).__name__}: "
+                           f"{str(exc)[:200]}); for SSO run `aws sso login`, then `dario-ctl refresh`")
+        response = await self.client.request(request.method, request.url, headers, request.body,
+                                             read_timeout=read_timeout)
+        if response.status < 400:
+            return response
+        try:
+            body = await read_capped(response)
+        finally:
+            await response.aclose()
+        status, converted = self.error_body(response.status, response.headers, body)
+        return LocalReply(status, json_headers(converted, response.headers), converted)
 
     def classify(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> Verdict:
         if status < 400:
@@ -558,7 +602,37 @@ class BedrockUpstream:
 
     def limits(self, headers: list[tuple[bytes, bytes]]) -> ratelimits.Snapshot:
         # Bedrock sends no anthropic-ratelimit-* headers; windows are declared or learned elsewhere.
-        return ratelimits.Snapshot({}, None)
+        # A Retry-After, if a gateway in front adds one, still says when to come back.
+        return ratelimits.Snapshot({}, ratelimits.parse_retry_after(headers))
+
+    def secret_values(self, secret: str) -> tuple[str, ...]:
+        return secret_values(secret)
+
+    def check_label(self, base_url: str, secret: str) -> str:
+        try:
+            region = parse_target(secret).region
+        except ValueError:
+            region = "?"
+        return f"Amazon Bedrock CountTokens on {CHECK_MODEL} in {region} ({base_url})"
+
+    def check_warning(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> str | None:
+        """A check answer that proves the credential but not the model: store it and say so.
+
+        AccessDeniedException comes after authentication (an unknown or badly signed key is
+        UnrecognizedClientException / InvalidSignatureException): IAM or model access denied
+        CountTokens on the one model checked, which says nothing of the others.
+        """
+        _, info = error_info(status, headers, body)
+        if status == 403 and info.declared_type == "AccessDeniedException" \
+                and "api key" not in info.message.lower():
+            return (f"AWS accepted the credentials but denied CountTokens on {CHECK_MODEL} ({info.message}). "
+                    "If requests are denied too, allow bedrock:InvokeModel and "
+                    "bedrock:InvokeModelWithResponseStream and enable model access in the Bedrock console "
+                    "for this region")
+        if status in (400, 404):
+            return (f"the credentials were accepted, but CountTokens on {CHECK_MODEL} is not available here "
+                    f"({info.message})")
+        return None
 
     def is_stream(self, headers: list[tuple[bytes, bytes]]) -> bool:
         value = _header(headers, b"content-type")
@@ -595,3 +669,8 @@ def _bare(model_id: str) -> str:
 def _quote(model_id: str) -> str:
     # The AWS SDKs percent-encode the id as one path segment (an ARN's "/" included); ":" stays.
     return urllib.parse.quote(model_id, safe=":")
+
+
+def upstreams(client: HttpClient) -> dict[str, Upstream]:
+    """The Upstream for the `bedrock` account kind (typed as Upstream: mypy checks it conforms)."""
+    return {KIND: BedrockUpstream(client)}

@@ -59,7 +59,6 @@ import logging
 import math
 import re
 import urllib.request
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -71,7 +70,8 @@ from dario.daemon import __version__
 from dario.daemon.upstream import anthropic, ratelimits
 from dario.daemon.upstream.base import Call, Request, StreamDecoder, Upstream, Verdict, VerdictKind
 from dario.daemon.upstream.errors import MAX_MESSAGE, UpstreamErrorInfo, parse_error
-from dario.daemon.upstream.httpclient import ConnectError, HttpClient, Response, UpstreamError
+from dario.daemon.upstream.httpclient import ConnectError, HttpClient, Response
+from dario.daemon.upstream.local import LocalReply, error_body, json_headers, read_capped, refusal
 from dario.daemon.upstream.sse import EventSplitter
 
 log = logging.getLogger("dario.upstream.vertex")
@@ -244,54 +244,6 @@ def anthropic_error_body(status: int, body: bytes) -> bytes:
                                                      "status": info.declared_type}})
 
 
-def error_body(etype: str, message: str) -> bytes:
-    return orjson.dumps({"type": "error", "error": {"type": etype, "message": message}})
-
-
-# ----------------------------------------------------------------------------- replies made here
-
-
-class LocalReply:
-    """An answer made by this adapter (a refusal, or a converted error body): a whole body in memory."""
-
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self._body: bytes | None = body
-
-    def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    async def next_chunk(self, hold_until: float | None = None) -> bytes | None:
-        await trio.lowlevel.checkpoint()
-        body, self._body = self._body, None
-        return body or None
-
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        while (chunk := await self.next_chunk()) is not None:
-            yield chunk
-
-    async def read(self) -> bytes:
-        return b"".join([c async for c in self.aiter_bytes()])
-
-    async def aclose(self) -> None:
-        self._body = None
-
-
-def _json_headers(body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> list[tuple[bytes, bytes]]:
-    skip = {b"content-type", b"content-length", b"transfer-encoding", b"content-encoding"}
-    out = [(k, v) for k, v in extra or [] if k not in skip]
-    return [*out, (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-
-
-def refusal(status: int, etype: str, message: str) -> LocalReply:
-    body = error_body(etype, message)
-    return LocalReply(status, _json_headers(body), body)
-
-
 # ----------------------------------------------------------------------------- tokens
 
 
@@ -337,6 +289,34 @@ def _credentials_for(secret: str) -> Any:
     if not isinstance(info, dict) or info.get("type") != "service_account":
         raise ValueError("the account's Vertex credentials are not a service-account JSON key")
     return service_account.Credentials.from_service_account_info(info, scopes=list(SCOPES))
+
+
+# The fields of a service-account key file that are secret
+# (https://cloud.google.com/iam/docs/keys-create-delete#creating), and of user credentials.
+SECRET_FIELDS = ("private_key", "private_key_id", "client_secret", "refresh_token")
+
+
+def secret_values(secret: str) -> tuple[str, ...]:
+    """The secret strings inside an account's credential, for redacting upstream text.
+
+    The whole document is kept too; a private key is also listed line by line, since a message
+    may quote part of the PEM.
+    """
+    if secret == ADC_SECRET:
+        return ()  # a reference, not a secret
+    try:
+        info = orjson.loads(secret)
+    except orjson.JSONDecodeError:
+        return (secret,)
+    out = [secret]
+    if isinstance(info, dict):
+        for name in SECRET_FIELDS:
+            value = info.get(name)
+            if isinstance(value, str) and value:
+                out.append(value)
+                if name == "private_key":
+                    out += [line for line in value.splitlines() if len(line) >= 16 and "-----" not in line]
+    return tuple(out)
 
 
 class TokenError(Exception):
@@ -589,23 +569,43 @@ class VertexUpstream:
         if response.status < 400:
             return response
         try:
-            body = await _read_capped(response)
+            body = await read_capped(response, MAX_ERROR_BODY)
         finally:
             await response.aclose()
         for name, value in headers:  # an upstream that echoes the token back must not pass it on
             if name == b"authorization" and value.startswith(b"Bearer ") and len(value) > 7:
                 body = body.replace(value[7:], b"[redacted]")
         converted = anthropic_error_body(response.status, body)
-        return LocalReply(response.status, _json_headers(converted, response.headers), converted)
+        return LocalReply(response.status, json_headers(converted, response.headers), converted)
 
     @staticmethod
     def _token_refused(message: str) -> LocalReply:
         body = orjson.dumps({"type": "error", "error": {"type": "authentication_error", "message": message,
                                                          "status": "UNAUTHENTICATED"}})
-        return LocalReply(401, _json_headers(body), body)
+        return LocalReply(401, json_headers(body), body)
 
     def classify(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> Verdict:
         return classify(status, body)
+
+    def secret_values(self, secret: str) -> tuple[str, ...]:
+        return secret_values(secret)
+
+    def check_label(self, base_url: str, secret: str) -> str:
+        try:
+            _, project, region = parse_base_url(base_url)
+            where = f"project {project}, {region}"
+        except ValueError:
+            where = base_url
+        how = "application default credentials" if secret == ADC_SECRET else "the service-account key"
+        return f"Vertex AI count-tokens with {how} ({where})"
+
+    def check_warning(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> str | None:
+        """A 400/404 after a token was issued and accepted: count-tokens (or the model checked) is
+        not offered in this location, which says nothing of the credential (see `check_key`)."""
+        if status in (400, 404):
+            return (f"the credentials were accepted, but count-tokens for claude-sonnet-4-5 is not available "
+                    f"here ({parse_error(status, body).message})")
+        return None
 
     def limits(self, headers: list[tuple[bytes, bytes]]) -> ratelimits.Snapshot:
         # No anthropic-ratelimit-* headers on Vertex; a Retry-After, if a proxy adds one, still counts.
@@ -641,20 +641,6 @@ class VertexUpstream:
         finally:
             await reply.aclose()
         return reply.status, reply.headers, data
-
-
-async def _read_capped(response: Response) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > MAX_ERROR_BODY:
-                break
-            chunks.append(bytes(chunk))
-    except UpstreamError:
-        pass  # a truncated error body is still an error
-    return b"".join(chunks)
 
 
 def upstreams(client: HttpClient) -> dict[str, Upstream]:

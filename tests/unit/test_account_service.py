@@ -50,17 +50,17 @@ class Keyring:
             raise self.unavailable
 
 
-def probe_answering(status: int, body: bytes = b"{}") -> Callable[[str, str], Any]:
-    async def probe(base_url: str, secret: str) -> KeyCheck:
+def probe_answering(status: int, body: bytes = b"{}") -> Callable[[str, str, str], Any]:
+    async def probe(kind: str, base_url: str, secret: str) -> KeyCheck:
         return KeyCheck(status, parse_ratelimits([]), body)
     return probe
 
 
-async def probe_unreachable(base_url: str, secret: str) -> KeyCheck:
+async def probe_unreachable(kind: str, base_url: str, secret: str) -> KeyCheck:
     raise errors.UpstreamUnreachable("connection refused", "ConnectError")
 
 
-def make_app(tmp_path: Path, probe: Callable[[str, str], Any]) -> tuple[ControlApp, AccountService]:
+def make_app(tmp_path: Path, probe: Callable[[str, str, str], Any]) -> tuple[ControlApp, AccountService]:
     pool = Pool()
     accounts = AccountService(Registry(tmp_path / "accounts.json"), pool, probe)
     view = StatusView(from_args([]), pool, http=cast(Any, None), analytics=None,
@@ -154,7 +154,7 @@ def test_no_keyring_is_503_keyring_unavailable_before_the_upstream_is_asked(tmp_
                                                                            keyring: Keyring) -> None:
     asked: list[str] = []
 
-    async def probe(base_url: str, secret: str) -> KeyCheck:
+    async def probe(kind: str, base_url: str, secret: str) -> KeyCheck:
         asked.append(base_url)
         return KeyCheck(200, parse_ratelimits([]), b"{}")
 

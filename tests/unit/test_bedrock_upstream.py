@@ -154,7 +154,7 @@ def test_bearer_api_key(fake: FakeBedrock) -> None:
 ])
 def test_rejected_credentials_need_login(fake: FakeBedrock, auth: dict[str, Any], code: str) -> None:
     response, raw, up = run(fake, messages(), sec=secret(auth))
-    assert response.status == 403
+    assert response.status == 401  # AWS's 403 becomes Anthropic's authentication_error status
     verdict = up.classify(response.status, response.headers, raw)
     assert verdict.kind is VerdictKind.AUTH
     assert verdict.error is not None and verdict.error.declared_type == code
@@ -174,7 +174,9 @@ def test_rejected_credentials_need_login(fake: FakeBedrock, auth: dict[str, Any]
 def test_error_classes(fake: FakeBedrock, name: str, status: int, kind: VerdictKind, etype: str) -> None:
     fake.script({"error": name, "status": status, "message": f"scripted {name}"})
     response, raw, up = run(fake, messages())
-    assert response.status == status
+    # send rewrites every error into Anthropic's shape and status (the AWS name kept for classify).
+    assert response.status == ANTHROPIC_STATUS[etype]
+    assert response.header(b"x-amzn-errortype").startswith(name.encode())
     verdict = up.classify(response.status, response.headers, raw)
     assert verdict.kind is kind
     assert verdict.error is not None and verdict.error.type == etype
@@ -219,12 +221,13 @@ def test_corrupt_frame_ends_with_an_error_event() -> None:
 
 
 def test_unknown_model_is_a_final_400_naming_it(fake: FakeBedrock) -> None:
-    up = bedrock.BedrockUpstream(HttpClient(trust_env=False))
+    fake.clear()
     body = orjson.dumps({"model": "claude-imaginary-9", "max_tokens": 5, "messages": []})
-    with pytest.raises(bedrock.BedrockCallError) as e:
-        up.prepare(fake.url, secret(), Call("POST", "/v1/messages", body=body))
-    assert e.value.status == 400 and e.value.verdict.kind is VerdictKind.FINAL
-    assert b"claude-imaginary-9" in e.value.body
+    response, raw, up = run(fake, body)
+    assert response.status == 400 and up.classify(400, response.headers, raw).kind is VerdictKind.FINAL
+    assert orjson.loads(raw)["error"]["type"] == "invalid_request_error"
+    assert b"claude-imaginary-9" in raw
+    assert fake.requests() == []  # refused here, nothing sent
 
 
 def test_check_key_costs_no_tokens(fake: FakeBedrock) -> None:
@@ -244,11 +247,47 @@ def test_limits_are_empty_without_ratelimit_headers() -> None:
 
 
 def test_secret_document_errors_never_quote_the_secret() -> None:
-    up = bedrock.BedrockUpstream(HttpClient(trust_env=False))
-    with pytest.raises(ValueError) as e:
-        up.prepare("http://127.0.0.1:1", "not-json-but-" + SECRET, Call("POST", "/v1/messages", body=messages()))
-    assert SECRET not in str(e.value)
+    async def main() -> tuple[int, bytes]:
+        async with HttpClient(trust_env=False) as client:
+            up = bedrock.BedrockUpstream(client)
+            request = up.prepare("http://127.0.0.1:1", "not-json-but-" + SECRET,
+                                 Call("POST", "/v1/messages", body=messages()))
+            reply = await up.send(request)
+            return reply.status, await reply.read()
+    status, body = trio.run(main)
+    assert status == 401 and orjson.loads(body)["error"]["type"] == "authentication_error"
+    assert SECRET.encode() not in body
     assert SECRET not in repr(bedrock.parse_target(secret()))
+
+
+def test_missing_chain_credentials_are_a_local_401(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def nothing(profile: str | None) -> Any:
+        raise bedrock.CredentialsUnavailable("no AWS credentials found through profile 'x'; run `aws sso login`")
+
+    async def main() -> tuple[int, bytes]:
+        async with HttpClient(trust_env=False) as client:
+            up = bedrock.BedrockUpstream(client)
+            monkeypatch.setattr(up.chain, "get", nothing)
+            request = up.prepare("http://127.0.0.1:1", secret({"type": "chain", "profile": "x"}),
+                                 Call("POST", "/v1/messages", body=messages()))
+            reply = await up.send(request)
+            return reply.status, await reply.read()
+    status, body = trio.run(main)
+    assert status == 401
+    assert orjson.loads(body)["error"] == {"type": "authentication_error", "message":
+                                           "Amazon Bedrock: no AWS credentials found through profile 'x'; "
+                                           "run `aws sso login`"}
+
+
+def test_secret_values_and_check_warning() -> None:
+    up = bedrock.BedrockUpstream(HttpClient(trust_env=False))
+    assert SECRET in up.secret_values(secret())
+    denied = orjson.dumps({"message": "You don't have access to the model with the specified model ID."})
+    header = [(b"x-amzn-errortype", b"AccessDeniedException:http://internal.amazon.com/coral/")]
+    warning = up.check_warning(403, header, denied)
+    assert warning is not None and "accepted the credentials" in warning and bedrock.CHECK_MODEL in warning
+    unknown = [(b"x-amzn-errortype", b"UnrecognizedClientException:")]
+    assert up.check_warning(403, unknown, orjson.dumps({"message": "bad token"})) is None
 
 
 def test_region_from_standard_host() -> None:
@@ -325,7 +364,7 @@ def test_session_token_is_signed_and_sent() -> None:
         assert response.status == 200, raw
         assert "x-amz-security-token" in temp.requests()[-1]["headers"]["authorization"]
         response, _, _ = run(temp, messages(), sec=secret(auth))  # the token is required
-        assert response.status == 403
+        assert response.status == 401  # a refused signature: authentication_error
 
 
 def test_in_stream_error_event_classifies_as_the_relay_reads_it() -> None:

@@ -293,3 +293,17 @@ def test_declared_limits_round_trip_through_accounts_json(tmp_path: Any) -> None
     assert reg.upsert("a", "anthropic-compatible", "https://example.invalid").limits()["rpm"] == 40
     path.write_text(orjson.dumps({"accounts": [{"alias": "a", "base_url": "https://x.invalid", "rpm": -3}]}).decode())
     assert Registry(path).load().accounts["a"].limits()["rpm"] is None
+
+
+def test_a_refresh_starts_a_fresh_minute_and_clear_forgets_the_estimates() -> None:
+    pool, _ = make_pool("a")
+    headerless(pool, "a")
+    for _ in range(4):
+        assert serve(pool, Estimate(2_000, 100), Usage(input_tokens=2_000, output_tokens=100)) == "a"
+    throttle(pool, "a")
+    assert pool.view(pool.accounts["a"])["status"] == "exhausted"
+    pool.clear_block("a")  # what a successful `dario-ctl refresh` does
+    assert pool.view(pool.accounts["a"])["status"] == "ok"
+    assert window(pool, "a")["source"] == "estimated"  # learned, and kept
+    pool.set_declared_limits("a", {}, forget_estimates=True)  # `dario-ctl limits a --clear`
+    assert not any(w.get("source") == "estimated" for w in pool.view(pool.accounts["a"])["windows"].values())

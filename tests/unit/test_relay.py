@@ -111,6 +111,15 @@ class ScriptedUpstream:
     def limits(self, headers: list[tuple[bytes, bytes]]) -> Snapshot:
         return ratelimits.parse(headers)
 
+    def secret_values(self, secret: str) -> tuple[str, ...]:
+        return (secret,)
+
+    def check_label(self, base_url: str, secret: str) -> str:
+        return base_url
+
+    def check_warning(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> str | None:
+        return None
+
     def is_stream(self, headers: list[tuple[bytes, bytes]]) -> bool:
         return (b"content-type", b"text/event-stream") in headers
 
@@ -551,3 +560,38 @@ def test_a_failed_request_makes_no_owner_and_failover_ignores_the_owner() -> Non
     out, _sink = run(pool, up, _with_breakpoint(incoming(stream=False)))
     assert up.sent == ["a", "b"] and out.status == 400
     assert pool.conversations() == {"a": 1, "b": 0}
+
+
+# -- kinds whose secret is a document (Bedrock, Vertex) --------------------------------------
+
+class DocumentSecretUpstream(ScriptedUpstream):
+    """A kind whose account secret is a JSON document holding several secret strings."""
+
+    def secret_values(self, secret: str) -> tuple[str, ...]:
+        return (secret, *orjson.loads(secret).values())
+
+
+def test_every_secret_value_of_a_document_is_redacted_where_error_text_enters() -> None:
+    pool = Pool(clock=FollowsMockClock())
+    doc = orjson.dumps({"secret_access_key": "inner-secret-0001", "session_token": "inner-token-0002"}).decode()
+    pool.upsert("a", "anthropic", "https://a.invalid", 0.0, doc)
+    quoted = error(400, "invalid_request_error", "bad signature for inner-secret-0001 / inner-token-0002")
+    leaky = in_band("overloaded_error").replace(b"in band", b"token inner-token-0002")
+    up = DocumentSecretUpstream(a=[quoted, stream(START, CONTENT, leaky)])
+    _, sink = run(pool, up, incoming(stream=False))
+    body = sink.only("answer").body
+    assert b"inner-secret-0001" not in body and b"inner-token-0002" not in body and b"[redacted]" in body
+    _, sink = run(pool, up, incoming(stream=True))
+    streamed = b"".join(arg for name, arg in sink.calls if name == "stream_data")
+    assert b"inner-token-0002" not in streamed and b"[redacted]" in streamed
+
+
+def test_a_rate_limit_without_retry_after_gets_one_from_the_pool() -> None:
+    pool = make_pool("a")
+    up = ScriptedUpstream(a=[error(429, "rate_limit_error", "Too many requests")])
+    _, sink = run(pool, up, incoming(stream=False), queue_timeout=1.0)
+    ans = sink.only("answer")
+    assert ans.status == 429
+    retry_after = dict(ans.headers)[b"retry-after"]
+    # A 429 that names no reset holds the account until its local minute window resets.
+    assert 1 <= int(retry_after) <= 60

@@ -152,6 +152,17 @@ def test_menu_for_a_healthy_pool() -> None:
     assert all(e.enabled for e in entries if e.action)
 
 
+def test_menu_names_where_bedrock_and_vertex_accounts_point() -> None:
+    aws = account("aws", headroom=None)
+    aws.update(kind="bedrock", region="eu-west-1")
+    gcp = account("gcp", headroom=None)
+    gcp.update(kind="vertex", region="us-east5", project="proj")
+    r = radios(menu_model(make_status(account("work"), aws, gcp), NOW))
+    assert r["prefer:aws"].label.startswith("aws (bedrock eu-west-1) — ")
+    assert r["prefer:gcp"].label.startswith("gcp (vertex proj/us-east5) — ")
+    assert r["prefer:work"].label == "work — 83% · ok"  # an Anthropic account: no room taken
+
+
 def test_menu_checks_the_preferred_account_only() -> None:
     entries = menu_model(make_status(account("work"), account("home", preferred=True)), NOW)
     checked = [e.action for e in entries if e.checked]
