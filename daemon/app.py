@@ -39,6 +39,7 @@ from dario.daemon.routing.ratelimits import parse as parse_ratelimits
 from dario.daemon.routing.relay import Relay
 from dario.daemon.settings import Settings
 from dario.daemon.upstream import anthropic as upstream
+from dario.daemon.upstream import bedrock, vertex
 from dario.daemon.upstream.errors import parse_error
 from dario.daemon.upstream.httpclient import HttpClient, Timeouts, UpstreamError
 from dario.daemon.views import EdgeServices, StatusView
@@ -119,10 +120,11 @@ def build(settings: Settings, *, tcp_control: bool = False) -> Daemon:
         recorder.add(AccessLog(logging.getLogger("dario.server")))
 
     view = StatusView(settings, pool, http, analytics, metrics, lambda: accounts.keyring_problem)
-    catalog = ModelCatalog(_load_or_default(ModelTable.load, paths.models_file(), ModelTable, "aliases"),
-                           view.fetch_upstream_models)
+    models = _load_or_default(ModelTable.load, paths.models_file(), ModelTable, "aliases")
+    pool.set_model_ids(models.ids)  # which account kinds and regions offer which model
+    catalog = ModelCatalog(models, view.fetch_upstream_models, pool)
     relay = Relay(
-        pool, upstream.upstreams(http),
+        pool, {**upstream.upstreams(http), **bedrock.upstreams(http, models.ids), **vertex.upstreams(http, models.ids)},
         queue_timeout=settings.queue_timeout,
         failover_deadline=settings.failover_deadline,
         hold_message_start=settings.hold_message_start,

@@ -57,9 +57,12 @@ class UsageRecord:
     ttft_ms: float | None = None
     failovers: int = 0
     queue_wait_ms: float = 0.0
+    # The serving account's kind, for its prices (prices.json per-kind sections). Read when the
+    # cost is computed, not stored as a column: `metadata={"column": False}`.
+    account_kind: str | None = dataclasses.field(default=None, metadata={"column": False})
 
 
-_FIELDS = [f.name for f in dataclasses.fields(UsageRecord)]
+_FIELDS = [f.name for f in dataclasses.fields(UsageRecord) if f.metadata.get("column", True)]
 _COLUMNS = [*_FIELDS, "cost_usd"]
 
 _SCHEMA = """
@@ -191,7 +194,7 @@ class AnalyticsStore:
             tokens = (0, 0, 0, 0, 0)
         model = None if r.model is None else str(r.model)
         # Nothing consumed costs nothing, whatever the model (a refusal of an unpriced model is still free).
-        cost = 0.0 if not any(tokens) else self.prices.cost(model, *tokens) if model else None
+        cost = 0.0 if not any(tokens) else self.prices.cost(model, *tokens, kind=r.account_kind) if model else None
         return (
             float(r.ts), str(r.client), None if r.account is None else str(r.account), model, str(r.dialect),
             str(r.endpoint), int(bool(r.streaming)), int(r.status),

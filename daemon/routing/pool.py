@@ -36,8 +36,10 @@ from dario.daemon.routing.store import (
     PoolStore,
     Status,
 )
+from dario.daemon.upstream import bedrock, vertex
+from dario.daemon.upstream.modelids import BEDROCK, VERTEX, ModelIds
 
-__all__ = ["AccountState", "BlockKind", "Lease", "NoAccounts", "Pool", "PoolExhausted", "Status"]
+__all__ = ["AccountState", "BlockKind", "Lease", "ModelNotOffered", "NoAccounts", "Pool", "PoolExhausted", "Status"]
 
 COOLDOWN_BASE = 0.5  # first 529/5xx cooldown, doubled on each repeat (failover already spares the request)
 # A cooldown only orders the choice: when no account is "ok", the cooling one whose cooldown
@@ -50,6 +52,8 @@ AUTH_REJECTED_PREFIX = "upstream answered"  # starts needs_login when the upstre
 # is below this share of the normal choice's, or below the floor (see `_cache_owner`).
 AFFINITY_HEADROOM_RATIO = 0.5
 AFFINITY_HEADROOM_FLOOR = 0.05
+# Models whose "which accounts lack it" verdict is remembered; client-chosen names are unbounded.
+MODEL_VERDICTS_MAX = 512
 
 
 @dataclass(eq=False, slots=True)
@@ -87,6 +91,18 @@ class NoAccounts(Exception):
     """The pool has no account that could ever serve (none, all disabled or needing login)."""
 
 
+class ModelNotOffered(NoAccounts):
+    """No account of the pool offers the requested model (its kind or region does not).
+
+    `checked`: each kind (with region/profile) that was asked, for the client's error message.
+    """
+
+    def __init__(self, model: str, checked: list[str]) -> None:
+        super().__init__(model)
+        self.model = model
+        self.checked = checked
+
+
 class PoolExhausted(Exception):
     """Every usable account stayed blocked past the queue deadline.
 
@@ -121,6 +137,11 @@ class Pool:
         # While a keyring read is under way and not yet overdue, requests for accounts waiting on it
         # queue (a read at start-up takes milliseconds); once it is overdue they get a 503 at once.
         self.keyring_answer_expected = False
+        # Which accounts can serve which model: the model table, and per model the aliases of the
+        # accounts whose kind/region/profile lack it (excluded from its choice like tried accounts).
+        self.model_ids = ModelIds()
+        self._lacking: dict[str, frozenset[str]] = {}
+        self.membership = 0  # bumped when an account is added, removed, re-targeted, enabled or disabled
 
     @property
     def preferred(self) -> str | None:
@@ -133,11 +154,14 @@ class Pool:
 
     # -- membership --------------------------------------------------------------------
     def upsert(self, alias: str, kind: str, base_url: str, created: float, secret: str | None,
-               enabled: bool = True) -> AccountState:
+               enabled: bool = True, *, region: str | None = None, profile_prefix: str | None = None) -> AccountState:
         acc = self.accounts.get(alias)
         if acc is None:
             acc = self.store.add(AccountState(alias, kind, base_url, created, uid=next(self._uids)))
         acc.kind, acc.base_url, acc.created = kind, base_url, created
+        acc.region, acc.profile_prefix = region, profile_prefix
+        self._lacking.clear()
+        self.membership += 1
         if acc.enabled != enabled:
             self.store.set_enabled(acc, enabled)
         if secret is not None:
@@ -149,11 +173,14 @@ class Pool:
 
     def remove(self, alias: str) -> None:
         self.store.remove(alias)
+        self._lacking.clear()
+        self.membership += 1
         self._changed()
 
     def set_enabled(self, alias: str, enabled: bool) -> None:
         acc = self.accounts[alias]
         self.store.set_enabled(acc, enabled)
+        self.membership += 1
         self._changed(acc)
 
     def prefer(self, alias: str | None) -> None:
@@ -167,6 +194,9 @@ class Pool:
         acc = self.accounts[alias]
         acc.secret = secret
         acc.keyring_wait = None
+        if acc.kind == BEDROCK:
+            self._lacking.clear()  # its region and profile may live in the secret document
+            self.membership += 1
         self._changed(acc)
 
     def mark_keyring_wait(self, alias: str, reason: str) -> None:
@@ -187,6 +217,39 @@ class Pool:
         acc = self.accounts[alias]
         self.store.clear_block(acc, forget_failures=True)
         self._changed(acc)
+
+    # -- models ------------------------------------------------------------------------
+    def set_model_ids(self, ids: ModelIds) -> None:
+        """The model table (built-ins plus models.json) that says which kind offers which model."""
+        self.model_ids = ids
+        self._lacking.clear()
+
+    def lacking(self, model: str) -> frozenset[str]:
+        """Aliases of the accounts that cannot serve `model`; computed once per model and membership."""
+        hit = self._lacking.get(model)
+        if hit is None:
+            if len(self._lacking) >= MODEL_VERDICTS_MAX:
+                self._lacking.clear()
+            offers = self.model_ids.offers
+            hit = frozenset(
+                acc.alias for acc in self.accounts.values()
+                if not offers(model, acc.kind, *_target(acc))
+            )
+            self._lacking[model] = hit
+        return hit
+
+    def offering(self, model: str | None) -> frozenset[str]:
+        """`lacking(model)` if no account offers it at all raises ModelNotOffered; else the lacking set."""
+        if model is None:
+            return frozenset()
+        lacking = self.lacking(model)
+        if lacking and len(lacking) >= len(self.accounts):
+            raise ModelNotOffered(model, sorted({_describe_target(acc) for acc in self.accounts.values()}))
+        return lacking
+
+    def targets(self) -> list[tuple[str, str | None, str | None]]:
+        """(kind, region, profile prefix) of each enabled account, for the model listing."""
+        return [(acc.kind, *_target(acc)) for acc in self.accounts.values() if acc.enabled]
 
     # -- the index -----------------------------------------------------------------------
     # Accounts that can serve sit in a max-heap by (headroom, fewer in flight, least recently
@@ -244,15 +307,23 @@ class Pool:
                 self._touch(acc)
 
     # -- choice ------------------------------------------------------------------------
-    def choose(self, est: Estimate, exclude: Iterable[str] = (), affinity: CacheKeys | None = None) -> Lease | None:
+    def choose(self, est: Estimate, exclude: Iterable[str] = (), affinity: CacheKeys | None = None,
+               model: str | None = None) -> Lease | None:
         """Pick an account now, or None if none can serve this request right now.
 
         `affinity`: the request's prompt-cache prefixes; the account that holds the longest of
         them is preferred over the normal choice while it can serve (`_cache_owner`).
+        `model`: accounts whose kind or region does not offer it are never chosen.
         """
         now = self.clock()
         self._run_timers(now)
         excluded = exclude if isinstance(exclude, (set, frozenset)) else set(exclude)
+        if model is not None:
+            lacking = self._lacking.get(model)
+            if lacking is None:
+                lacking = self.lacking(model)
+            if lacking:
+                excluded = lacking if not excluded else lacking.union(excluded)
         chosen: AccountState | None = None
         preferred = self.store.preferred
         pref = self.accounts.get(preferred) if preferred is not None else None
@@ -402,15 +473,16 @@ class Pool:
         return min(times) if times else None
 
     async def acquire(self, est: Estimate, exclude: Iterable[str], deadline: float,
-                      affinity: CacheKeys | None = None) -> tuple[Lease, float]:
+                      affinity: CacheKeys | None = None, model: str | None = None) -> tuple[Lease, float]:
         """Choose an account, waiting for the earliest reset when none can serve.
 
         Waiters are served first-in first-out, each by the accounts it may use: one waiting
         for an account it has not tried yet never holds back one that a free account can serve.
         `deadline` is on trio's clock. Returns the lease and the seconds spent queued.
-        Raises NoAccounts when nothing could ever serve, PoolExhausted at the deadline.
+        Raises NoAccounts when nothing could ever serve (ModelNotOffered when no account offers
+        `model`, at once), PoolExhausted at the deadline.
         """
-        excluded = frozenset(exclude)
+        excluded = frozenset(exclude) | self.offering(model)
         self._dispatch()  # earlier arrivals first
         lease = self.choose(est, excluded, affinity)
         if lease is not None:
@@ -745,6 +817,32 @@ class Pool:
                 for name, w in (item.get("windows") or {}).items() if name in WINDOWS and isinstance(w, dict)
             })
             self._touch(acc)
+
+
+def _target(acc: AccountState) -> tuple[str | None, str | None]:
+    """(region, profile prefix) of an account: its own fields, else what its base URL or (Bedrock,
+    until the registry carries them) its secret document says. Read only when a verdict is made."""
+    region, prefix = acc.region, acc.profile_prefix
+    if acc.kind == BEDROCK:
+        if (region is None or prefix is None) and acc.secret:
+            try:
+                doc = bedrock.parse_target(acc.secret)
+                region, prefix = region or doc.region, prefix or doc.profile_prefix
+            except ValueError:
+                pass
+        region = region or bedrock.region_from_url(acc.base_url)
+    elif acc.kind == VERTEX and region is None:
+        try:
+            region = vertex.parse_base_url(acc.base_url)[2]
+        except ValueError:
+            pass
+    return region, prefix
+
+
+def _describe_target(acc: AccountState) -> str:
+    region, prefix = _target(acc)
+    where = ", ".join(p for p in (region and f"region {region}", prefix and f"profile {prefix}") if p)
+    return f"{acc.kind} ({where})" if where else acc.kind
 
 
 def _panic_eligible(acc: AccountState, now: float) -> bool:
