@@ -70,6 +70,16 @@ class Lease:
 # not a NamedTuple: building a NamedTuple takes about 0.3 µs in Python 3.11, and two are pushed
 # per choose + release (measured: 11 % slower over the whole choice).
 _Ready = tuple[float, int, int, int, int, AccountState]
+# Accounts that offer the same models: (kind, region, inference-profile prefix). Each group has its
+# own ready heap, so a request for a model some groups lack never looks at their accounts.
+_Group = tuple[str, str | None, str | None]
+
+
+class _Verdict(NamedTuple):
+    """Which accounts can serve one model: the heaps of the groups offering it, the aliases lacking it."""
+
+    heaps: tuple[list[_Ready], ...]
+    lacking: frozenset[str]
 
 
 class _Cooling(NamedTuple):
@@ -125,7 +135,9 @@ class Pool:
         self.clock = clock
         self._seq = itertools.count(1)
         self._uids = itertools.count(1)
-        self._ready: list[_Ready] = []
+        # Ready heaps by group (see _Group); with only Anthropic accounts there is one.
+        self._ready: dict[_Group, list[_Ready]] = {}
+        self._group: dict[str, _Group] = {}  # alias → its group
         # Cooling accounts by when their cooldown ends: the panic choice when none is ready.
         self._cooling: list[_Cooling] = []
         self._timers: list[_Timer] = []
@@ -137,10 +149,11 @@ class Pool:
         # While a keyring read is under way and not yet overdue, requests for accounts waiting on it
         # queue (a read at start-up takes milliseconds); once it is overdue they get a 503 at once.
         self.keyring_answer_expected = False
-        # Which accounts can serve which model: the model table, and per model the aliases of the
-        # accounts whose kind/region/profile lack it (excluded from its choice like tried accounts).
+        # Which accounts can serve which model: the model table, and per model the verdict (which
+        # groups' heaps to choose from; which aliases lack it, excluded like tried accounts).
         self.model_ids = ModelIds()
-        self._lacking: dict[str, frozenset[str]] = {}
+        self._verdicts: dict[str, _Verdict] = {}
+        self._all_heaps: tuple[list[_Ready], ...] = ()
         self.membership = 0  # bumped when an account is added, removed, re-targeted, enabled or disabled
 
     @property
@@ -160,8 +173,7 @@ class Pool:
             acc = self.store.add(AccountState(alias, kind, base_url, created, uid=next(self._uids)))
         acc.kind, acc.base_url, acc.created = kind, base_url, created
         acc.region, acc.profile_prefix = region, profile_prefix
-        self._lacking.clear()
-        self.membership += 1
+        self._regroup(acc)
         if acc.enabled != enabled:
             self.store.set_enabled(acc, enabled)
         if secret is not None:
@@ -173,7 +185,8 @@ class Pool:
 
     def remove(self, alias: str) -> None:
         self.store.remove(alias)
-        self._lacking.clear()
+        self._group.pop(alias, None)
+        self._verdicts.clear()
         self.membership += 1
         self._changed()
 
@@ -195,8 +208,7 @@ class Pool:
         acc.secret = secret
         acc.keyring_wait = None
         if acc.kind == BEDROCK:
-            self._lacking.clear()  # its region and profile may live in the secret document
-            self.membership += 1
+            self._regroup(acc)  # its region and profile may live in the secret document
         self._changed(acc)
 
     def mark_keyring_wait(self, alias: str, reason: str) -> None:
@@ -222,21 +234,36 @@ class Pool:
     def set_model_ids(self, ids: ModelIds) -> None:
         """The model table (built-ins plus models.json) that says which kind offers which model."""
         self.model_ids = ids
-        self._lacking.clear()
+        self._verdicts.clear()
+
+    def _regroup(self, acc: AccountState) -> None:
+        """An account was added or its kind or target changed: file it under its group."""
+        group: _Group = (acc.kind, *_target(acc))
+        if group not in self._ready:
+            self._ready[group] = []
+            self._all_heaps = tuple(self._ready.values())
+        self._group[acc.alias] = group
+        self._verdicts.clear()
+        self.membership += 1
+
+    def _verdict(self, model: str) -> _Verdict:
+        """Which groups offer `model`; computed once per model and membership (bounded)."""
+        hit = self._verdicts.get(model)
+        if hit is None:
+            if len(self._verdicts) >= MODEL_VERDICTS_MAX:
+                self._verdicts.clear()
+            offers = self.model_ids.offers
+            offering = {group for group in self._ready if offers(model, *group)}
+            hit = _Verdict(
+                tuple(heap for group, heap in self._ready.items() if group in offering),
+                frozenset(alias for alias, group in self._group.items() if group not in offering),
+            )
+            self._verdicts[model] = hit
+        return hit
 
     def lacking(self, model: str) -> frozenset[str]:
-        """Aliases of the accounts that cannot serve `model`; computed once per model and membership."""
-        hit = self._lacking.get(model)
-        if hit is None:
-            if len(self._lacking) >= MODEL_VERDICTS_MAX:
-                self._lacking.clear()
-            offers = self.model_ids.offers
-            hit = frozenset(
-                acc.alias for acc in self.accounts.values()
-                if not offers(model, acc.kind, *_target(acc))
-            )
-            self._lacking[model] = hit
-        return hit
+        """Aliases of the accounts that cannot serve `model`."""
+        return self._verdict(model).lacking
 
     def offering(self, model: str | None) -> frozenset[str]:
         """`lacking(model)` if no account offers it at all raises ModelNotOffered; else the lacking set."""
@@ -265,8 +292,9 @@ class Pool:
         if status is STATUS_OK:
             h = acc.headroom(now)
             key = -round(1.0 if h is None else h, 2)
-            heapq.heappush(self._ready, (key, acc.in_flight, acc.last_chosen, acc.uid, acc.version, acc))
-            if len(self._ready) > 4 * len(self.accounts) + 64:
+            heap = self._ready[self._group[acc.alias]]
+            heapq.heappush(heap, (key, acc.in_flight, acc.last_chosen, acc.uid, acc.version, acc))
+            if len(heap) > 4 * len(self.accounts) + 64:
                 self._compact()
         elif status is STATUS_COOLING and acc.block_until is not None and _panic_eligible(acc, now):
             heapq.heappush(self._cooling, _Cooling(acc.block_until, acc.uid, acc.version, acc))
@@ -284,13 +312,10 @@ class Pool:
 
     def _compact(self) -> None:
         """Drop stale entries (kept only the current one per account)."""
-        ready: list[_Ready] = []
-        for entry in self._ready:
-            _, _, _, _, version, acc = entry
-            if self._current(version, acc):
-                ready.append(entry)
-        heapq.heapify(ready)
-        self._ready = ready
+        for heap in self._ready.values():
+            # In place: verdicts hold on to the heap lists.
+            heap[:] = [entry for entry in heap if self._current(entry[4], entry[5])]
+            heapq.heapify(heap)
         self._cooling = [e for e in self._cooling if self._current(e.version, e.account)]
         heapq.heapify(self._cooling)
 
@@ -318,39 +343,28 @@ class Pool:
         now = self.clock()
         self._run_timers(now)
         excluded = exclude if isinstance(exclude, (set, frozenset)) else set(exclude)
+        heaps = self._all_heaps
         if model is not None:
-            lacking = self._lacking.get(model)
-            if lacking is None:
-                lacking = self.lacking(model)
-            if lacking:
-                excluded = lacking if not excluded else lacking.union(excluded)
+            verdict = self._verdicts.get(model) or self._verdict(model)
+            heaps = verdict.heaps
+            if verdict.lacking:  # still needed for the preferred account, the cache owner, the panic choice
+                excluded = verdict.lacking if not excluded else verdict.lacking.union(excluded)
         chosen: AccountState | None = None
         preferred = self.store.preferred
         pref = self.accounts.get(preferred) if preferred is not None else None
         if pref is not None and pref.alias not in excluded and pref.status(now) is STATUS_OK and pref.fits(est, now):
             chosen = pref
         else:
-            ready = self._ready
-            set_aside: list[_Ready] = []
-            fallback: AccountState | None = None
-            while ready:
-                _, _, _, _, version, acc = ready[0]
-                if version != acc.version or self.accounts.get(acc.alias) is not acc:
-                    heapq.heappop(ready)  # stale
-                    continue
-                if acc.status(now) is not STATUS_OK:
-                    heapq.heappop(ready)
-                    self._touch(acc)  # re-judged: goes to the timers
-                    continue
-                if acc.alias in excluded or not acc.fits(est, now):
-                    if fallback is None and acc.alias not in excluded:
-                        fallback = acc
-                    set_aside.append(heapq.heappop(ready))
-                    continue
-                chosen = acc
-                break
-            for entry in set_aside:
-                heapq.heappush(ready, entry)
+            best: _Ready | None = None
+            spare: _Ready | None = None
+            for heap in heaps:
+                found, unfit = self._best_ready(heap, excluded, est, now)
+                if found is not None and (best is None or found < best):
+                    best = found
+                if unfit is not None and (spare is None or unfit < spare):
+                    spare = unfit
+            chosen = None if best is None else best[5]
+            fallback = None if spare is None else spare[5]
             ready_fit = chosen is not None  # "ok" and the estimate fits: no need to judge it again
             if chosen is None:
                 # Nothing fits the estimate but some can serve: better to try than to queue on a guess.
@@ -368,6 +382,34 @@ class Pool:
         chosen.last_chosen = next(self._seq)
         self._touch(chosen)
         return Lease(chosen, est, now, chosen.last_chosen)
+
+    def _best_ready(self, heap: list[_Ready], excluded: set[str] | frozenset[str], est: Estimate,
+                    now: float) -> tuple[_Ready | None, _Ready | None]:
+        """The best entry of one group's heap that can serve and fits the estimate, and the best
+        one that can serve but does not fit (the fallback); stale entries are dropped on the way."""
+        set_aside: list[_Ready] = []
+        found: _Ready | None = None
+        unfit: _Ready | None = None
+        while heap:
+            entry = heap[0]
+            acc = entry[5]
+            if entry[4] != acc.version or self.accounts.get(acc.alias) is not acc:
+                heapq.heappop(heap)  # stale
+                continue
+            if acc.status(now) is not STATUS_OK:
+                heapq.heappop(heap)
+                self._touch(acc)  # re-judged: goes to the timers
+                continue
+            if acc.alias in excluded or not acc.fits(est, now):
+                if unfit is None and acc.alias not in excluded:
+                    unfit = entry
+                set_aside.append(heapq.heappop(heap))
+                continue
+            found = entry
+            break
+        for entry in set_aside:
+            heapq.heappush(heap, entry)
+        return found, unfit
 
     def _cache_owner(self, affinity: CacheKeys, chosen: AccountState | None, chosen_fits: bool,
                      excluded: set[str] | frozenset[str], est: Estimate, now: float) -> AccountState | None:
@@ -540,7 +582,7 @@ class Pool:
             for waiter in list(self._queue):
                 lease = self.choose(waiter.est, waiter.excluded, waiter.affinity)
                 if lease is None:
-                    if not self._ready and not self._cooling:
+                    if not self._cooling and not any(self._all_heaps):
                         break  # no account can serve anyone right now
                     continue
                 waiter.lease = lease

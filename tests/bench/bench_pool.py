@@ -3,7 +3,8 @@
 Run alone: ``python -m tests.bench.bench_pool [N ...]`` prints JSON {N: median ns}.
 Every account is usable and has all four rate-limit windows known (the steady state once
 the upstream's headers have been seen), so `choose` does its full work: status, fit and
-headroom for each account, then the tie-break.
+headroom for each account, then the tie-break. Each choice names a model, as the relay's do,
+so the per-model verdict (which accounts' kinds offer it) is part of the measured path.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dario.daemon.exchange import Estimate
 from dario.daemon.routing.pool import Pool
 from dario.daemon.routing.ratelimits import WINDOWS, Window
 
+MODEL = "claude-sonnet-4-5-20250929"
 LIMITS = {"requests": 4000, "tokens": 2_000_000, "input-tokens": 1_600_000, "output-tokens": 400_000}
 
 
@@ -40,14 +42,14 @@ def per_op_ns(n: int, repeats: int = 7, target_s: float = 0.05, max_iters: int =
     # Size the loop from a short trial.
     t0 = time.perf_counter_ns()
     for _ in range(100):
-        release(choose(est))  # type: ignore[arg-type]
+        release(choose(est, (), None, MODEL))  # type: ignore[arg-type]
     trial = max(1, time.perf_counter_ns() - t0) / 100
     iters = max(100, min(max_iters, int(target_s * 1e9 / trial)))
     samples = []
     for _ in range(repeats):
         t0 = time.perf_counter_ns()
         for _ in range(iters):
-            lease = choose(est)
+            lease = choose(est, (), None, MODEL)
             release(lease)  # type: ignore[arg-type]
         samples.append((time.perf_counter_ns() - t0) / iters)
     samples.sort()
