@@ -173,13 +173,13 @@ class Pool:
             acc = self.store.add(AccountState(alias, kind, base_url, created, uid=next(self._uids)))
         acc.kind, acc.base_url, acc.created = kind, base_url, created
         acc.region, acc.profile_prefix = region, profile_prefix
-        self._regroup(acc)
         if acc.enabled != enabled:
             self.store.set_enabled(acc, enabled)
         if secret is not None:
             acc.secret = secret
             if acc.needs_login is not None:
                 self.store.set_needs_login(acc, None)
+        self._regroup(acc)  # after the secret: a Bedrock account's target may be read from it
         self._changed(acc)
         return acc
 
