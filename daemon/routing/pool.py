@@ -138,6 +138,7 @@ class Pool:
         # Ready heaps by group (see _Group); with only Anthropic accounts there is one.
         self._ready: dict[_Group, list[_Ready]] = {}
         self._group: dict[str, _Group] = {}  # alias → its group
+        self._heap_of: dict[str, list[_Ready]] = {}  # alias → its group's ready heap (one lookup in _touch)
         # Cooling accounts by when their cooldown ends: the panic choice when none is ready.
         self._cooling: list[_Cooling] = []
         self._timers: list[_Timer] = []
@@ -186,6 +187,7 @@ class Pool:
     def remove(self, alias: str) -> None:
         self.store.remove(alias)
         self._group.pop(alias, None)
+        self._heap_of.pop(alias, None)
         self._verdicts.clear()
         self.membership += 1
         self._changed()
@@ -243,6 +245,7 @@ class Pool:
             self._ready[group] = []
             self._all_heaps = tuple(self._ready.values())
         self._group[acc.alias] = group
+        self._heap_of[acc.alias] = self._ready[group]
         self._verdicts.clear()
         self.membership += 1
 
@@ -292,7 +295,7 @@ class Pool:
         if status is STATUS_OK:
             h = acc.headroom(now)
             key = -round(1.0 if h is None else h, 2)
-            heap = self._ready[self._group[acc.alias]]
+            heap = self._heap_of[acc.alias]
             heapq.heappush(heap, (key, acc.in_flight, acc.last_chosen, acc.uid, acc.version, acc))
             if len(heap) > 4 * len(self.accounts) + 64:
                 self._compact()
@@ -355,14 +358,16 @@ class Pool:
         if pref is not None and pref.alias not in excluded and pref.status(now) is STATUS_OK and pref.fits(est, now):
             chosen = pref
         else:
-            best: _Ready | None = None
-            spare: _Ready | None = None
-            for heap in heaps:
-                found, unfit = self._best_ready(heap, excluded, est, now)
-                if found is not None and (best is None or found < best):
-                    best = found
-                if unfit is not None and (spare is None or unfit < spare):
-                    spare = unfit
+            if len(heaps) == 1:  # one group (the usual pool): no comparison across heaps
+                best, spare = self._best_ready(heaps[0], excluded, est, now)
+            else:
+                best = spare = None
+                for heap in heaps:
+                    found, unfit = self._best_ready(heap, excluded, est, now)
+                    if found is not None and (best is None or found < best):
+                        best = found
+                    if unfit is not None and (spare is None or unfit < spare):
+                        spare = unfit
             chosen = None if best is None else best[5]
             fallback = None if spare is None else spare[5]
             ready_fit = chosen is not None  # "ok" and the estimate fits: no need to judge it again

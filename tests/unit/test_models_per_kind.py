@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from dario.daemon.exchange import Estimate, Incoming
+from dario.daemon.exchange import Estimate, Incoming, Outcome
 from dario.daemon.recording.analytics import _COLUMNS, AnalyticsStore, UsageRecord
 from dario.daemon.recording.prices import PriceTable
 from dario.daemon.routing.catalog import ModelCatalog
@@ -211,6 +211,7 @@ def test_the_relay_answers_not_found_and_skips_accounts_lacking_the_model() -> N
     up = ScriptedUpstream(a=[ok_json()])
     relay = Relay(pool, {"anthropic": up, "bedrock": up}, queue_timeout=5.0, failover_deadline=30.0,
                   hold_message_start=HOLD, read_timeout=60.0)
+    outcomes: list[Outcome] = []
 
     def forward(model: str) -> RecordingSink:
         sink = RecordingSink()
@@ -225,7 +226,6 @@ def test_the_relay_answers_not_found_and_skips_accounts_lacking_the_model() -> N
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
         return sink
 
-    outcomes: list = []
     sink = forward("claude-opus-4-1")  # the preferred Bedrock account (eu) lacks it: anthropic serves
     assert up.sent == ["a"] and sink.only("answer").account == "a"
     assert outcomes[-1].account_kind == "anthropic" and outcomes[-1].failovers == 0
