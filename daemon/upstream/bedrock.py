@@ -22,7 +22,7 @@ How an account reaches `prepare` (the extension to the `Upstream` protocol): the
 
 `base_url` is `https://bedrock-runtime.{region}.amazonaws.com` or any override (a VPC endpoint, a
 gateway, the tests' fake); the signing region always comes from the document. `profile_prefix`
-(`us`, `eu`, `apac`, `global`) turns a model id into a cross-region inference profile id.
+(`us`, `eu`, `jp`, `apac`, `global`) turns a model id into a cross-region inference profile id.
 
 `prepare` builds the request without credentials (`BedrockRequest`, which keeps the parsed auth);
 `send` adds them: a bearer header, or a SigV4 signature by botocore's `SigV4Auth` (service
@@ -122,7 +122,7 @@ def parse_target(secret: str) -> Target:
         raise ValueError("a Bedrock account's secret needs a region and an auth object; log in again")
     prefix = doc.get("profile_prefix")
     if prefix is not None and prefix not in PROFILE_PREFIXES:
-        raise ValueError(f"unknown inference-profile prefix {prefix!r} (use one of us, eu, apac, global)")
+        raise ValueError(f"unknown inference-profile prefix {prefix!r} (use one of us, eu, jp, apac, global)")
     return Target(doc["region"], _parse_auth(doc["auth"]), prefix)
 
 
