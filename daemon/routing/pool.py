@@ -348,10 +348,9 @@ class Pool:
         excluded = exclude if isinstance(exclude, (set, frozenset)) else set(exclude)
         heaps = self._all_heaps
         if model is not None:
-            verdict = self._verdicts.get(model) or self._verdict(model)
-            heaps = verdict.heaps
-            if verdict.lacking:  # still needed for the preferred account, the cache owner, the panic choice
-                excluded = verdict.lacking if not excluded else verdict.lacking.union(excluded)
+            heaps, lacking = self._verdicts.get(model) or self._verdict(model)
+            if lacking:  # still needed for the preferred account, the cache owner, the panic choice
+                excluded = lacking if not excluded else lacking.union(excluded)
         chosen: AccountState | None = None
         preferred = self.store.preferred
         pref = self.accounts.get(preferred) if preferred is not None else None

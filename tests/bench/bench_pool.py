@@ -1,6 +1,9 @@
 """In-process micro-benchmark: one `Pool.choose` + `Pool.release` with N accounts.
 
-Run alone: ``python -m tests.bench.bench_pool [N ...]`` prints JSON {N: median ns}.
+Run alone: ``python -m tests.bench.bench_pool [--mixed] [N ...]`` prints JSON {N: median ns}.
+``--mixed``: every other account is a Bedrock account in us-east-1 without an inference profile,
+which does not offer the model asked for (Sonnet 4.5 is profile-only there): the pool must pass
+over half its accounts on every choice.
 Every account is usable and has all four rate-limit windows known (the steady state once
 the upstream's headers have been seen), so `choose` does its full work: status, fit and
 headroom for each account, then the tie-break. Each choice names a model, as the relay's do,
@@ -23,20 +26,25 @@ MODEL = "claude-sonnet-4-5-20250929"
 LIMITS = {"requests": 4000, "tokens": 2_000_000, "input-tokens": 1_600_000, "output-tokens": 400_000}
 
 
-def make_pool(n: int) -> Pool:
+def make_pool(n: int, mixed: bool = False) -> Pool:
     pool = Pool()
     now = time.time()
     for i in range(n):
-        acc = pool.upsert(f"acct{i:03d}", "anthropic", "https://api.anthropic.com", now, f"sk-bench-{i}")
+        if mixed and i % 2:
+            acc = pool.upsert(f"acct{i:03d}", "bedrock", "https://bedrock-runtime.us-east-1.amazonaws.com", now,
+                              f"sk-bench-{i}", region="us-east-1")
+        else:
+            acc = pool.upsert(f"acct{i:03d}", "anthropic", "https://api.anthropic.com", now, f"sk-bench-{i}")
         for name in WINDOWS:
             limit = LIMITS[name]
             acc.windows[name] = Window(limit, limit - 10 * (i % 7), now + 3600.0)
     return pool
 
 
-def per_op_ns(n: int, repeats: int = 7, target_s: float = 0.05, max_iters: int = 200_000) -> dict[str, float]:
+def per_op_ns(n: int, repeats: int = 7, target_s: float = 0.05, max_iters: int = 200_000,
+              mixed: bool = False) -> dict[str, float]:
     """Median and spread over `repeats` timed loops, each sized to take about `target_s`."""
-    pool = make_pool(n)
+    pool = make_pool(n, mixed)
     est = Estimate(input_tokens=1200, output_tokens=1024)
     choose, release = pool.choose, pool.release
     # Size the loop from a short trial.
@@ -61,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     args = argv if argv is not None else sys.argv[1:]
     sizes = [int(a) for a in args if not a.startswith("-")] or [1, 10, 100]
     quick = "--quick" in args
-    out = {str(n): per_op_ns(n, repeats=5 if quick else 9, target_s=0.03 if quick else 0.08) for n in sizes}
+    mixed = "--mixed" in args
+    out = {str(n): per_op_ns(n, repeats=5 if quick else 9, target_s=0.03 if quick else 0.08, mixed=mixed)
+           for n in sizes}
     print(orjson.dumps(out).decode(), flush=True)
 
 
