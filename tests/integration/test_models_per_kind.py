@@ -84,8 +84,10 @@ def test_cross_kind_pool(dariod: Dariod, upstream: Any) -> None:  # pragma: no c
         assert fake.stdout is not None
         bedrock_url = fake.stdout.readline().split()[1]
         dariod.login("anth", "sk-kinds", upstream.url, kind="anthropic")
-        dariod.ctl("login", "br", "--kind", "bedrock", "--region", "eu-west-1", "--profile-prefix", "eu",
-                   "--base-url", bedrock_url, input="br-key\n")
+        # The login contract of the kinds branch (its brief): --inference-profile feeds profile_prefix.
+        done = dariod.ctl("login", "br", "--kind", "bedrock", "--region", "eu-west-1", "--inference-profile", "eu",
+                          "--bedrock-api-key", "--base-url", bedrock_url, input="br-key\n")
+        assert done.returncode == 0, done.stderr
         a = anthropic.Anthropic(base_url=dariod.url, api_key="x", max_retries=0)
         # Opus 4.1 is offered on Bedrock through the us profile only: every request goes to Anthropic.
         for _ in range(6):
