@@ -88,6 +88,7 @@ def test_cross_kind_pool(dariod: Dariod, upstream: Any) -> None:  # pragma: no c
         done = dariod.ctl("login", "br", "--kind", "bedrock", "--region", "eu-west-1", "--inference-profile", "eu",
                           "--bedrock-api-key", "--base-url", bedrock_url, input="br-key\n")
         assert done.returncode == 0, done.stderr
+        httpx.post(bedrock_url + "/_fake/reset")  # forget login's credential check
         a = anthropic.Anthropic(base_url=dariod.url, api_key="x", max_retries=0)
         # Opus 4.1 is offered on Bedrock through the us profile only: every request goes to Anthropic.
         for _ in range(6):
