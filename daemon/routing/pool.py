@@ -5,6 +5,12 @@ from `acquire` and gives it back with `release`. State that must survive a resta
 (cooldowns, exhaustion, needs-login, last seen windows) is exported by `export_state`
 and restored by `import_state`; the daemon persists it.
 
+A request names its model: accounts whose kind, region or inference profile do not offer it
+(the model table, upstream/modelids.py) are never chosen for it, and when no account offers it
+`acquire` raises `ModelNotOffered` at once instead of queueing. Accounts are grouped by
+(kind, region, profile), one ready heap per group, and each model's verdict (which groups offer
+it) is remembered until the membership changes, so the choice never walks accounts it must skip.
+
 The decisions are made here; the state they are made from lives in a `PoolStore`
 (store.py), in memory today, so a store shared by several daemons (Redis) is an added module.
 """
