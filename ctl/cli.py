@@ -462,8 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bedrock: use this AWS profile through the AWS credential chain (nothing secret is stored)")
     p.add_argument("--bedrock-api-key", action="store_true",
                    help="bedrock: the credential is a Bedrock API key (prompt, or stdin)")
-    p.add_argument("--inference-profile", choices=INFERENCE_PROFILES,
-                   help="bedrock: route through this cross-region inference profile")
+    p.add_argument("--inference-profile", choices=(*INFERENCE_PROFILES, "none"),
+                   help="bedrock: route through this cross-region inference profile (default: the region's "
+                   "geography, us/eu/apac; none: in-region ids only)")
     p.add_argument("--project", metavar="PROJECT", help="vertex: Google Cloud project id")
     p.add_argument("--credentials", metavar="FILE",
                    help="vertex: service-account key file (its contents go to the keyring)")

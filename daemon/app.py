@@ -110,9 +110,11 @@ def build(settings: Settings, *, tcp_control: bool = False, team: TeamConfig | N
         max_connections_per_origin=settings.max_upstream_connections,
     )
     pool = Pool()
-    vertex_upstream = vertex.VertexUpstream(http)
+    models = _load_or_default(ModelTable.load, paths.models_file(), ModelTable, "aliases")
+    pool.set_model_ids(models.ids)  # which account kinds and regions offer which model
+    vertex_upstream = vertex.VertexUpstream(http, ids=models.ids)
     upstreams: dict[str, Upstream] = {
-        **anthropic.upstreams(http), **bedrock.upstreams(http), vertex.KIND: vertex_upstream,
+        **anthropic.upstreams(http), **bedrock.upstreams(http, models.ids), vertex.KIND: vertex_upstream,
     }
     client_keys = ClientKeyStore(paths.keys_file())
     persister = Persister(pool, client_keys, paths.pool_state_file())
@@ -135,8 +137,7 @@ def build(settings: Settings, *, tcp_control: bool = False, team: TeamConfig | N
         recorder.add(AccessLog(logging.getLogger("dario.server")))
 
     view = StatusView(settings, pool, http, analytics, metrics, lambda: accounts.keyring_problem)
-    catalog = ModelCatalog(_load_or_default(ModelTable.load, paths.models_file(), ModelTable, "aliases"),
-                           view.fetch_upstream_models)
+    catalog = ModelCatalog(models, view.fetch_upstream_models, pool)
     relay = Relay(
         pool, upstreams,
         queue_timeout=settings.queue_timeout,

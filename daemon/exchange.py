@@ -104,6 +104,7 @@ class Outcome:
     """What happened, for analytics and the access log."""
 
     account: str | None = None
+    account_kind: str | None = None  # the serving account's kind: its prices may differ
     status: int = 0
     error_type: str | None = None
     usage: Usage = field(default_factory=Usage)

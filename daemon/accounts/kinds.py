@@ -77,9 +77,11 @@ def _bedrock(secret: str, base_url: str | None, fields: LoginFields) -> Prepared
     credential = fields.credential or "keys"
     if credential not in BEDROCK_CREDENTIALS:
         raise InvalidAccount(f"unknown bedrock credential {credential!r}; one of: {', '.join(BEDROCK_CREDENTIALS)}")
-    prefix = fields.inference_profile or None
+    prefix = fields.inference_profile or default_inference_profile(region)
+    if prefix == NO_PROFILE:
+        prefix = None
     if prefix is not None and prefix not in INFERENCE_PROFILES:
-        raise InvalidAccount(f"--inference-profile must be one of {', '.join(INFERENCE_PROFILES)}")
+        raise InvalidAccount(f"--inference-profile must be one of {', '.join(INFERENCE_PROFILES)} or {NO_PROFILE}")
     profile = fields.aws_profile or None
     if profile is not None and (credential != "profile" or not _AWS_PROFILE.match(profile)):
         raise InvalidAccount("--aws-profile takes a profile name and goes without keys or --bedrock-api-key")
@@ -101,6 +103,23 @@ def _bedrock(secret: str, base_url: str | None, fields: LoginFields) -> Prepared
         raise InvalidAccount(str(exc)) from None
     return Prepared(url, document, {"region": region, "credential": credential, "aws_profile": profile,
                                     "inference_profile": prefix})
+
+
+NO_PROFILE = "none"  # --inference-profile none: in-region (on-demand) model ids only
+
+# The geographic cross-region inference profiles by the account region's prefix
+# (https://docs.aws.amazon.com/bedrock/latest/userguide/inference-profiles-support.html). Claude 3.7
+# Sonnet and later answer an in-region (on-demand) id with "Invocation of model ID … with on-demand
+# throughput isn't supported. Retry your request with the ID or ARN of an inference profile", so an
+# account without a profile could serve none of the current models.
+_GEOGRAPHY = {"us": "us", "eu": "eu", "ap": "apac"}
+
+
+def default_inference_profile(region: str) -> str | None:
+    """The inference profile an account in `region` uses unless told otherwise (None: in-region only)."""
+    if region.startswith("us-gov-"):
+        return None  # GovCloud has its own profiles, not the commercial us. ones
+    return _GEOGRAPHY.get(region.split("-", 1)[0])
 
 
 def _aws_keys(secret: str) -> dict[str, str]:

@@ -44,7 +44,7 @@ ACCOUNT_KINDS = ("anthropic", "anthropic-compatible", "bedrock", "vertex")
 # adc: Google application default credentials, by reference.
 BEDROCK_CREDENTIALS = ("keys", "api_key", "profile")
 VERTEX_CREDENTIALS = ("service_account", "adc")
-INFERENCE_PROFILES = ("us", "eu", "apac", "global")  # Bedrock cross-region inference-profile prefixes
+INFERENCE_PROFILES = ("us", "eu", "apac", "jp", "global")  # Bedrock cross-region inference-profile prefixes
 
 
 # Where a window's limit comes from: the upstream's rate-limit headers, a limit the user declared

@@ -16,7 +16,7 @@ import collections
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,6 +62,9 @@ class UsageRecord:
     ttft_ms: float | None = None
     failovers: int = 0
     queue_wait_ms: float = 0.0
+    # The serving account's kind, for its prices (prices.json per-kind sections). Read when the
+    # cost is computed, not stored as a column: `metadata={"column": False}`.
+    account_kind: str | None = field(default=None, metadata={"column": False})
 
 
 _COLUMNS = list(COLUMNS)  # the record's fields, then its cost (a unit test holds them equal)
@@ -170,7 +173,7 @@ class AnalyticsStore:
             tokens = (0, 0, 0, 0, 0)
         model = None if r.model is None else str(r.model)
         # Nothing consumed costs nothing, whatever the model (a refusal of an unpriced model is still free).
-        cost = 0.0 if not any(tokens) else self.prices.cost(model, *tokens) if model else None
+        cost = 0.0 if not any(tokens) else self.prices.cost(model, *tokens, kind=r.account_kind) if model else None
         return (
             float(r.ts), str(r.client), None if r.account is None else str(r.account), model, str(r.dialect),
             str(r.endpoint), int(bool(r.streaming)), int(r.status),

@@ -3,6 +3,11 @@
 USD per million tokens, keyed by model-id prefix (longest prefix wins). Users override
 or extend them in prices.json: {"models": {"claude-foo": {"input": 1, "output": 5}}};
 cache rates left out of an entry follow the usual multiples of its input rate.
+
+A provider may charge differently from Anthropic (Bedrock's and Vertex AI's regional endpoints,
+for one): a section named after an account kind, {"bedrock": {"claude-sonnet-4-5": {...}}},
+prices the requests that accounts of that kind served. A model it does not name, or rates an
+entry leaves out, cost what they cost on Anthropic's own price list (the "models" section).
 """
 
 from __future__ import annotations
@@ -47,23 +52,51 @@ def _normalise(model: str) -> str:
     return model.strip().lower().rsplit("/", 1)[-1]
 
 
+class _Prefixes:
+    """Model-id prefix → rates, longest prefix first."""
+
+    def __init__(self, prices: dict[str, dict[str, float]]) -> None:
+        self.prices = {k.lower(): dict(v) for k, v in prices.items()}
+        self.order = sorted(self.prices, key=len, reverse=True)
+
+    def match(self, name: str) -> dict[str, float] | None:
+        for prefix in self.order:
+            if name.startswith(prefix):
+                return self.prices[prefix]
+        return None
+
+
 class PriceTable:
-    def __init__(self, prices: dict[str, dict[str, float]] | None = None) -> None:
-        self._prices = {k.lower(): dict(v) for k, v in (DEFAULT_PRICES if prices is None else prices).items()}
-        # Longest first, so the first match is the longest prefix.
-        self._order = sorted(self._prices, key=len, reverse=True)
+    def __init__(self, prices: dict[str, dict[str, float]] | None = None,
+                 kinds: dict[str, dict[str, dict[str, float]]] | None = None) -> None:
+        self._default = _Prefixes(DEFAULT_PRICES if prices is None else prices)
+        # Per account kind: overrides consulted first for requests that kind served.
+        self._kinds = {kind.lower(): _Prefixes(table) for kind, table in (kinds or {}).items()}
 
     @classmethod
     def load(cls, path: Path) -> PriceTable:
         doc = read_config_json(path, "price file")
         if doc is None:
             return cls()
-        if not isinstance(doc, dict) or not isinstance(doc.get("models"), dict):
-            raise ValueError(f'price file {path} must look like {{"models": {{"<model prefix>": {{...}}}}}}')
+        shape = (f'price file {path} must look like {{"models": {{"<model prefix>": {{...}}}}}}, optionally with '
+                 f'per-kind sections like {{"bedrock": {{"<model prefix>": {{...}}}}}}')
+        if not isinstance(doc, dict) or not doc or not all(isinstance(v, dict) for v in doc.values()):
+            raise ValueError(shape)
         prices = {k: dict(v) for k, v in DEFAULT_PRICES.items()}
-        for prefix, entry in doc["models"].items():
+        for prefix, entry in doc.get("models", {}).items():
             prices[prefix.lower()] = cls._parse_entry(path, prefix, entry, prices.get(prefix.lower()))
-        return cls(prices)
+        default = _Prefixes(prices)
+        kinds: dict[str, dict[str, dict[str, float]]] = {}
+        for kind, section in doc.items():
+            if kind == "models":
+                continue
+            table: dict[str, dict[str, float]] = {}
+            for prefix, entry in section.items():
+                # A kind's entry starts from the Anthropic price of the same model.
+                base = default.match(_normalise(prefix)) if prefix else None
+                table[prefix.lower()] = cls._parse_entry(path, f"{kind}: {prefix}" if prefix else "", entry, base)
+            kinds[kind] = table
+        return cls(prices, kinds)
 
     @staticmethod
     def _parse_entry(path: Path, prefix: str, entry: Any, base: dict[str, float] | None) -> dict[str, float]:
@@ -98,12 +131,15 @@ class PriceTable:
                     rates[key] = round(given["input"] * mult, 6)
         return rates
 
-    def rates(self, model: str) -> dict[str, float] | None:
+    def rates(self, model: str, kind: str | None = None) -> dict[str, float] | None:
+        """The rates for `model` as served by an account of `kind` (None: Anthropic's own prices)."""
         name = _normalise(model)
-        for prefix in self._order:
-            if name.startswith(prefix):
-                return self._prices[prefix]
-        return None
+        if kind is not None and self._kinds:
+            table = self._kinds.get(kind.lower())
+            hit = table.match(name) if table is not None else None
+            if hit is not None:
+                return hit
+        return self._default.match(name)
 
     def cost(
         self,
@@ -113,8 +149,9 @@ class PriceTable:
         cache_write_5m: int = 0,
         cache_write_1h: int = 0,
         cache_read: int = 0,
+        kind: str | None = None,
     ) -> float | None:
-        rates = self.rates(model) if model else None
+        rates = self.rates(model, kind) if model else None
         if rates is None:
             return None
         total = (

@@ -52,6 +52,7 @@ def usage_record(inc: Incoming, out: Outcome) -> UsageRecord:
         cache_write_5m=out.usage.cache_write_5m, cache_write_1h=out.usage.cache_write_1h,
         cache_read=out.usage.cache_read, latency_ms=(time.perf_counter() - inc.t_start) * 1000.0,
         ttft_ms=out.ttft_ms, failovers=out.failovers, queue_wait_ms=out.queue_wait_ms,
+        account_kind=out.account_kind,
     )
 
 

@@ -6,6 +6,12 @@ fields they do not know, so every entry carries both sets and the page carries b
 The list is the upstream's own (fetched through the pool, cached) when an account can
 serve, else dario's built-in list; the alias table's names (gpt-4o, sonnet, …) follow it.
 The upstream's list is fetched on first use (then every CACHE_SECONDS), not on a timer from boot.
+
+The list merges what the pool can serve: the Anthropic upstream's own list (or the built-in one)
+while an anthropic-kind account is present and enabled (or no account at all), plus, for each
+enabled Bedrock or Vertex AI account, the model table's models its kind, region and inference
+profile offer (models.py, `ModelTable.ids`), deduplicated by Anthropic id. It is rebuilt when the
+pool's membership changes.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Any
 import trio
 
 from dario.daemon.routing.models import CONTROL_CHARACTERS, KNOWN_MODELS, ModelTable, model_id_ok
+from dario.daemon.routing.pool import Pool
+from dario.daemon.upstream.modelids import KINDS, created_at
 
 log = logging.getLogger("dario.models")
 CACHE_SECONDS = 600.0
@@ -73,16 +81,19 @@ class ModelCatalog:
     """The models dario lists and routes to: the upstream's own list when known, and the alias table
     (models.py) re-pointed at it."""
 
-    def __init__(self, table: ModelTable, fetch: Fetcher | None = None) -> None:
+    def __init__(self, table: ModelTable, fetch: Fetcher | None = None, pool: Pool | None = None) -> None:
         self.configured = table
         self.table = table  # the configured table, its built-in aliases re-pointed at the upstream's list
         self.fetch = fetch
+        self.pool = pool  # whose accounts' kinds decide what is listed; None: the Anthropic list only
+        self._membership = -1 if pool is None else pool.membership
         self._upstream: list[dict[str, Any]] | None = None
         # -inf, not 0.0: time.monotonic() counts from boot, so "0.0" looks fresh for the first minutes.
         self._next_fetch = -math.inf
         self._fetch_lock = trio.Lock()
         self._items: list[dict[str, Any]] = []
         self._by_id: dict[str, dict[str, Any]] = {}
+        self._anthropic = True  # an anthropic-kind account (or none at all): its upstream judges unknown ids
         self._rebuild()
 
     def resolve_anthropic(self, name: str) -> str:
@@ -90,7 +101,13 @@ class ModelCatalog:
         own 404 `not_found_error` names the model), as a request on the Anthropic API expects."""
         return self.table.resolve(name) or name
 
+    def _follow_pool(self) -> None:
+        """Rebuild when accounts came, went, changed kind or target, or were enabled or disabled."""
+        if self.pool is not None and self.pool.membership != self._membership:
+            self._rebuild()
+
     async def refresh_if_stale(self) -> None:
+        self._follow_pool()
         if self.fetch is None or time.monotonic() < self._next_fetch:
             return
         # One fetch at a time; callers arriving meanwhile wait for its answer rather than serve stale data.
@@ -119,14 +136,30 @@ class ModelCatalog:
             await self.refresh_if_stale()
 
     def _rebuild(self) -> None:
-        base = self._upstream or KNOWN_MODELS
-        self.table = self.configured if self._upstream is None else self.configured.retargeted(self._upstream)
+        targets = [] if self.pool is None else self.pool.targets()
+        if self.pool is not None:
+            self._membership = self.pool.membership
+        anthropic = not targets or any(kind not in KINDS for kind, _, _ in targets)
+        self._anthropic = anthropic
+        base = [m for m in (self._upstream or KNOWN_MODELS) if isinstance(m, dict) and m.get("id")] if anthropic else []
         items = [
             _entry(str(m["id"]), str(m.get("display_name") or m["id"]), str(m.get("created_at") or ""))
             for m in base
-            if isinstance(m, dict) and m.get("id")
         ]
         ids = {i["id"] for i in items}
+        known_dates = {str(m["id"]): str(m.get("created_at") or "") for m in KNOWN_MODELS}
+        for account_target in dict.fromkeys(t for t in targets if t[0] in KINDS):
+            for e in self.configured.ids.models_for(*account_target):
+                if e.model in ids or any(n in ids for n in e.names):
+                    continue
+                created = known_dates.get(e.model) or created_at(e.model)
+                items.append(_entry(e.model, e.display_name or e.model, created))
+                base.append({"id": e.model, "created_at": created})
+                ids.add(e.model)
+        # The aliases follow what the pool serves: the upstream's list, and the table's models when
+        # Bedrock or Vertex accounts are present (an alias then names a model some account offers).
+        restricted = any(kind in KINDS for kind, _, _ in targets)
+        self.table = self.configured.retargeted(base) if self._upstream is not None or restricted else self.configured
         for alias, target in sorted(self.table.aliases.items()):
             if alias not in ids:
                 created = next((i["created_at"] for i in items if i["id"] == target), "")
@@ -135,6 +168,7 @@ class ModelCatalog:
         self._by_id = {i["id"]: i for i in items}
 
     def get(self, model_id: str) -> dict[str, Any] | None:
+        self._follow_pool()
         item = self._by_id.get(model_id)
         if item is not None:
             return item
@@ -150,12 +184,14 @@ class ModelCatalog:
             # A variant of an alias (gpt-4o-2024-08-06): answered under the name asked for, as OpenAI does.
             return _entry(model_id, f"{model_id} → {resolved}", known["created_at"], alias_of=resolved)
         # With the upstream's own list at hand, an id it does not have does not exist (Claude Code
-        # relies on a 404 here). Without it, dario cannot tell, so a Claude id is given the benefit.
-        if self._upstream is not None:
+        # relies on a 404 here). Without it, dario cannot tell, so a Claude id is given the benefit;
+        # a pool of Bedrock/Vertex accounts only serves the table's models, all listed.
+        if self._upstream is not None or not self._anthropic:
             return None
         return _entry(resolved, resolved, "")
 
     def page(self, *, limit: int | None, after_id: str | None, before_id: str | None) -> dict[str, Any]:
+        self._follow_pool()
         items = self._items
         if after_id and after_id in self._by_id:
             items = items[[i["id"] for i in items].index(after_id) + 1 :]

@@ -4,17 +4,26 @@ A request on either API may name a Claude id ("claude-sonnet-4-5-20250929"), a t
 an OpenAI model name ("gpt-4o", "gpt-4o-2024-08-06", "openai/gpt-4o") or a user's own alias from
 models.json; `ModelTable.resolve` turns each into a Claude id. The listings served on /v1/models,
 and the upstream's own list that re-points the aliases, are catalog.py's.
+
+The same file carries the per-kind model ids (`ModelTable.ids`, upstream/modelids.py): for each
+Claude id, its Amazon Bedrock id and Vertex AI id and where they are offered, built-ins extended
+by the file's "models" object. A bad entry there is logged once, at load, and left out; the rest
+of the file still applies.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import pathlib
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from dario.daemon.atomicfile import read_config_json
+from dario.daemon.upstream.modelids import ModelIds, parse_entries
+
+log = logging.getLogger("dario.models")
 
 # A model id travels into response headers, log lines and terminals: no ASCII control characters.
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f]")
@@ -116,7 +125,8 @@ def _strip_provider(name: str) -> str:
 class ModelTable:
     """Alias (case-insensitive) → Claude id, built-ins merged with the user's; read-only after construction."""
 
-    def __init__(self, aliases: dict[str, str] | None = None) -> None:
+    def __init__(self, aliases: dict[str, str] | None = None, ids: ModelIds | None = None) -> None:
+        self.ids = ModelIds() if ids is None else ids  # per-kind model ids (Bedrock, Vertex)
         merged = dict(DEFAULT_ALIASES)
         if aliases:
             merged.update(aliases)
@@ -138,15 +148,22 @@ class ModelTable:
 
     @classmethod
     def load(cls, path: pathlib.Path) -> ModelTable:
-        """User file {"aliases": {"name": "claude-id", ...}} merged over DEFAULT_ALIASES."""
+        """User file {"aliases": {"name": "claude-id", ...}, "models": {"claude-id": {...}}} merged over
+        the built-ins. A bad "models" entry is logged and skipped; a bad file or alias raises ValueError."""
         data = read_config_json(path, "model alias file")
         if data is None:
             return cls()
         if not isinstance(data, dict):
             raise ValueError(f'{path}: model alias file must be a JSON object like {{"aliases": {{...}}}}')
-        unknown = set(data) - {"aliases"}
+        unknown = set(data) - {"aliases", "models"}
         if unknown:
-            raise ValueError(f'{path}: unknown key(s) {sorted(unknown)}; only "aliases" is allowed')
+            raise ValueError(f'{path}: unknown key(s) {sorted(unknown)}; only "aliases" and "models" are allowed')
+        ids = ModelIds()
+        if "models" in data:
+            entries, warnings = parse_entries(data["models"])
+            for warning in warnings:
+                log.warning("%s: %s", path, warning)
+            ids = ids.extended(entries)
         aliases = data.get("aliases", {})
         if not isinstance(aliases, dict):
             raise ValueError(f'{path}: "aliases" must be an object mapping names to Claude model ids')
@@ -155,7 +172,7 @@ class ModelTable:
                 raise ValueError(
                     f"{path}: alias {k!r} must map a non-empty name to a non-empty model id string"
                 )
-        return cls(aliases)
+        return cls(aliases, ids)
 
     @property
     def aliases(self) -> dict[str, str]:

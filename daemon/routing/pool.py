@@ -9,6 +9,12 @@ Accounts whose answers carry no rate-limit headers (Bedrock, Vertex) get windows
 itself — limits the user declared, or estimates learned from throttling (`localwindows.py`) —
 fed in through the same store operation as header windows, so every decision below is unchanged.
 
+A request names its model: accounts whose kind, region or inference profile do not offer it
+(the model table, upstream/modelids.py) are never chosen for it, and when no account offers it
+`acquire` raises `ModelNotOffered` at once instead of queueing. Accounts are grouped by
+(kind, region, profile), one ready heap per group, and each model's verdict (which groups offer
+it) is remembered until the membership changes, so the choice never walks accounts it must skip.
+
 The decisions are made here; the state they are made from lives in a `PoolStore`
 (store.py), in memory today, so a store shared by several daemons (Redis) is an added module.
 """
@@ -41,8 +47,10 @@ from dario.daemon.routing.store import (
     PoolStore,
     Status,
 )
+from dario.daemon.upstream import bedrock, vertex
+from dario.daemon.upstream.modelids import BEDROCK, VERTEX, ModelIds
 
-__all__ = ["AccountState", "BlockKind", "Lease", "NoAccounts", "Pool", "PoolExhausted", "Status"]
+__all__ = ["AccountState", "BlockKind", "Lease", "ModelNotOffered", "NoAccounts", "Pool", "PoolExhausted", "Status"]
 
 COOLDOWN_BASE = 0.5  # first 529/5xx cooldown, doubled on each repeat (failover already spares the request)
 # A cooldown only orders the choice: when no account is "ok", the cooling one whose cooldown
@@ -55,6 +63,8 @@ AUTH_REJECTED_PREFIX = "upstream answered"  # starts needs_login when the upstre
 # is below this share of the normal choice's, or below the floor (see `_cache_owner`).
 AFFINITY_HEADROOM_RATIO = 0.5
 AFFINITY_HEADROOM_FLOOR = 0.05
+# Models whose "which accounts lack it" verdict is remembered; client-chosen names are unbounded.
+MODEL_VERDICTS_MAX = 512
 
 
 @dataclass(eq=False, slots=True)
@@ -72,6 +82,16 @@ class Lease:
 # not a NamedTuple: building a NamedTuple takes about 0.3 µs in Python 3.11, and two are pushed
 # per choose + release (measured: 11 % slower over the whole choice).
 _Ready = tuple[float, int, int, int, int, AccountState]
+# Accounts that offer the same models: (kind, region, inference-profile prefix). Each group has its
+# own ready heap, so a request for a model some groups lack never looks at their accounts.
+_Group = tuple[str, str | None, str | None]
+
+
+class _Verdict(NamedTuple):
+    """Which accounts can serve one model: the heaps of the groups offering it, the aliases lacking it."""
+
+    heaps: tuple[list[_Ready], ...]
+    lacking: frozenset[str]
 
 
 class _Cooling(NamedTuple):
@@ -91,6 +111,18 @@ class _Timer(NamedTuple):
 
 class NoAccounts(Exception):
     """The pool has no account that could ever serve (none, all disabled or needing login)."""
+
+
+class ModelNotOffered(NoAccounts):
+    """No account of the pool offers the requested model (its kind or region does not).
+
+    `checked`: each kind (with region/profile) that was asked, for the client's error message.
+    """
+
+    def __init__(self, model: str, checked: list[str]) -> None:
+        super().__init__(model)
+        self.model = model
+        self.checked = checked
 
 
 class PoolExhausted(Exception):
@@ -115,7 +147,10 @@ class Pool:
         self.clock = clock
         self._seq = itertools.count(1)
         self._uids = itertools.count(1)
-        self._ready: list[_Ready] = []
+        # Ready heaps by group (see _Group); with only Anthropic accounts there is one.
+        self._ready: dict[_Group, list[_Ready]] = {}
+        self._group: dict[str, _Group] = {}  # alias → its group
+        self._heap_of: dict[str, list[_Ready]] = {}  # alias → its group's ready heap (one lookup in _touch)
         # Cooling accounts by when their cooldown ends: the panic choice when none is ready.
         self._cooling: list[_Cooling] = []
         self._timers: list[_Timer] = []
@@ -129,6 +164,12 @@ class Pool:
         self.keyring_answer_expected = False
         # Windows dario keeps itself for accounts whose answers carry no rate-limit headers.
         self.local = LocalWindows()
+        # Which accounts can serve which model: the model table, and per model the verdict (which
+        # groups' heaps to choose from; which aliases lack it, excluded like tried accounts).
+        self.model_ids = ModelIds()
+        self._verdicts: dict[str, _Verdict] = {}
+        self._all_heaps: tuple[list[_Ready], ...] = ()
+        self.membership = 0  # bumped when an account is added, removed, re-targeted, enabled or disabled
 
     @property
     def preferred(self) -> str | None:
@@ -147,18 +188,25 @@ class Pool:
             acc = self.store.add(AccountState(alias, kind, base_url, created, uid=next(self._uids)))
         acc.kind, acc.base_url, acc.created = kind, base_url, created
         acc.details = dict(details or {})
+        # Which models it offers depends on these (Bedrock: the region and inference profile).
+        acc.region, acc.profile_prefix = acc.details.get("region"), acc.details.get("inference_profile")
         if acc.enabled != enabled:
             self.store.set_enabled(acc, enabled)
         if secret is not None:
             acc.secret = secret
             if acc.needs_login is not None:
                 self.store.set_needs_login(acc, None)
+        self._regroup(acc)  # after the secret: a Bedrock account's target may be read from it
         self._changed(acc)
         return acc
 
     def remove(self, alias: str) -> None:
         self.store.remove(alias)
         self.local.forget(alias)
+        self._group.pop(alias, None)
+        self._heap_of.pop(alias, None)
+        self._verdicts.clear()
+        self.membership += 1
         self._changed()
 
     def set_declared_limits(self, alias: str, limits: Mapping[str, int | None], *,
@@ -190,6 +238,7 @@ class Pool:
     def set_enabled(self, alias: str, enabled: bool) -> None:
         acc = self.accounts[alias]
         self.store.set_enabled(acc, enabled)
+        self.membership += 1
         self._changed(acc)
 
     def prefer(self, alias: str | None) -> None:
@@ -204,6 +253,8 @@ class Pool:
         acc.secret = secret
         acc.keyring_wait = None
         acc.secret_problem = None
+        if acc.kind == BEDROCK:
+            self._regroup(acc)  # its region and profile may live in the secret document
         self._changed(acc)
 
     def secret_unavailable(self, alias: str, reason: str) -> None:
@@ -245,6 +296,55 @@ class Pool:
             self._refresh_local(acc)
         self._changed(acc)
 
+    # -- models ------------------------------------------------------------------------
+    def set_model_ids(self, ids: ModelIds) -> None:
+        """The model table (built-ins plus models.json) that says which kind offers which model."""
+        self.model_ids = ids
+        self._verdicts.clear()
+
+    def _regroup(self, acc: AccountState) -> None:
+        """An account was added or its kind or target changed: file it under its group."""
+        group: _Group = (acc.kind, *_target(acc))
+        if group not in self._ready:
+            self._ready[group] = []
+            self._all_heaps = tuple(self._ready.values())
+        self._group[acc.alias] = group
+        self._heap_of[acc.alias] = self._ready[group]
+        self._verdicts.clear()
+        self.membership += 1
+
+    def _verdict(self, model: str) -> _Verdict:
+        """Which groups offer `model`; computed once per model and membership (bounded)."""
+        hit = self._verdicts.get(model)
+        if hit is None:
+            if len(self._verdicts) >= MODEL_VERDICTS_MAX:
+                self._verdicts.clear()
+            offers = self.model_ids.offers
+            offering = {group for group in self._ready if offers(model, *group)}
+            hit = _Verdict(
+                tuple(heap for group, heap in self._ready.items() if group in offering),
+                frozenset(alias for alias, group in self._group.items() if group not in offering),
+            )
+            self._verdicts[model] = hit
+        return hit
+
+    def lacking(self, model: str) -> frozenset[str]:
+        """Aliases of the accounts that cannot serve `model`."""
+        return self._verdict(model).lacking
+
+    def offering(self, model: str | None) -> frozenset[str]:
+        """`lacking(model)` if no account offers it at all raises ModelNotOffered; else the lacking set."""
+        if model is None:
+            return frozenset()
+        lacking = self.lacking(model)
+        if lacking and len(lacking) >= len(self.accounts):
+            raise ModelNotOffered(model, sorted({_describe_target(acc) for acc in self.accounts.values()}))
+        return lacking
+
+    def targets(self) -> list[tuple[str, str | None, str | None]]:
+        """(kind, region, profile prefix) of each enabled account, for the model listing."""
+        return [(acc.kind, *_target(acc)) for acc in self.accounts.values() if acc.enabled]
+
     # -- the index -----------------------------------------------------------------------
     # Accounts that can serve sit in a max-heap by (headroom, fewer in flight, least recently
     # chosen). Every change to an account bumps its version and pushes a fresh entry; entries of
@@ -259,8 +359,9 @@ class Pool:
         if status is STATUS_OK:
             h = acc.headroom(now)
             key = -round(1.0 if h is None else h, 2)
-            heapq.heappush(self._ready, (key, acc.in_flight, acc.last_chosen, acc.uid, acc.version, acc))
-            if len(self._ready) > 4 * len(self.accounts) + 64:
+            heap = self._heap_of[acc.alias]
+            heapq.heappush(heap, (key, acc.in_flight, acc.last_chosen, acc.uid, acc.version, acc))
+            if len(heap) > 4 * len(self.accounts) + 64:
                 self._compact()
         elif status is STATUS_COOLING and acc.block_until is not None and _panic_eligible(acc, now):
             heapq.heappush(self._cooling, _Cooling(acc.block_until, acc.uid, acc.version, acc))
@@ -278,13 +379,10 @@ class Pool:
 
     def _compact(self) -> None:
         """Drop stale entries (kept only the current one per account)."""
-        ready: list[_Ready] = []
-        for entry in self._ready:
-            _, _, _, _, version, acc = entry
-            if self._current(version, acc):
-                ready.append(entry)
-        heapq.heapify(ready)
-        self._ready = ready
+        for heap in self._ready.values():
+            # In place: verdicts hold on to the heap lists.
+            heap[:] = [entry for entry in heap if self._current(entry[4], entry[5])]
+            heapq.heapify(heap)
         self._cooling = [e for e in self._cooling if self._current(e.version, e.account)]
         heapq.heapify(self._cooling)
 
@@ -303,42 +401,40 @@ class Pool:
                 self._touch(acc)
 
     # -- choice ------------------------------------------------------------------------
-    def choose(self, est: Estimate, exclude: Iterable[str] = (), affinity: CacheKeys | None = None) -> Lease | None:
+    def choose(self, est: Estimate, exclude: Iterable[str] = (), affinity: CacheKeys | None = None,
+               model: str | None = None) -> Lease | None:
         """Pick an account now, or None if none can serve this request right now.
 
         `affinity`: the request's prompt-cache prefixes; the account that holds the longest of
         them is preferred over the normal choice while it can serve (`_cache_owner`).
+        `model`: accounts whose kind or region does not offer it are never chosen.
         """
         now = self.clock()
         self._run_timers(now)
         excluded = exclude if isinstance(exclude, (set, frozenset)) else set(exclude)
+        heaps = self._all_heaps
+        if model is not None:
+            heaps, lacking = self._verdicts.get(model) or self._verdict(model)
+            if lacking:  # still needed for the preferred account, the cache owner, the panic choice
+                excluded = lacking if not excluded else lacking.union(excluded)
         chosen: AccountState | None = None
         preferred = self.store.preferred
         pref = self.accounts.get(preferred) if preferred is not None else None
         if pref is not None and pref.alias not in excluded and pref.status(now) is STATUS_OK and pref.fits(est, now):
             chosen = pref
         else:
-            ready = self._ready
-            set_aside: list[_Ready] = []
-            fallback: AccountState | None = None
-            while ready:
-                _, _, _, _, version, acc = ready[0]
-                if version != acc.version or self.accounts.get(acc.alias) is not acc:
-                    heapq.heappop(ready)  # stale
-                    continue
-                if acc.status(now) is not STATUS_OK:
-                    heapq.heappop(ready)
-                    self._touch(acc)  # re-judged: goes to the timers
-                    continue
-                if acc.alias in excluded or not acc.fits(est, now):
-                    if fallback is None and acc.alias not in excluded:
-                        fallback = acc
-                    set_aside.append(heapq.heappop(ready))
-                    continue
-                chosen = acc
-                break
-            for entry in set_aside:
-                heapq.heappush(ready, entry)
+            if len(heaps) == 1:  # one group (the usual pool): no comparison across heaps
+                best, spare = self._best_ready(heaps[0], excluded, est, now)
+            else:
+                best = spare = None
+                for heap in heaps:
+                    found, unfit = self._best_ready(heap, excluded, est, now)
+                    if found is not None and (best is None or found < best):
+                        best = found
+                    if unfit is not None and (spare is None or unfit < spare):
+                        spare = unfit
+            chosen = None if best is None else best[5]
+            fallback = None if spare is None else spare[5]
             ready_fit = chosen is not None  # "ok" and the estimate fits: no need to judge it again
             if chosen is None:
                 # Nothing fits the estimate but some can serve: better to try than to queue on a guess.
@@ -363,6 +459,34 @@ class Pool:
                 self._refresh_local(chosen, now)
         self._touch(chosen)
         return Lease(chosen, est, now, chosen.last_chosen, local=sent)
+
+    def _best_ready(self, heap: list[_Ready], excluded: set[str] | frozenset[str], est: Estimate,
+                    now: float) -> tuple[_Ready | None, _Ready | None]:
+        """The best entry of one group's heap that can serve and fits the estimate, and the best
+        one that can serve but does not fit (the fallback); stale entries are dropped on the way."""
+        set_aside: list[_Ready] = []
+        found: _Ready | None = None
+        unfit: _Ready | None = None
+        while heap:
+            entry = heap[0]
+            acc = entry[5]
+            if entry[4] != acc.version or self.accounts.get(acc.alias) is not acc:
+                heapq.heappop(heap)  # stale
+                continue
+            if acc.status(now) is not STATUS_OK:
+                heapq.heappop(heap)
+                self._touch(acc)  # re-judged: goes to the timers
+                continue
+            if acc.alias in excluded or not acc.fits(est, now):
+                if unfit is None and acc.alias not in excluded:
+                    unfit = entry
+                set_aside.append(heapq.heappop(heap))
+                continue
+            found = entry
+            break
+        for entry in set_aside:
+            heapq.heappush(heap, entry)
+        return found, unfit
 
     def _cache_owner(self, affinity: CacheKeys, chosen: AccountState | None, chosen_fits: bool,
                      excluded: set[str] | frozenset[str], est: Estimate, now: float) -> AccountState | None:
@@ -475,15 +599,16 @@ class Pool:
         return min(times) if times else None
 
     async def acquire(self, est: Estimate, exclude: Iterable[str], deadline: float,
-                      affinity: CacheKeys | None = None) -> tuple[Lease, float]:
+                      affinity: CacheKeys | None = None, model: str | None = None) -> tuple[Lease, float]:
         """Choose an account, waiting for the earliest reset when none can serve.
 
         Waiters are served first-in first-out, each by the accounts it may use: one waiting
         for an account it has not tried yet never holds back one that a free account can serve.
         `deadline` is on trio's clock. Returns the lease and the seconds spent queued.
-        Raises NoAccounts when nothing could ever serve, PoolExhausted at the deadline.
+        Raises NoAccounts when nothing could ever serve (ModelNotOffered when no account offers
+        `model`, at once), PoolExhausted at the deadline.
         """
-        excluded = frozenset(exclude)
+        excluded = frozenset(exclude) | self.offering(model)
         self._dispatch()  # earlier arrivals first
         lease = self.choose(est, excluded, affinity)
         if lease is not None:
@@ -541,7 +666,7 @@ class Pool:
             for waiter in list(self._queue):
                 lease = self.choose(waiter.est, waiter.excluded, waiter.affinity)
                 if lease is None:
-                    if not self._ready and not self._cooling:
+                    if not self._cooling and not any(self._all_heaps):
                         break  # no account can serve anyone right now
                     continue
                 waiter.lease = lease
@@ -558,12 +683,14 @@ class Pool:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    def describe_unservable(self) -> str:
+    def describe_unservable(self, model: str | None = None) -> str:
         """Why no account can serve, short: accounts waiting for the keyring share one sentence."""
         views = self.views()
+        lacking = self.lacking(model) if model is not None else frozenset()
         waiting = [v["alias"] for v in views if v["status"] == "waiting_for_keyring"]
         others = [
-            f"{v['alias']}: {v['status']}" + (f" ({v['reason']})" if v["reason"] else "")
+            f"{v['alias']}: does not offer {model}" if v["alias"] in lacking
+            else f"{v['alias']}: {v['status']}" + (f" ({v['reason']})" if v["reason"] else "")
             for v in views if v["status"] != "waiting_for_keyring"
         ]
         parts = []
@@ -859,6 +986,32 @@ class Pool:
                 self.local.restore(alias, item["local"], now)
                 self._refresh_local(acc, now)
             self._touch(acc)
+
+
+def _target(acc: AccountState) -> tuple[str | None, str | None]:
+    """(region, profile prefix) of an account: its own fields, else what its base URL or (Bedrock,
+    until the registry carries them) its secret document says. Read only when a verdict is made."""
+    region, prefix = acc.region, acc.profile_prefix
+    if acc.kind == BEDROCK:
+        if (region is None or prefix is None) and acc.secret:
+            try:
+                doc = bedrock.parse_target(acc.secret)
+                region, prefix = region or doc.region, prefix or doc.profile_prefix
+            except ValueError:
+                pass
+        region = region or bedrock.region_from_url(acc.base_url)
+    elif acc.kind == VERTEX and region is None:
+        try:
+            region = vertex.parse_base_url(acc.base_url)[2]
+        except ValueError:
+            pass
+    return region, prefix
+
+
+def _describe_target(acc: AccountState) -> str:
+    region, prefix = _target(acc)
+    where = ", ".join(p for p in (region and f"region {region}", prefix and f"profile {prefix}") if p)
+    return f"{acc.kind} ({where})" if where else acc.kind
 
 
 def _panic_eligible(acc: AccountState, now: float) -> bool:

@@ -34,7 +34,7 @@ from dario.daemon.errors import DarioError
 from dario.daemon.exchange import Answer, Incoming, Outcome, Sink, Usage
 from dario.daemon.redact import redact_body, redact_sse
 from dario.daemon.routing.models import model_id_ok
-from dario.daemon.routing.pool import AccountState, Lease, NoAccounts, Pool, PoolExhausted
+from dario.daemon.routing.pool import AccountState, Lease, ModelNotOffered, NoAccounts, Pool, PoolExhausted
 from dario.daemon.routing.ratelimits import Snapshot
 from dario.daemon.upstream.base import Call, Reply, Upstream, Verdict, VerdictKind
 from dario.daemon.upstream.errors import parse_error
@@ -126,8 +126,11 @@ class Relay:
             except _HungUp:
                 out.status, out.error_type = 499, "client_closed_request"
                 return
+            except ModelNotOffered as exc:
+                await self._give_up(sink, out, last, _model_not_offered_error(exc))
+                return
             except NoAccounts:
-                await self._give_up(sink, out, last, self._no_accounts_error())
+                await self._give_up(sink, out, last, self._no_accounts_error(inc.model))
                 return
             except PoolExhausted as exc:
                 await self._give_up(sink, out, last, self._queue_deadline_error(exc))
@@ -139,6 +142,7 @@ class Relay:
             out.queue_wait_ms += waited * 1000.0
             out.account = lease.account.alias
             answered = False  # the attempt ran to its end: `out.usage` is what it took
+            out.account_kind = lease.account.kind
             try:
                 await self._attempt(lease, inc, sink, out)
                 answered = True
@@ -157,18 +161,18 @@ class Relay:
 
     async def _acquire(self, inc: Incoming, excluded: list[str], deadline: float) -> tuple[Lease, float]:
         if not self.pool.queue_depth:
-            lease = self.pool.choose(inc.estimate, excluded, inc.cache_keys)
+            lease = self.pool.choose(inc.estimate, excluded, inc.cache_keys, inc.model)
             if lease is not None:
                 return lease, 0.0
         if inc.watch_hangup is None:
-            return await self.pool.acquire(inc.estimate, excluded, deadline, inc.cache_keys)
+            return await self.pool.acquire(inc.estimate, excluded, deadline, inc.cache_keys, inc.model)
         # Waiting in the queue: a client that hangs up must leave it at once.
         result: tuple[Lease, float] | None = None
         error: Exception | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(inc.watch_hangup, nursery.cancel_scope)
             try:
-                result = await self.pool.acquire(inc.estimate, excluded, deadline, inc.cache_keys)
+                result = await self.pool.acquire(inc.estimate, excluded, deadline, inc.cache_keys, inc.model)
             except (NoAccounts, PoolExhausted) as exc:
                 error = exc
             nursery.cancel_scope.cancel()
@@ -193,7 +197,7 @@ class Relay:
                           f"every dario account is cooling down after upstream overloads or errors; {waited}",
                           headers=headers)
 
-    def _no_accounts_error(self) -> DarioError:
+    def _no_accounts_error(self, model: str | None = None) -> DarioError:
         if not self.pool.accounts:
             return DarioError(
                 503, "api_error",
@@ -202,7 +206,7 @@ class Relay:
             )
         # A locked keyring passes: Retry-After lets SDKs that honour it (anthropic, openai) try again.
         waiting = any(v["status"] == "waiting_for_keyring" for v in self.pool.views())
-        return DarioError(503, "api_error", self.pool.describe_unservable(),
+        return DarioError(503, "api_error", self.pool.describe_unservable(model),
                           headers=[(b"retry-after", b"5")] if waiting else [])
 
     async def _give_up(self, sink: Sink, out: Outcome, last: _Retry | None, fallback: DarioError | None) -> None:
@@ -609,3 +613,13 @@ def _describe(retry: _Retry) -> str:
     if retry.err is not None:
         return retry.err.message
     return "failure"
+
+
+def _model_not_offered_error(exc: ModelNotOffered) -> DarioError:
+    """No account's kind or region offers the model: the Messages API's own 404 for an unknown model."""
+    return DarioError(
+        404, "not_found_error",
+        f"model {exc.model[:200]!r} is not offered by any dario account (checked: {', '.join(exc.checked)}); "
+        "models.json maps models to Bedrock and Vertex AI ids",
+        openai_code="model_not_found", param="model",
+    )

@@ -101,6 +101,10 @@ class AccountState:
     kind: str
     base_url: str
     created: float
+    # Non-secret target settings of Bedrock/Vertex accounts (the registry's; None: not set or
+    # another kind): which models the account offers depends on them (routing/models.py).
+    region: str | None = None
+    profile_prefix: str | None = None
     secret: str | None = None  # held in memory only; never serialized
     enabled: bool = True  # shared
     needs_login: str | None = None  # shared; reason, when the upstream rejected the key

@@ -22,7 +22,7 @@ How an account reaches `prepare` (the extension to the `Upstream` protocol): the
 
 `base_url` is `https://bedrock-runtime.{region}.amazonaws.com` or any override (a VPC endpoint, a
 gateway, the tests' fake); the signing region always comes from the document. `profile_prefix`
-(`us`, `eu`, `apac`, `global`) turns a model id into a cross-region inference profile id.
+(`us`, `eu`, `jp`, `apac`, `global`) turns a model id into a cross-region inference profile id.
 
 `prepare` builds the request without credentials (`BedrockRequest`, which keeps the parsed auth);
 `send` adds them: a bearer header, or a SigV4 signature by botocore's `SigV4Auth` (service
@@ -60,6 +60,7 @@ from dario.daemon.upstream.base import Call, Request, StreamDecoder, Upstream, V
 from dario.daemon.upstream.errors import MAX_MESSAGE, UpstreamErrorInfo
 from dario.daemon.upstream.httpclient import ConnectError, HttpClient, Response
 from dario.daemon.upstream.local import LocalReply, json_headers, read_capped, refusal
+from dario.daemon.upstream.modelids import PROFILE_PREFIXES, ModelIds
 from dario.daemon.upstream.sse import MAX_PENDING_EVENT, EventTooLarge
 
 KIND = "bedrock"
@@ -68,34 +69,13 @@ ANTHROPIC_VERSION = "bedrock-2023-05-31"
 USER_AGENT = f"dario/{__version__}".encode()
 PATH_MESSAGES = "/v1/messages"
 PATH_COUNT_TOKENS = "/v1/messages/count_tokens"
-PROFILE_PREFIXES = frozenset({"us", "eu", "apac", "global"})
 EVENTSTREAM_TYPE = b"application/vnd.amazon.eventstream"
 # A model to count against when checking a credential: CountTokens takes bare ids only.
 CHECK_MODEL = "claude-sonnet-4-5"
 CREDENTIAL_REFRESH_MARGIN = 300.0  # seconds before expiry when chain credentials are renewed
 
-# Anthropic model ids (aliases and dated ids) → Bedrock foundation-model ids
-# (https://docs.aws.amazon.com/bedrock/latest/userguide/model-ids.html). Users extend it later
-# through models.json; `bedrock_model_id` also accepts an id already in Bedrock's form.
-MODEL_IDS: dict[str, str] = {}
-for _aliases, _dated, _version in [
-    (("claude-opus-4-5",), "claude-opus-4-5-20251101", "v1:0"),
-    (("claude-haiku-4-5",), "claude-haiku-4-5-20251001", "v1:0"),
-    (("claude-sonnet-4-5",), "claude-sonnet-4-5-20250929", "v1:0"),
-    (("claude-opus-4-1",), "claude-opus-4-1-20250805", "v1:0"),
-    (("claude-opus-4", "claude-opus-4-0"), "claude-opus-4-20250514", "v1:0"),
-    (("claude-sonnet-4", "claude-sonnet-4-0"), "claude-sonnet-4-20250514", "v1:0"),
-    (("claude-3-7-sonnet-latest",), "claude-3-7-sonnet-20250219", "v1:0"),
-    (("claude-3-5-haiku-latest",), "claude-3-5-haiku-20241022", "v1:0"),
-    (("claude-3-5-sonnet-latest",), "claude-3-5-sonnet-20241022", "v2:0"),
-    ((), "claude-3-5-sonnet-20240620", "v1:0"),
-    ((), "claude-3-haiku-20240307", "v1:0"),
-    ((), "claude-3-opus-20240229", "v1:0"),
-]:
-    for _name in (*_aliases, _dated):
-        MODEL_IDS[_name] = f"anthropic.{_dated}-{_version}"
-
-_BEDROCK_ID = re.compile(r"^((us|eu|apac|global)\.)?anthropic\.[a-z0-9.-]+(:\d+)?$|^arn:aws[a-z-]*:bedrock:")
+# Anthropic model ids → Bedrock ids come from the shared table (modelids.py, extended by the
+# user's models.json); an id already in Bedrock's form (or an ARN) passes through.
 _HOST_REGION = re.compile(r"^bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com$")
 
 
@@ -150,7 +130,7 @@ def parse_target(secret: str) -> Target:
         raise ValueError("a Bedrock account's secret needs a region and an auth object; log in again")
     prefix = doc.get("profile_prefix")
     if prefix is not None and prefix not in PROFILE_PREFIXES:
-        raise ValueError(f"unknown inference-profile prefix {prefix!r} (use one of us, eu, apac, global)")
+        raise ValueError(f"unknown inference-profile prefix {prefix!r} (use one of us, eu, jp, apac, global)")
     return Target(doc["region"], _parse_auth(doc["auth"]), prefix)
 
 
@@ -191,15 +171,17 @@ def region_from_url(base_url: str) -> str | None:
     return match.group(1) if match else None
 
 
-def bedrock_model_id(model: str, profile_prefix: str | None) -> str:
+BUILTIN_IDS = ModelIds()
+
+
+def bedrock_model_id(model: str, profile_prefix: str | None, ids: ModelIds = BUILTIN_IDS) -> str:
     """A client's model id → the id Bedrock takes in the path. Raises BedrockCallError if unknown."""
-    if _BEDROCK_ID.match(model):
-        return model
-    base = MODEL_IDS.get(model)
-    if base is None:
+    native = ids.bedrock_id(model, profile_prefix)
+    if native is None:
         raise BedrockCallError(400, "invalid_request_error",
-                               f"model {model!r} is not offered through Amazon Bedrock by dario's model table")
-    return f"{profile_prefix}.{base}" if profile_prefix else base
+                               f"model {model!r} is not offered through Amazon Bedrock by dario's model table "
+                               "(models.json can add it)")
+    return native
 
 
 # -- the request body ----------------------------------------------------------------------
@@ -516,9 +498,10 @@ class BedrockUpstream:
 
     kind = KIND
 
-    def __init__(self, client: HttpClient, chain: CredentialChain | None = None) -> None:
+    def __init__(self, client: HttpClient, chain: CredentialChain | None = None, ids: ModelIds = BUILTIN_IDS) -> None:
         self.client = client
         self.chain = chain or CredentialChain()
+        self.ids = ids  # the model table: Anthropic id → Bedrock id
 
     def prepare(self, base_url: str, secret: str, call: Call) -> BedrockRequest:
         """Never raises: a request that cannot be made becomes a refusal `send` answers locally."""
@@ -537,12 +520,12 @@ class BedrockUpstream:
             model, body = count_tokens_body(call)
             if target.profile_prefix is not None:
                 target = Target(target.region, target.auth, None)  # CountTokens takes bare ids only
-            path = f"/model/{_quote(_bare(bedrock_model_id(model, None)))}/count-tokens"
+            path = f"/model/{_quote(_bare(bedrock_model_id(model, None, self.ids)))}/count-tokens"
             accept = b"application/json"
         elif call.path == PATH_MESSAGES:
             model, stream, body = invoke_body(call)
             suffix = "invoke-with-response-stream" if stream else "invoke"
-            path = f"/model/{_quote(bedrock_model_id(model, target.profile_prefix))}/{suffix}"
+            path = f"/model/{_quote(bedrock_model_id(model, target.profile_prefix, self.ids))}/{suffix}"
             accept = EVENTSTREAM_TYPE if stream else b"application/json"
         else:
             raise BedrockCallError(404, "not_found_error", f"{call.path} is not available through Amazon Bedrock")
@@ -671,6 +654,6 @@ def _quote(model_id: str) -> str:
     return urllib.parse.quote(model_id, safe=":")
 
 
-def upstreams(client: HttpClient) -> dict[str, Upstream]:
-    """The Upstream for the `bedrock` account kind (typed as Upstream: mypy checks it conforms)."""
-    return {KIND: BedrockUpstream(client)}
+def upstreams(client: HttpClient, ids: ModelIds = BUILTIN_IDS) -> dict[str, Upstream]:
+    """The Upstream for the `bedrock` account kind, taking model ids from `ids` (the model table)."""
+    return {KIND: BedrockUpstream(client, ids=ids)}

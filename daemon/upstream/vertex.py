@@ -46,7 +46,7 @@ A request this adapter cannot make (an unknown model, a path Vertex does not ser
 credentials) becomes a local error answer from `send` with nothing sent, so the relay treats it
 like any upstream answer.
 
-Wiring it in: add `upstreams(client)` to the relay's kinds, and start
+Wiring it in: add `upstreams(client, table.ids)` to the relay's kinds, and start
 `upstream.tokens.run` in the daemon's nursery (without it tokens are still fetched, on the
 request path, when the cached one has expired).
 """
@@ -72,6 +72,7 @@ from dario.daemon.upstream.base import Call, Request, StreamDecoder, Upstream, V
 from dario.daemon.upstream.errors import MAX_MESSAGE, UpstreamErrorInfo, parse_error
 from dario.daemon.upstream.httpclient import ConnectError, HttpClient, Response
 from dario.daemon.upstream.local import LocalReply, error_body, json_headers, read_capped, refusal
+from dario.daemon.upstream.modelids import ModelIds
 from dario.daemon.upstream.sse import EventSplitter
 
 log = logging.getLogger("dario.upstream.vertex")
@@ -91,48 +92,18 @@ IDLE_DROP = 3600.0  # a credential unused this long is forgotten (its account ma
 TOKEN_TIMEOUT = 30.0  # seconds for one token fetch
 MAX_ERROR_BODY = 256 * 1024
 
-# Anthropic's model ids (and aliases) → Vertex's `name@version`
-# (https://docs.anthropic.com/en/docs/about-claude/models/overview, the Vertex AI column).
-VERTEX_MODELS: dict[str, str] = {
-    "claude-opus-4-5": "claude-opus-4-5@20251101",
-    "claude-opus-4-1": "claude-opus-4-1@20250805",
-    "claude-opus-4-0": "claude-opus-4@20250514",
-    "claude-opus-4": "claude-opus-4@20250514",
-    "claude-sonnet-4-5": "claude-sonnet-4-5@20250929",
-    "claude-sonnet-4-0": "claude-sonnet-4@20250514",
-    "claude-sonnet-4": "claude-sonnet-4@20250514",
-    "claude-haiku-4-5": "claude-haiku-4-5@20251001",
-    "claude-3-7-sonnet": "claude-3-7-sonnet@20250219",
-    "claude-3-7-sonnet-latest": "claude-3-7-sonnet@20250219",
-    "claude-3-5-haiku": "claude-3-5-haiku@20241022",
-    "claude-3-5-haiku-latest": "claude-3-5-haiku@20241022",
-    "claude-3-5-sonnet-20241022": "claude-3-5-sonnet-v2@20241022",  # "v2" on Vertex
-}
-_VERTEX_ID = re.compile(r"^claude-[a-z0-9.-]+@\d{8}$")
+# Anthropic's model ids → Vertex's ids come from the shared table (modelids.py, extended by the
+# user's models.json); an id already in Vertex's `name@YYYYMMDD` form passes through.
+BUILTIN_IDS = ModelIds()
 
 
-def _dated_ids() -> dict[str, str]:
-    """`claude-sonnet-4-5-20250929` style ids for each alias whose Vertex id has the same date."""
-    out: dict[str, str] = {}
-    for alias, vertex_id in VERTEX_MODELS.items():
-        date = vertex_id.rpartition("@")[2]
-        if not alias.endswith(("-latest", "-0")) and not alias.endswith(date):
-            out[f"{alias}-{date}"] = vertex_id
-    return out
-
-
-_DATED = _dated_ids()
-
-
-def vertex_model(model: str) -> str | None:
-    """The Vertex id for a model a client names, or None if this table does not know it.
+def vertex_model(model: str, ids: ModelIds = BUILTIN_IDS) -> str | None:
+    """The Vertex id for a model a client names, or None if the table does not know it.
 
     An id already in Vertex's `name@YYYYMMDD` form passes as is, so a new model works before
     the table knows it.
     """
-    if _VERTEX_ID.match(model):
-        return model
-    return VERTEX_MODELS.get(model) or _DATED.get(model)
+    return ids.vertex_id(model)
 
 
 def host_for(region: str) -> str:
@@ -502,9 +473,10 @@ def _betas(headers: list[tuple[bytes, bytes]]) -> list[str]:
 class VertexUpstream:
     """The Upstream for Claude on Vertex AI; one object serves every Vertex account."""
 
-    def __init__(self, client: HttpClient, kind: str = KIND) -> None:
+    def __init__(self, client: HttpClient, kind: str = KIND, ids: ModelIds = BUILTIN_IDS) -> None:
         self.client = client
         self.kind = kind
+        self.ids = ids  # the model table: Anthropic id → Vertex id
         self.tokens = TokenCache()
 
     def prepare(self, base_url: str, secret: str, call: Call) -> VertexRequest:
@@ -520,7 +492,7 @@ class VertexUpstream:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return self._refuse(400, "invalid_request_error", "model: Field required")
-        target = vertex_model(model)
+        target = vertex_model(model, self.ids)
         if target is None:
             return self._refuse(400, "invalid_request_error",
                                 f"model {model!r} has no Vertex AI id in dario's table; name a known model "
@@ -643,6 +615,6 @@ class VertexUpstream:
         return reply.status, reply.headers, data
 
 
-def upstreams(client: HttpClient) -> dict[str, Upstream]:
-    """The Upstream for the `vertex` account kind (typed as Upstream: mypy checks it conforms)."""
-    return {KIND: VertexUpstream(client)}
+def upstreams(client: HttpClient, ids: ModelIds = BUILTIN_IDS) -> dict[str, Upstream]:
+    """The Upstream for the `vertex` account kind, taking model ids from `ids` (the model table)."""
+    return {KIND: VertexUpstream(client, ids=ids)}

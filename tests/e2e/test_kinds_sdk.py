@@ -188,9 +188,11 @@ def test_bedrock_validation_error_is_an_anthropic_400(pool: Pool, client: anthro
 def test_unknown_model_on_bedrock_is_refused_without_a_call(pool: Pool, client: anthropic.Anthropic,
                                                             bedrock: FakeBedrock) -> None:
     pool.only("bed")
-    with pytest.raises(anthropic.BadRequestError) as info:
+    # The other accounts (which could serve any Anthropic id) are disabled: none can serve it now.
+    with pytest.raises(anthropic.InternalServerError) as info:
         client.messages.create(**{**ask(), "model": "claude-imaginary-9"})
-    assert "claude-imaginary-9" in info.value.message
+    assert info.value.status_code == 503
+    assert "bed: does not offer claude-imaginary-9" in info.value.message
     assert bedrock.requests() == []
 
 

@@ -119,3 +119,15 @@ def test_secret_parts_for_scrubbing() -> None:
     assert SECRET in parts and AKID not in parts[1:]
     assert "0123456789abcdef0123" in secret_parts(SA)
     assert orjson.loads(KEYS)["secret_access_key"] in parts
+
+
+@pytest.mark.parametrize(("region", "given", "expected"), [
+    ("us-east-1", None, "us"), ("eu-central-1", None, "eu"), ("ap-northeast-1", None, "apac"),
+    ("ca-central-1", None, None), ("us-gov-west-1", None, None),
+    ("ap-northeast-1", "jp", "jp"), ("us-east-1", "none", None), ("us-east-1", "global", "global"),
+])
+def test_a_bedrock_account_uses_its_regions_inference_profile_unless_told(
+        region: str, given: str | None, expected: str | None) -> None:
+    got = prepare("bedrock", KEYS, None, LoginFields(region=region, inference_profile=given))
+    assert got.details["inference_profile"] == expected
+    assert bedrock.parse_target(got.secret).profile_prefix == expected

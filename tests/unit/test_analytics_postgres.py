@@ -279,4 +279,5 @@ def test_stored_columns_are_the_record_fields_then_the_cost() -> None:
 
     from dario.daemon.recording.usage_sql import COLUMNS
 
-    assert list(COLUMNS) == [f.name for f in dataclasses.fields(UsageRecord)] + ["cost_usd"]
+    assert list(COLUMNS) == [f.name for f in dataclasses.fields(UsageRecord) if f.metadata.get("column", True)] \
+        + ["cost_usd"]

@@ -230,7 +230,7 @@ def test_round_robin_over_many_equal_accounts_and_best_of_a_hundred() -> None:
         pool.observe_headers(pool.accounts[f"n{i}"], windows(clock, requests=10 * (i + 1)))
     lease = pool.choose(Estimate())
     assert lease and lease.account.alias == "n99"
-    assert len(pool._ready) <= 4 * 100 + 64  # the index does not grow without bound
+    assert sum(map(len, pool._ready.values())) <= 4 * 100 + 64  # the index does not grow without bound
 
 
 def test_a_waiter_for_another_account_does_not_hold_back_one_a_free_account_can_serve() -> None:
