@@ -37,7 +37,8 @@ from dario.daemon.routing.models import ModelTable
 from dario.daemon.routing.pool import Pool
 from dario.daemon.routing.ratelimits import parse as parse_ratelimits
 from dario.daemon.routing.relay import Relay
-from dario.daemon.settings import Settings
+from dario.daemon.routing.store import PoolStore
+from dario.daemon.settings import Settings, SettingsError
 from dario.daemon.upstream import anthropic as upstream
 from dario.daemon.upstream.errors import parse_error
 from dario.daemon.upstream.httpclient import HttpClient, Timeouts, UpstreamError
@@ -78,6 +79,9 @@ class Daemon:
     async def run_background(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Analytics writer, persister and keyring reader; started once the first keyring read had its grace."""
         async with trio.open_nursery() as nursery:
+            run_store = getattr(self.pool.store, "run", None)
+            if run_store is not None:
+                await nursery.start(run_store)
             if self.analytics is not None:
                 await nursery.start(self.analytics.run)
             nursery.start_soon(self.persister.persist_forever)
@@ -98,7 +102,7 @@ def build(settings: Settings, *, tcp_control: bool = False) -> Daemon:
         # Every open stream holds one upstream connection; thousands of concurrent streams are normal.
         max_connections_per_origin=settings.max_upstream_connections,
     )
-    pool = Pool()
+    pool = Pool(store=_shared_store(settings.store) if settings.store else None)
     client_keys = ClientKeyStore(paths.keys_file())
     persister = Persister(pool, client_keys, paths.pool_state_file())
     accounts = AccountService(Registry(paths.accounts_file()), pool, key_probe(http))
@@ -146,6 +150,15 @@ def build(settings: Settings, *, tcp_control: bool = False) -> Daemon:
         catalog=catalog, relay=relay, guard=guard, public=public, control=control,
         control_token=control_token, bound_port=bound_port,
     )
+
+
+def _shared_store(url: str) -> PoolStore:
+    """Team mode: the pool's state in Redis. Imported only here, so redis-py stays optional."""
+    try:
+        from dario.daemon.routing.redisstore import RedisStore
+    except ImportError as exc:
+        raise SettingsError(f"--store {url.split('://')[0]}://… needs redis-py: pip install 'dario[team]'") from exc
+    return RedisStore(url)
 
 
 def key_probe(http: HttpClient) -> KeyProbe:

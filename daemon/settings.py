@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import os
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class Settings:
     body_idle_timeout: float = 30.0  # a request body that sends nothing for this long is cut off
     body_deadline: float = 120.0  # and one that takes longer than this in all
     auto_cache: bool = False  # OpenAI dialect: add prompt-cache breakpoints for every client
+    store: str | None = None  # DARIO_STORE: redis://HOST:6379/0 shares the pool state (team mode)
 
     @property
     def is_loopback(self) -> bool:
@@ -55,6 +57,12 @@ class Settings:
                 "dario adds your real credentials to every request it forwards. Set DARIO_API_KEY to a "
                 "secret that clients must send, or listen on 127.0.0.1 (the default)."
             )
+        if self.store is not None and not self.store.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(
+                f"--store must be a Redis URL (redis://HOST:6379/0, rediss://…, unix:///path), not {self.store!r}"
+            )
+        if self.store is not None and importlib.util.find_spec("redis") is None:
+            raise SettingsError("--store needs redis-py, which is not installed: pip install 'dario[team]'")
         if not (0 <= self.port <= 65535):
             raise SettingsError(f"--port must be 0–65535, not {self.port}")
 
@@ -103,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto-cache", action="store_true",
                    help="OpenAI dialect: add prompt-cache breakpoints to every request (DARIO_AUTO_CACHE=1); "
                    "cache writes cost 1.25x input, reads 0.1x")
+    p.add_argument("--store", help="share the pool state with other dariod instances through Redis: "
+                   "redis://HOST:6379/0 (DARIO_STORE; team mode, needs pip install 'dario[team]')")
     p.add_argument("--version", action="version", version=f"dariod {__version__}")
     return p
 
@@ -137,6 +147,7 @@ def from_args(argv: list[str] | None = None) -> Settings:
         body_idle_timeout=_env_float("DARIO_BODY_IDLE_TIMEOUT", 30.0),
         body_deadline=_env_float("DARIO_BODY_DEADLINE", 120.0),
         auto_cache=args.auto_cache or env.get("DARIO_AUTO_CACHE", "") not in ("", "0"),
+        store=args.store or env.get("DARIO_STORE") or None,
     )
     settings.check()
     return settings

@@ -59,6 +59,7 @@ class StatusView:
             "pool": self.pool.pool_view(),
             "accounts": self.pool.views(),
             "keyring": self.keyring_problem(),
+            "store": self.pool.store_health,
         }
 
     async def usage(self, window: str) -> dict[str, Any]:
@@ -80,7 +81,7 @@ class StatusView:
     async def fetch_upstream_models(self) -> list[dict[str, Any]] | None:
         """The upstream's model list, through any account that can serve right now."""
         lease = self.pool.choose(Estimate())
-        if lease is None:
+        if lease is None or not await self.pool.confirm(lease):
             return None
         try:
             acc = lease.account

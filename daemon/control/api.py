@@ -83,6 +83,7 @@ class Status(TypedDict):
     pool: PoolView
     accounts: list[AccountView]
     keyring: NotRequired[str | None]  # why the keyring cannot be read right now, with the fix; None when fine
+    store: NotRequired[str]  # where the pool state lives: "memory", or team mode's "ok" / "degraded" (Redis)
 
 
 class LoginRequest(TypedDict, total=False):

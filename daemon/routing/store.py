@@ -200,6 +200,14 @@ class AccountState:
                 return False
         return True
 
+    def request_room(self, now: float) -> bool:
+        """Whether the requests window (if known) has room for one more after the reservations."""
+        w = self.windows.get("requests")
+        if w is None:
+            return True
+        remaining = w.remaining_at(now)
+        return remaining is None or remaining - self.in_flight >= 1
+
     def next_free(self, now: float) -> float | None:
         """When this account can next serve, if it is blocked by time (not by login/disable)."""
         if not self.enabled or self.needs_login or self.secret is None:
