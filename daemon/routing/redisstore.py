@@ -304,6 +304,7 @@ class RedisStore(MemoryStore):
         self._pending: list[_Op] = []
         self._wake = trio.Event()
         self.degraded = False
+        self._health_changed = trio.Event()
         self.on_refresh: Callable[[AccountState], None] | None = None  # the pool's re-judge hook
 
     # -- identity ----------------------------------------------------------------------
@@ -326,6 +327,16 @@ class RedisStore(MemoryStore):
     @property
     def health(self) -> str:
         return "degraded" if self.degraded else "ok"
+
+    async def wait_health(self, wanted: str) -> None:
+        """Return once `health` is `wanted` (for tests and tools; the daemon never waits on it)."""
+        while self.health != wanted:
+            await self._health_changed.wait()
+
+    def _set_degraded(self, degraded: bool) -> None:
+        self.degraded = degraded
+        self._health_changed.set()
+        self._health_changed = trio.Event()
 
     # -- the synchronous operations: the mirror now, Redis by the writer -------------------
     def _queue(self, acc: AccountState, script: str, *args: str | float | int) -> None:
@@ -487,7 +498,7 @@ class RedisStore(MemoryStore):
 
     def _degrade(self, exc: BaseException) -> None:
         if not self.degraded:
-            self.degraded = True
+            self._set_degraded(True)
             log.warning("store: degraded — Redis at %s is not answering (%s); using this instance's own picture",
                         _safe_url(self.url), type(exc).__name__)
         self._pending.clear()
@@ -519,7 +530,7 @@ class RedisStore(MemoryStore):
             self._degrade(exc)
             return
         if was_degraded:
-            self.degraded = False
+            self._set_degraded(False)
             log.warning("store: ok — Redis at %s answers again; merged this instance's picture back",
                         _safe_url(self.url))
 

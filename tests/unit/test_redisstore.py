@@ -72,7 +72,7 @@ def test_reserve_is_atomic_across_instances(url: str) -> None:
 
 
 def test_a_dead_instances_reservations_are_dropped(url: str) -> None:
-    (pool_a, a), (pool_b, b) = _pool(url), _pool(url)
+    (_, a), (_, b) = _pool(url), _pool(url)
     _lease(a)
     _lease(b)
     acc_a, acc_b = a.accounts["team"], b.accounts["team"]
@@ -144,8 +144,8 @@ def test_a_cooldown_never_replaces_a_live_exhaustion(url: str) -> None:
 
 
 def test_no_secret_reaches_redis_and_another_key_is_another_account(url: str) -> None:
-    pool_a, a = _pool(url)
-    pool_b, b = _pool(url, secret=SECRET + "-other")
+    _, a = _pool(url)
+    _, b = _pool(url, secret=SECRET + "-other")
     _lease(a)
     _lease(b)
     for store in (a, b):
@@ -170,6 +170,7 @@ def test_a_release_elsewhere_wakes_a_waiting_request_through_pubsub(url: str) ->
     granted: list[float] = []
 
     async def main() -> None:
+        done = trio.Event()
         pool_a, a = _pool(url)
         pool_b, b = _pool(url)
         async with trio.open_nursery() as nursery:
@@ -184,14 +185,14 @@ def test_a_release_elsewhere_wakes_a_waiting_request_through_pubsub(url: str) ->
                 lease, waited = await pool_b.acquire(Estimate(), (), trio.current_time() + 10)
                 granted.append(waited)
                 pool_b.release(lease)
+                done.set()
 
             nursery.start_soon(third)
             await trio.testing.wait_all_tasks_blocked(0.05)
             assert pool_b.queue_depth == 1  # both requests of the window are held: it waits
             pool_a.release(lease_a)  # the only signal B gets is Redis's message
             with trio.fail_after(5):
-                while not granted:
-                    await trio.sleep(0.01)
+                await done.wait()
             pool_b.release(lease_b)
             nursery.cancel_scope.cancel()
 
@@ -201,6 +202,7 @@ def test_a_release_elsewhere_wakes_a_waiting_request_through_pubsub(url: str) ->
 
 def test_degraded_when_redis_stops_and_merged_back_when_it_returns(server: RedisServer, url: str) -> None:
     states: list[str] = []
+    served: list[int] = []
 
     async def main() -> None:
         pool, store = _pool(url)
@@ -211,10 +213,16 @@ def test_degraded_when_redis_stops_and_merged_back_when_it_returns(server: Redis
             await trio.to_thread.run_sync(server.stop)
             # Requests keep being served from the local picture; the heartbeat notices within a second.
             with trio.fail_after(3):
-                while store.health != "degraded":
-                    lease, _ = await pool.acquire(Estimate(), (), trio.current_time() + 1)
-                    pool.release(lease)
-                    await trio.sleep(0.05)
+                async with trio.open_nursery() as inner:
+                    async def serve_meanwhile() -> None:
+                        while True:
+                            lease, _ = await pool.acquire(Estimate(), (), trio.current_time() + 1)
+                            pool.release(lease)
+                            served.append(1)
+                            await trio.sleep(0.05)
+                    inner.start_soon(serve_meanwhile)
+                    await store.wait_health("degraded")
+                    inner.cancel_scope.cancel()
             states.append(store.health)
             lease, _ = await pool.acquire(Estimate(), (), trio.current_time() + 1)
             assert lease.account is acc
@@ -223,8 +231,7 @@ def test_degraded_when_redis_stops_and_merged_back_when_it_returns(server: Redis
             pool.observe_auth_failure(acc, 401, "invalid x-api-key")
             await trio.to_thread.run_sync(server.start)
             with trio.fail_after(5):
-                while store.health != "ok":
-                    await trio.sleep(0.05)
+                await store.wait_health("ok")
             states.append(store.health)
             tag = store.tag(acc)
             assert store.client.hget(f"dario:acct:{tag}", "nl", ).startswith("upstream answered 401")
@@ -232,6 +239,7 @@ def test_degraded_when_redis_stops_and_merged_back_when_it_returns(server: Redis
 
     trio.run(main)
     assert states == ["ok", "degraded", "ok"]
+    assert served  # requests went on while Redis was stopping
 
 
 def test_block_learned_by_one_instance_reaches_the_other(url: str) -> None:
@@ -242,10 +250,11 @@ def test_block_learned_by_one_instance_reaches_the_other(url: str) -> None:
             await nursery.start(a.run)
             await nursery.start(b.run)
             acc_a = pool_a.accounts["team"]
+            arrived = trio.Event()
+            b.on_refresh = lambda acc: arrived.set() if acc.block_kind is BlockKind.EXHAUSTED else None
             a.block(acc_a, BlockKind.EXHAUSTED, "rate limited (429)", time.time() + 20, since=time.time())
             with trio.fail_after(3):
-                while pool_b.accounts["team"].block_kind is not BlockKind.EXHAUSTED:
-                    await trio.sleep(0.01)
+                await arrived.wait()
             assert pool_b.choose(Estimate()) is None
             nursery.cancel_scope.cancel()
 
