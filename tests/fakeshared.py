@@ -16,7 +16,7 @@ It counts what the team-mode tests judge dario by, per key:
   A gateway that knew the remaining budget and kept to it sends none.
 - ``violations``: requests that arrived after this fake answered a 429 for the key and before
   that 429's reset (the caller was told to stay away).
-- ``first_429_at`` / ``violation_at``: when, for the propagation time.
+- ``violation_delays``: for each violation, seconds since the window's first 429 (the propagation time).
 
 ``POST /_fake/config {"limit", "window", "delay", "hide_headers"}`` sets the rules and clears the
 counts; ``GET /_fake/stats`` returns them. Independent of dario's code, like tests/fakeupstream.py.
@@ -52,7 +52,9 @@ class _KeyState:
     violations: int = 0
     blocked_until: float = 0.0  # the reset of the latest 429 this key was sent
     first_429_at: float | None = None
-    violation_at: list[float] = field(default_factory=list)
+    last_429_at: float = 0.0
+    # Per violation: seconds since the 429 that told callers to stay away (the propagation it allowed).
+    violation_delays: list[float] = field(default_factory=list)
 
 
 class SharedLimitFake:
@@ -107,7 +109,7 @@ class SharedLimitFake:
         reset = (index + 1) * self.window
         if now < st.blocked_until:
             st.violations += 1
-            st.violation_at.append(now)
+            st.violation_delays.append(round(now - st.last_429_at, 4))
         admitted = st.used < self.limit
         if admitted:
             st.used += 1
@@ -115,6 +117,8 @@ class SharedLimitFake:
         else:
             st.rejected += 1
             st.over_admission += 1
+            if now >= st.blocked_until:
+                st.last_429_at = now  # the first 429 of this window: callers were told here
             st.blocked_until = max(st.blocked_until, reset)
             if st.first_429_at is None:
                 st.first_429_at = now

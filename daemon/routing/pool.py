@@ -206,6 +206,9 @@ class Pool:
         if self.accounts.get(acc.alias) is acc:
             self._touch(acc)
         self._dispatch()
+        if self._queue and acc.next_free(self.clock()) is not None:
+            # Blocked until a time now: waiters that slept for an event recompute when to look again.
+            self.wake_waiters()
 
     def wake_waiters(self) -> None:
         for waiter in self._queue:
