@@ -303,6 +303,9 @@ class RedisStore(MemoryStore):
         self._loaded: set[str] = set()  # tags read from Redis since (re)connecting
         self._pending: list[_Op] = []
         self._wake = trio.Event()
+        self._queued_total = 0  # writes queued since start, and how many of them Redis has answered
+        self._answered_total = 0
+        self._answered = trio.Event()
         self.degraded = False
         self._health_changed = trio.Event()
         self.on_refresh: Callable[[AccountState], None] | None = None  # the pool's re-judge hook
@@ -346,6 +349,7 @@ class RedisStore(MemoryStore):
         if tag is None:
             return
         self._pending.append(_Op(script, tag, list(args)))
+        self._queued_total += 1
         self._wake.set()
 
     def remove(self, alias: str) -> None:
@@ -358,6 +362,7 @@ class RedisStore(MemoryStore):
         super().prefer(alias)
         if not self.degraded:
             self._pending.append(_Op("pref", "", [alias or ""]))
+            self._queued_total += 1
             self._wake.set()
 
     def set_enabled(self, acc: AccountState, enabled: bool) -> None:
@@ -501,8 +506,11 @@ class RedisStore(MemoryStore):
             self._set_degraded(True)
             log.warning("store: degraded — Redis at %s is not answering (%s); using this instance's own picture",
                         _safe_url(self.url), type(exc).__name__)
+        self._answered_total += len(self._pending)
         self._pending.clear()
         self._loaded.clear()
+        self._answered.set()
+        self._answered = trio.Event()
 
     # -- background tasks -------------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -596,12 +604,21 @@ class RedisStore(MemoryStore):
             await self._wake.wait()
             self._wake = trio.Event()
             ops, self._pending = self._pending, []
-            if not ops or self.degraded:
-                continue
             try:
-                await self._send(ops)
+                if ops and not self.degraded:
+                    await self._send(ops)
             except redis.RedisError as exc:
                 self._degrade(exc)
+            finally:
+                self._answered_total += len(ops)
+                self._answered.set()
+                self._answered = trio.Event()
+
+    async def flushed(self) -> None:
+        """Return once every write queued so far was answered by Redis (or dropped: degraded)."""
+        target = self._queued_total
+        while self._answered_total < target and not self.degraded:
+            await self._answered.wait()
 
     async def _subscribe_forever(self) -> None:
         while True:
@@ -622,9 +639,6 @@ class RedisStore(MemoryStore):
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(_close_quietly, pubsub)
             await trio.sleep(HEARTBEAT_EVERY / 2)
-
-    def pending_writes(self) -> int:
-        return len(self._pending)
 
 
 def _lua_list(value: object) -> list[str]:
