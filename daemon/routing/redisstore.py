@@ -509,6 +509,10 @@ class RedisStore(MemoryStore):
         self._answered_total += len(self._pending)
         self._pending.clear()
         self._loaded.clear()
+        # Other instances' reservations cannot be seen released any more: this instance's own only.
+        self._others.clear()
+        for acc in self.accounts.values():
+            self._sum_in_flight(acc)
         self._answered.set()
         self._answered = trio.Event()
 
@@ -530,7 +534,10 @@ class RedisStore(MemoryStore):
     async def _beat(self) -> None:
         was_degraded = self.degraded
         try:
-            await trio.to_thread.run_sync(self._set_lease)
+            preferred = await trio.to_thread.run_sync(self._set_lease)
+            if not any(op.script == "pref" for op in self._pending) and preferred != self.preferred \
+                    and (preferred is None or preferred in self.accounts) and not was_degraded:
+                self.preferred = preferred  # another member of the team chose (at most a heartbeat ago)
             if was_degraded:
                 await self._merge_back()
             await self._load_new()
@@ -542,8 +549,13 @@ class RedisStore(MemoryStore):
             log.warning("store: ok — Redis at %s answers again; merged this instance's picture back",
                         _safe_url(self.url))
 
-    def _set_lease(self) -> None:
-        self.client.set(f"{PREFIX}hb:{self.instance_id}", "1", px=LEASE_TTL_MS)
+    def _set_lease(self) -> str | None:
+        """Refresh this instance's lease; returns the team's preferred alias."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(f"{PREFIX}hb:{self.instance_id}", "1", px=LEASE_TTL_MS)
+        pipe.get(PREFIX + "pref")
+        preferred: str | None = pipe.execute()[1]
+        return preferred
 
     async def _merge_back(self) -> None:
         """Push what was learned while Redis was away, then read the shared record back."""

@@ -263,3 +263,12 @@ def test_block_learned_by_one_instance_reaches_the_other(url: str) -> None:
 
 def _snap(window: Window) -> Snapshot:
     return Snapshot(windows={"requests": window}, retry_after=None)
+
+
+def test_store_health_and_setting() -> None:
+    from dario.daemon.settings import SettingsError, from_args
+
+    assert Pool().store_health == "memory"
+    assert from_args(["--store", "redis://127.0.0.1:6379/0"]).store == "redis://127.0.0.1:6379/0"
+    with pytest.raises(SettingsError, match="Redis URL"):
+        from_args(["--store", "postgresql://localhost/x"])

@@ -379,3 +379,12 @@ def test_conversations_is_a_count_or_zero() -> None:
     assert views.conversations(account(conversations=4)) == 4
     assert views.conversations(account()) == 0
     assert views.conversations(account(conversations=True)) == 0 and views.conversations(account(conversations=-1)) == 0
+
+
+def test_status_says_when_the_team_store_is_degraded() -> None:
+    st = status([])
+    assert "Store" not in render(views.render_status, st, now=NOW)  # memory: nothing to say
+    st["store"] = "ok"
+    assert "redis, ok" in render(views.render_status, st, now=NOW)
+    st["store"] = "degraded"
+    assert "redis, degraded" in render(views.render_status, st, now=NOW)
