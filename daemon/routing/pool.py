@@ -6,7 +6,8 @@ from `acquire` and gives it back with `release`. State that must survive a resta
 and restored by `import_state`; the daemon persists it.
 
 The decisions are made here; the state they are made from lives in a `PoolStore`
-(store.py), in memory today, so a store shared by several daemons (Redis) is an added module.
+(store.py): in memory, or shared by several daemons through Redis (redisstore.py, team mode),
+where each choice is confirmed by the store's `claim` before the request goes out (`confirm`).
 """
 
 from __future__ import annotations

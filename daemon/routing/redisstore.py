@@ -261,6 +261,7 @@ class _Op:
     script: str
     tag: str
     args: list[str | float | int]
+    queued: bool = False  # by a store operation (counted in `_writes_unanswered`)
 
 
 def _fmt(x: float | int | None) -> str:
@@ -307,6 +308,8 @@ class RedisStore(MemoryStore):
         self._answered_total = 0
         self._answered = trio.Event()
         self.degraded = False
+        self._beaten = False  # whether a heartbeat reached Redis yet
+        self._writes_unanswered: dict[str, int] = {}  # tag -> queued writes Redis has not answered yet
         self._health_changed = trio.Event()
         self.on_refresh: Callable[[AccountState], None] | None = None  # the pool's re-judge hook
 
@@ -348,7 +351,8 @@ class RedisStore(MemoryStore):
         tag = self.tag(acc)
         if tag is None:
             return
-        self._pending.append(_Op(script, tag, list(args)))
+        self._pending.append(_Op(script, tag, list(args), queued=True))
+        self._writes_unanswered[tag] = self._writes_unanswered.get(tag, 0) + 1
         self._queued_total += 1
         self._wake.set()
 
@@ -459,6 +463,10 @@ class RedisStore(MemoryStore):
 
     # -- applying the shared record to the mirror ----------------------------------------
     def _apply(self, acc: AccountState, h: list[str], r: list[str]) -> None:
+        self._apply_reservations(acc, r)
+        tag = self._ids.get(acc.alias, ("", ""))[1]
+        if self._writes_unanswered.get(tag):
+            return  # the mirror holds newer news (a write on its way): the reply to that write brings it
         rec = dict(zip(h[::2], h[1::2], strict=True))
         windows: dict[str, Window] = {}
         for f, v in rec.items():
@@ -476,6 +484,8 @@ class RedisStore(MemoryStore):
         acc.failures = int(rec.get("f") or 0)
         acc.needs_login = rec.get("nl") or None
         acc.enabled = rec.get("en") != "0" if "en" in rec else acc.enabled
+
+    def _apply_reservations(self, acc: AccountState, r: list[str]) -> None:
         n = i = o = 0
         for iid, value in zip(r[::2], r[1::2], strict=True):
             if iid == self.instance_id:
@@ -508,6 +518,7 @@ class RedisStore(MemoryStore):
                         _safe_url(self.url), type(exc).__name__)
         self._answered_total += len(self._pending)
         self._pending.clear()
+        self._writes_unanswered.clear()
         self._loaded.clear()
         # Other instances' reservations cannot be seen released any more: this instance's own only.
         self._others.clear()
@@ -534,7 +545,14 @@ class RedisStore(MemoryStore):
     async def _beat(self) -> None:
         was_degraded = self.degraded
         try:
-            preferred = await trio.to_thread.run_sync(self._set_lease)
+            holding = [self.keys(tag)[1] for acc in list(self.accounts.values())
+                       if (tag := self.tag(acc)) is not None and self._local.get(acc.alias, [0])[0] > 0]
+            lapsed, preferred = await trio.to_thread.run_sync(self._set_lease, holding)
+            first, self._beaten = not self._beaten, True
+            if lapsed and not first and not was_degraded:
+                # This process stalled past its lease (others dropped its reservations): hold them again.
+                log.warning("store: this instance's lease lapsed; re-registering its reservations")
+                await self._merge_back()
             if not any(op.script == "pref" for op in self._pending) and preferred != self.preferred \
                     and (preferred is None or preferred in self.accounts) and not was_degraded:
                 self.preferred = preferred  # another member of the team chose (at most a heartbeat ago)
@@ -549,13 +567,20 @@ class RedisStore(MemoryStore):
             log.warning("store: ok — Redis at %s answers again; merged this instance's picture back",
                         _safe_url(self.url))
 
-    def _set_lease(self) -> str | None:
-        """Refresh this instance's lease; returns the team's preferred alias."""
+    def _set_lease(self, holding: list[str]) -> tuple[bool, str | None]:
+        """Renew this instance's lease and keep alive the reservation hashes it holds a share of.
+
+        Returns whether the lease had lapsed (the key was gone) and the team's preferred alias.
+        """
+        beat = f"{PREFIX}hb:{self.instance_id}"
         pipe = self.client.pipeline(transaction=False)
-        pipe.set(f"{PREFIX}hb:{self.instance_id}", "1", px=LEASE_TTL_MS)
+        pipe.set(beat, "1", px=LEASE_TTL_MS, nx=True)
+        pipe.pexpire(beat, LEASE_TTL_MS)
         pipe.get(PREFIX + "pref")
-        preferred: str | None = pipe.execute()[1]
-        return preferred
+        for key in holding:  # a stream may outlive the hash's own TTL while nobody else reserves
+            pipe.pexpire(key, LEASE_TTL_MS * 4)
+        reply = pipe.execute()
+        return bool(reply[0]), reply[2]
 
     async def _merge_back(self) -> None:
         """Push what was learned while Redis was away, then read the shared record back."""
@@ -596,7 +621,16 @@ class RedisStore(MemoryStore):
         replies = await trio.to_thread.run_sync(self._pipeline, ops, now)
         for op, reply in zip(ops, replies, strict=True):
             if op.script != "pref":
+                if op.queued:
+                    self._answered_write(op.tag)
                 self._apply_tagged(op.tag, reply[0], reply[1])
+
+    def _answered_write(self, tag: str) -> None:
+        left = self._writes_unanswered.get(tag, 0) - 1
+        if left > 0:
+            self._writes_unanswered[tag] = left
+        else:
+            self._writes_unanswered.pop(tag, None)
 
     def _pipeline(self, ops: list[_Op], now: float) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)

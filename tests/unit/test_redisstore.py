@@ -46,7 +46,7 @@ def _pool(url: str, secret: str = SECRET) -> tuple[Pool, RedisStore]:
 
 
 def _lease(store: RedisStore) -> None:
-    store._set_lease()
+    store._set_lease([])
 
 
 def test_reserve_is_atomic_across_instances(url: str) -> None:
@@ -272,3 +272,22 @@ def test_store_health_and_setting() -> None:
     assert from_args(["--store", "redis://127.0.0.1:6379/0"]).store == "redis://127.0.0.1:6379/0"
     with pytest.raises(SettingsError, match="Redis URL"):
         from_args(["--store", "postgresql://localhost/x"])
+
+
+def test_an_instance_whose_lease_lapsed_holds_its_reservations_again(url: str) -> None:
+    """A process stalled past its TTL: others dropped its share; its next heartbeat puts it back."""
+    async def main() -> None:
+        pool, store = _pool(url)
+        await store._beat()
+        lease1, _ = await pool.acquire(Estimate(input_tokens=5), (), trio.current_time() + 5)
+        lease2, _ = await pool.acquire(Estimate(input_tokens=7), (), trio.current_time() + 5)
+        tag = store.tag(pool.accounts["team"])
+        res = f"dario:res:{tag}"
+        assert store.client.hget(res, store.instance_id) == "2|12|0"
+        store.client.delete(f"dario:hb:{store.instance_id}", res)  # lapsed, and a script dropped its share
+        await store._beat()
+        assert store.client.hget(res, store.instance_id) == "2|12|0"
+        pool.release(lease1)
+        pool.release(lease2)
+
+    trio.run(main)
