@@ -16,7 +16,7 @@ awaits `claim` (one round trip) and chooses again, or queues, when it is refused
 Keys (`<id>` = alias + ":" + key fingerprint, see `fingerprint`; the key itself never leaves
 the process):
 
-- `dario:acct:<id>` hash: `w:<window>` = "limit|remaining|reset" per known window, `bk` `br`
+- `dario:acct:<id>` hash: `w:<window>` = "limit|remaining|reset|seen" per known window, `bk` `br`
   `bu` `bs` (block kind, reason, until, since), `f` (consecutive failures), `nl` (needs-login
   reason), `en` ("0" when disabled). `PEXPIREAT` the latest window reset or block end, so stale
   windows and finished blocks vanish by themselves (a day when none is known).
@@ -189,8 +189,10 @@ end
 return answer(true)
 """
 
-# ARGV: now, iid, tag, then (name, "limit|remaining|reset") pairs. Within one window (same reset)
-# the smallest remaining wins; a later reset is a new window and replaces; an earlier one is old news.
+# ARGV: now, iid, tag, then (name, "limit|remaining|reset|seen") pairs, `seen` = when the answer was
+# read. Within one fixed window (same reset) the smallest remaining wins, whatever the order the
+# answers arrive in; otherwise the later-seen answer wins (a new window, or a token bucket whose
+# reset moves with every answer); a window whose reset has passed is always replaced.
 _OBSERVE = _LUA_COMMON + """
 for i = 4, #ARGV, 2 do
   local f, v = 'w:' .. ARGV[i], ARGV[i + 1]
@@ -200,9 +202,13 @@ for i = 4, #ARGV, 2 do
     local o, n = split(old), split(v)
     local oreset, nreset = tonumber(o[3]), tonumber(n[3])
     local orem, nrem = tonumber(o[2]), tonumber(n[2])
-    if oreset and nreset and now < oreset then
-      if nreset < oreset - 0.5 then keep = true
-      elseif math.abs(nreset - oreset) <= 0.5 and orem and nrem and orem < nrem then keep = true end
+    local oseen, nseen = tonumber(o[4]) or 0, tonumber(n[4]) or 0
+    if oreset and now < oreset then
+      if nreset and math.abs(nreset - oreset) <= 0.5 then
+        keep = orem ~= nil and nrem ~= nil and orem < nrem
+      else
+        keep = oseen > nseen
+      end
     end
   end
   if not keep then redis.call('HSET', acct, f, v) end
@@ -407,8 +413,9 @@ class RedisStore(MemoryStore):
     def observe_windows(self, acc: AccountState, windows: Mapping[str, Window]) -> None:
         super().observe_windows(acc, windows)
         args: list[str | float | int] = []
+        seen = _fmt(self.clock())
         for name, w in windows.items():
-            args += [name, f"{_fmt(w.limit)}|{_fmt(w.remaining)}|{_fmt(w.reset)}"]
+            args += [name, f"{_fmt(w.limit)}|{_fmt(w.remaining)}|{_fmt(w.reset)}|{seen}"]
         if args:
             self._queue(acc, "observe", *args)
 
@@ -471,7 +478,7 @@ class RedisStore(MemoryStore):
         windows: dict[str, Window] = {}
         for f, v in rec.items():
             if f.startswith("w:") and f[2:] in WINDOWS:
-                limit, remaining, reset = (v.split("|") + ["", "", ""])[:3]
+                limit, remaining, reset = (v.split("|") + ["", "", ""])[:3]  # then when it was seen
                 windows[f[2:]] = Window(_int(limit), _int(remaining), _num(reset))
         acc.windows = windows
         kind = rec.get("bk")
@@ -599,8 +606,8 @@ class RedisStore(MemoryStore):
                 ops.append(_Op("fields", tag, ["nl", acc.needs_login]))
             if acc.windows:
                 args: list[str | float | int] = []
-                for name, w in acc.windows.items():
-                    args += [name, f"{_fmt(w.limit)}|{_fmt(w.remaining)}|{_fmt(w.reset)}"]
+                for name, w in acc.windows.items():  # seen 0: never newer than what Redis has
+                    args += [name, f"{_fmt(w.limit)}|{_fmt(w.remaining)}|{_fmt(w.reset)}|0"]
                 ops.append(_Op("observe", tag, args))
         await self._send(ops)
 

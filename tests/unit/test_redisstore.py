@@ -119,13 +119,15 @@ def test_observe_keeps_the_lowest_remaining_of_a_window_and_takes_a_new_window(u
     tag = a.tag(acc)
     now = time.time()
     key = f"dario:acct:{tag}"
-    a._call("observe", tag, [now, a.instance_id, tag, "requests", f"10|3|{now + 5}"])
-    a._call("observe", tag, [now, a.instance_id, tag, "requests", f"10|6|{now + 5}"])  # older news, same window
-    assert a.client.hget(key, "w:requests").split("|")[1] == "3"
-    a._call("observe", tag, [now, a.instance_id, tag, "requests", f"10|9|{now + 15}"])  # the next window
-    assert a.client.hget(key, "w:requests").split("|")[1] == "9"
-    a._call("observe", tag, [now, a.instance_id, tag, "requests", f"10|1|{now + 5}"])  # the old window
-    assert a.client.hget(key, "w:requests").split("|")[1] == "9"
+    def observe(remaining: int, reset: float, seen: float) -> str:
+        a._call("observe", tag, [now, a.instance_id, tag, "requests", f"10|{remaining}|{reset}|{seen}"])
+        return str(a.client.hget(key, "w:requests").split("|")[1])
+
+    assert observe(3, now + 5, now) == "3"
+    assert observe(6, now + 5, now + 1) == "3"  # same window: the lowest remaining, whatever the order
+    assert observe(9, now + 15, now + 2) == "9"  # the next window
+    assert observe(1, now + 5, now + 1) == "9"  # seen before the newer window: old news
+    assert observe(4, now + 12, now + 3) == "4"  # a token bucket's reset moves: the later-seen answer
 
 
 def test_a_cooldown_never_replaces_a_live_exhaustion(url: str) -> None:
