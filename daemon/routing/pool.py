@@ -469,6 +469,11 @@ class Pool:
             if await self.confirm(lease):
                 return lease, waited
             refusals += 1
+            if trio.current_time() >= deadline:
+                now = self.clock()
+                free = self.earliest_free(excluded)
+                raise PoolExhausted(max(1.0, free - now) if free is not None else None, self.describe_resets(now),
+                                    rate_limited=self.any_exhausted(excluded))
             if refusals >= 3:
                 # The local picture keeps disagreeing with Redis (it changes under us): back off a little.
                 await trio.sleep(min(0.1, 0.01 * refusals))
