@@ -293,3 +293,30 @@ def test_an_instance_whose_lease_lapsed_holds_its_reservations_again(url: str) -
         pool.release(lease2)
 
     trio.run(main)
+
+
+def test_a_refused_claim_leaves_no_reservation_and_the_request_waits(url: str) -> None:
+    """B's picture is stale (no subscriber): its choice is refused by Redis, undone, and B learns why."""
+    from dario.daemon.routing.pool import PoolExhausted
+
+    async def main() -> None:
+        pool_a, a = _pool(url)
+        pool_b, b = _pool(url)
+        await a._beat()
+        await b._beat()
+        acc_a, acc_b = pool_a.accounts["team"], pool_b.accounts["team"]
+        pool_a.observe_headers(acc_a, _snap(Window(2, 2, time.time() + 60)))
+        await a._send(a._pending)  # the writer's job, done here: A's windows reach Redis
+        a._pending.clear()
+        held = [(await pool_a.acquire(Estimate(), (), trio.current_time() + 1))[0] for _ in range(2)]
+        assert acc_b.in_flight == 0  # B has not heard of A's two
+        with pytest.raises(PoolExhausted):
+            await pool_b.acquire(Estimate(), (), trio.current_time() + 0.3)
+        assert b._local.get("team", [0])[0] == 0  # the refused reservation was undone
+        assert acc_b.in_flight == 2 and acc_b.windows["requests"].limit == 2  # B now knows why
+        tag = b.tag(acc_b)
+        assert b.instance_id not in b.client.hgetall(f"dario:res:{tag}")
+        for lease in held:
+            pool_a.release(lease)
+
+    trio.run(main)
