@@ -394,6 +394,10 @@ def render_status(status: Status, console: Console, now: float | None = None) ->
     grid.add_row("Auth required", Text("yes" if status.get("auth_required") else "no"))
     grid.add_row("Requests served", Text(f"{int(status.get('requests_served', 0)):,}"))
     grid.add_row("Pool", pool_line)
+    store = status.get("store")
+    if store and store != "memory":  # team mode: the pool state is shared through Redis
+        grid.add_row("Store", Text("redis, ok" if store == "ok" else f"redis, {store} (using this instance's own "
+                                   "picture until Redis answers)", style="" if store == "ok" else "yellow"))
     console.print(Panel(grid, title="dariod", title_align="left", expand=False))
     keyring = status.get("keyring")
     if keyring:  # said once here, not in every account's note

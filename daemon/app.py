@@ -40,7 +40,8 @@ from dario.daemon.routing.catalog import ModelCatalog
 from dario.daemon.routing.models import ModelTable
 from dario.daemon.routing.pool import Pool
 from dario.daemon.routing.relay import Relay
-from dario.daemon.settings import Settings
+from dario.daemon.routing.store import PoolStore
+from dario.daemon.settings import Settings, SettingsError
 from dario.daemon.teamconfig import TeamConfig
 from dario.daemon.upstream import anthropic, bedrock, vertex
 from dario.daemon.upstream.base import Upstream
@@ -86,6 +87,9 @@ class Daemon:
         """Analytics writer, persister, keyring reader and upstream refreshers (Vertex AI tokens);
         started once the first keyring read had its grace."""
         async with trio.open_nursery() as nursery:
+            run_store = getattr(self.pool.store, "run", None)
+            if run_store is not None:
+                await nursery.start(run_store)
             if self.analytics is not None:
                 await nursery.start(self.analytics.run)
             for refresher in self.refreshers:
@@ -109,7 +113,7 @@ def build(settings: Settings, *, tcp_control: bool = False, team: TeamConfig | N
         # Every open stream holds one upstream connection; thousands of concurrent streams are normal.
         max_connections_per_origin=settings.max_upstream_connections,
     )
-    pool = Pool()
+    pool = Pool(store=_shared_store(settings.store) if settings.store else None)
     models = _load_or_default(ModelTable.load, paths.models_file(), ModelTable, "aliases")
     pool.set_model_ids(models.ids)  # which account kinds and regions offer which model
     vertex_upstream = vertex.VertexUpstream(http, ids=models.ids)
@@ -163,6 +167,15 @@ def build(settings: Settings, *, tcp_control: bool = False, team: TeamConfig | N
         catalog=catalog, relay=relay, guard=guard, public=public, control=control,
         control_token=control_token, bound_port=bound_port, refreshers=[vertex_upstream.tokens.run],
     )
+
+
+def _shared_store(url: str) -> PoolStore:
+    """Team mode: the pool's state in Redis. Imported only here, so redis-py stays optional."""
+    try:
+        from dario.daemon.routing.redisstore import RedisStore
+    except ImportError as exc:
+        raise SettingsError(f"--store {url.split('://')[0]}://… needs redis-py: pip install 'dario[team]'") from exc
+    return RedisStore(url)
 
 
 def usage_backend(settings: Settings) -> UsageBackend:

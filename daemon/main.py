@@ -263,6 +263,8 @@ def settings_and_config(argv: list[str] | None) -> tuple[Settings, TeamConfig | 
     file_settings = dict(team.server.settings)
     if team.server.analytics_url:
         file_settings["analytics_url"] = team.server.analytics_url
+    if team.server.store:
+        file_settings["store"] = team.server.store
     return from_namespace(args, file_settings, _file_api_key(team)), team
 
 

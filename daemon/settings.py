@@ -54,6 +54,8 @@ class Settings:
     body_idle_timeout: float = 30.0  # a request body that sends nothing for this long is cut off
     body_deadline: float = 120.0  # and one that takes longer than this in all
     auto_cache: bool = False  # OpenAI dialect: add prompt-cache breakpoints for every client
+    # DARIO_STORE: redis://HOST:6379/0 shares the pool state (team mode); may hold a password, never shown.
+    store: str | None = field(default=None, repr=False)
 
     @property
     def is_loopback(self) -> bool:
@@ -67,6 +69,13 @@ class Settings:
                 "in the config file's [server] table) to a secret that clients must send, or listen on "
                 "127.0.0.1 (the default)."
             )
+        if self.store is not None and not self.store.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(
+                f"--store must be a Redis URL (redis://HOST:6379/0, rediss://…, unix:///path), "
+                f"not {dburl.shown(self.store)!r}"
+            )
+        if self.store is not None and importlib.util.find_spec("redis") is None:
+            raise SettingsError("--store needs redis-py, which is not installed: pip install 'dario[team]'")
         if not (0 <= self.port <= 65535):
             raise SettingsError(f"--port must be 0–65535, not {self.port}")
 
@@ -143,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "secrets come from systemd credentials, files or environment variables")
     p.add_argument("--check", action="store_true",
                    help="with --config: check the file, list every problem with its line, exit 2 on problems")
+    p.add_argument("--store", help="share the pool state with other dariod instances through Redis: "
+                   "redis://HOST:6379/0 (DARIO_STORE; team mode, needs pip install 'dario[team]')")
     p.add_argument("--version", action="version", version=f"dariod {__version__}")
     return p
 
@@ -201,6 +212,7 @@ def from_namespace(args: argparse.Namespace, file: Mapping[str, Any] | None = No
         body_idle_timeout=seconds(None, "DARIO_BODY_IDLE_TIMEOUT", "body_idle_timeout"),
         body_deadline=seconds(None, "DARIO_BODY_DEADLINE", "body_deadline"),
         auto_cache=switch(args.auto_cache, "DARIO_AUTO_CACHE", "auto_cache"),
+        store=args.store or env.get("DARIO_STORE") or f.get("store") or None,
     )
     settings.check()
     return settings

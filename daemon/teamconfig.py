@@ -8,7 +8,7 @@ Read with the standard library's `tomllib` (TOML 1.0, https://toml.io/en/v1.0.0)
     host = "0.0.0.0"
     port = 3456
     api_key = { credential = "dario-api-key" }
-    store = "redis://redis:6379/0"           # kept as given; wired by the team-mode stores
+    store = "redis://redis:6379/0"           # the shared pool state (as --store)
     analytics = "postgresql://pg/dario"      # or false to record nothing
 
     [[account]]

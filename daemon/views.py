@@ -60,6 +60,7 @@ class StatusView:
             "accounts": self.pool.views(),
             "keyring": self.keyring_problem(),
             "analytics": self.analytics_health(),
+            "store": self.pool.store_health,
         }
 
     def analytics_health(self) -> AnalyticsHealth | None:
@@ -89,7 +90,7 @@ class StatusView:
         """
         other_kinds = [a.alias for a in self.pool.accounts.values() if a.kind not in upstream.MODEL_LIST_KINDS]
         lease = self.pool.choose(Estimate(), other_kinds)
-        if lease is None:
+        if lease is None or not await self.pool.confirm(lease):
             return None
         try:
             acc = lease.account

@@ -121,7 +121,7 @@ def health(status: Status | None) -> TrayHealth:
     ready = [a for a in enabled if _ready(a)]
     if not ready:
         return TrayHealth.UNAVAILABLE
-    if len(ready) < len(enabled) or any(_low(a) for a in ready):
+    if len(ready) < len(enabled) or any(_low(a) for a in ready) or status.get("store") == "degraded":
         return TrayHealth.DEGRADED
     return TrayHealth.HEALTHY
 
@@ -173,6 +173,8 @@ def tooltip(status: Status | None, now: float | None = None) -> str:
                 text += f" · {printable(lead['alias'])}"
                 if lead["headroom"] is not None:
                     text += f" {_percent(lead['headroom'])}"
+    if status is not None and status.get("store") == "degraded":
+        text += " · store: degraded"  # team mode: Redis is not answering, this instance decides alone
     if len(text) > TOOLTIP_MAX:
         text = text[: TOOLTIP_MAX - 1] + "…"
     return text

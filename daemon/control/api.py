@@ -128,6 +128,7 @@ class Status(TypedDict):
     accounts: list[AccountView]
     keyring: NotRequired[str | None]  # why the keyring cannot be read right now, with the fix; None when fine
     analytics: NotRequired[AnalyticsHealth | None]  # None: --no-analytics
+    store: NotRequired[str]  # where the pool state lives: "memory", or team mode's "ok" / "degraded" (Redis)
 
 
 class LoginRequest(TypedDict, total=False):

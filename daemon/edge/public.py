@@ -291,6 +291,7 @@ class PublicApp:
             "accounts": pool["total"],
             "accounts_available": pool["available"],
             "pool": pool["health"],
+            "store": self.state.pool.store_health,
             "requests_served": self.state.requests_served,
             "uptime_s": round(time.time() - self.state.started_at, 3),
             # Unauthenticated: whether usage rows get stored, never where (the URL names a host and user).

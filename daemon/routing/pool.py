@@ -16,7 +16,8 @@ A request names its model: accounts whose kind, region or inference profile do n
 it) is remembered until the membership changes, so the choice never walks accounts it must skip.
 
 The decisions are made here; the state they are made from lives in a `PoolStore`
-(store.py), in memory today, so a store shared by several daemons (Redis) is an added module.
+(store.py): in memory, or shared by several daemons through Redis (redisstore.py, team mode),
+where each choice is confirmed by the store's `claim` before the request goes out (`confirm`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import trio
 
@@ -50,7 +51,8 @@ from dario.daemon.routing.store import (
 from dario.daemon.upstream import bedrock, vertex
 from dario.daemon.upstream.modelids import BEDROCK, VERTEX, ModelIds
 
-__all__ = ["AccountState", "BlockKind", "Lease", "ModelNotOffered", "NoAccounts", "Pool", "PoolExhausted", "Status"]
+__all__ = ["AccountState", "BlockKind", "Lease", "ModelNotOffered", "NoAccounts", "Pool", "PoolExhausted",
+           "SharedClaim", "Status"]
 
 COOLDOWN_BASE = 0.5  # first 529/5xx cooldown, doubled on each repeat (failover already spares the request)
 # A cooldown only orders the choice: when no account is "ok", the cooling one whose cooldown
@@ -75,6 +77,8 @@ class Lease:
     seq: int = 0  # order in which leases were granted
     released: bool = False
     local: Sent | None = None  # the request in its account's local windows (accounts without headers)
+    fitted: bool = True  # the estimate fitted the account's windows when it was chosen
+    claimed: bool = False  # a shared store holds it too (`Pool.confirm`)
 
 
 # An entry of the ready heap, smallest first: (-headroom, in_flight, last_chosen, uid, version,
@@ -107,6 +111,12 @@ class _Timer(NamedTuple):
     due: float
     uid: int
     account: AccountState
+
+
+class SharedClaim(Protocol):
+    """A shared store's confirmation of a local choice: held in the shared state too, or refused."""
+
+    async def __call__(self, acc: AccountState, est: Estimate, strict: bool) -> bool: ...
 
 
 class NoAccounts(Exception):
@@ -159,6 +169,10 @@ class Pool:
         self._pool_headers: list[tuple[bytes, bytes]] = []
         self._pool_headers_at: float | None = None
         self.on_change: Callable[[], None] | None = None  # persistence hook
+        # A shared store (team mode) must confirm each local choice with one awaited round trip.
+        self._claim: SharedClaim | None = getattr(self.store, "claim", None)
+        if self._claim is not None:
+            self.store.on_refresh = self.refreshed  # type: ignore[attr-defined]
         # While a keyring read is under way and not yet overdue, requests for accounts waiting on it
         # queue (a read at start-up takes milliseconds); once it is overdue they get a 503 at once.
         self.keyring_answer_expected = False
@@ -278,6 +292,25 @@ class Pool:
         self.keyring_answer_expected = expected
         if not expected:
             self.wake_waiters()  # let queued requests re-judge: they may have nothing left to wait for
+
+    @property
+    def shared(self) -> bool:
+        """Whether the state is shared with other dariod instances (choices need `claim`)."""
+        return self._claim is not None
+
+    @property
+    def store_health(self) -> str:
+        """"memory" (this process only), or a shared store's "ok" / "degraded"."""
+        return str(getattr(self.store, "health", "memory"))
+
+    def refreshed(self, acc: AccountState) -> None:
+        """A shared store replaced `acc`'s record with the shared one: re-index it, re-judge the queue."""
+        if self.accounts.get(acc.alias) is acc:
+            self._touch(acc)
+        self._dispatch()
+        if self._queue and acc.next_free(self.clock()) is not None:
+            # Blocked until a time now: waiters that slept for an event recompute when to look again.
+            self.wake_waiters()
 
     def wake_waiters(self) -> None:
         for waiter in self._queue:
@@ -418,6 +451,7 @@ class Pool:
             if lacking:  # still needed for the preferred account, the cache owner, the panic choice
                 excluded = lacking if not excluded else lacking.union(excluded)
         chosen: AccountState | None = None
+        fitted = True  # the estimate fits the chosen account's windows (else a shared store judges it)
         preferred = self.store.preferred
         pref = self.accounts.get(preferred) if preferred is not None else None
         if pref is not None and pref.alias not in excluded and pref.status(now) is STATUS_OK and pref.fits(est, now):
@@ -438,16 +472,19 @@ class Pool:
             ready_fit = chosen is not None  # "ok" and the estimate fits: no need to judge it again
             if chosen is None:
                 # Nothing fits the estimate but some can serve: better to try than to queue on a guess.
-                if pref is not None and pref.alias not in excluded and pref.status(now) is STATUS_OK:
+                if pref is not None and pref.alias not in excluded and pref.status(now) is STATUS_OK and (
+                        self._claim is None or pref.request_room(now)):
                     chosen = pref
                 else:
                     chosen = fallback
             if chosen is None:
                 chosen = self._panic_choice(excluded, now)
+            picked = chosen
             if affinity is not None:
                 chosen = self._cache_owner(affinity, chosen, ready_fit, excluded, est, now)
             if chosen is None:
                 return None
+            fitted = ready_fit or chosen is not picked  # the cache owner is taken only when it fits
         self.store.reserve(chosen, est)
         chosen.last_chosen = next(self._seq)
         sent = None
@@ -458,7 +495,7 @@ class Pool:
             if track.start != opened:  # a new minute began: its reset is new (the reservation is the pool's)
                 self._refresh_local(chosen, now)
         self._touch(chosen)
-        return Lease(chosen, est, now, chosen.last_chosen, local=sent)
+        return Lease(chosen, est, now, chosen.last_chosen, local=sent, fitted=fitted)
 
     def _best_ready(self, heap: list[_Ready], excluded: set[str] | frozenset[str], est: Estimate,
                     now: float) -> tuple[_Ready | None, _Ready | None]:
@@ -478,7 +515,7 @@ class Pool:
                 self._touch(acc)  # re-judged: goes to the timers
                 continue
             if acc.alias in excluded or not acc.fits(est, now):
-                if unfit is None and acc.alias not in excluded:
+                if unfit is None and acc.alias not in excluded and (self._claim is None or acc.request_room(now)):
                     unfit = entry
                 set_aside.append(heapq.heappop(heap))
                 continue
@@ -550,7 +587,7 @@ class Pool:
                 heapq.heappop(heap)
                 self._touch(acc)  # re-judged: ready, exhausted or back in this heap
                 continue
-            if acc.alias in excluded:
+            if acc.alias in excluded or (self._claim is not None and not acc.request_room(now)):
                 set_aside.append(heapq.heappop(heap))
                 continue
             chosen = acc
@@ -565,7 +602,10 @@ class Pool:
             return
         lease.released = True
         acc = lease.account
-        self.store.release(acc, lease.estimate)
+        if self._claim is not None and not lease.claimed:
+            self.store.unclaim(acc, lease.estimate)  # type: ignore[attr-defined]  # never held in the shared store
+        else:
+            self.store.release(acc, lease.estimate)
         if lease.local is not None:
             tokens = None if used is None else (
                 used.input_tokens + used.cache_write_5m + used.cache_write_1h, used.output_tokens)
@@ -607,8 +647,54 @@ class Pool:
         `deadline` is on trio's clock. Returns the lease and the seconds spent queued.
         Raises NoAccounts when nothing could ever serve (ModelNotOffered when no account offers
         `model`, at once), PoolExhausted at the deadline.
+
+        With a shared store each local choice is confirmed by `claim` (one round trip); a refused
+        one (another instance took the headroom) updated the local picture, and the request
+        chooses again — at the head of the queue if it has to wait, keeping its place.
         """
         excluded = frozenset(exclude) | self.offering(model)
+        claim = self._claim
+        if claim is None:
+            return await self._acquire_local(est, excluded, deadline, affinity, False)
+        waited = 0.0
+        refusals = 0
+        while True:
+            lease, w = await self._acquire_local(est, excluded, deadline, affinity, refusals > 0)
+            waited += w
+            if await self.confirm(lease):
+                return lease, waited
+            refusals += 1
+            if trio.current_time() >= deadline:
+                now = self.clock()
+                free = self.earliest_free(excluded)
+                raise PoolExhausted(max(1.0, free - now) if free is not None else None, self.describe_resets(now),
+                                    rate_limited=self.any_exhausted(excluded))
+            if refusals >= 3:
+                # The local picture keeps disagreeing with Redis (it changes under us): back off a little.
+                await trio.sleep(min(0.1, 0.01 * refusals))
+
+    async def confirm(self, lease: Lease) -> bool:
+        """A shared store holds `lease` too (True), or refused it and the lease is dropped (False)."""
+        claim = self._claim
+        if claim is None:
+            return True
+        acc = lease.account
+        try:
+            held = await claim(acc, lease.estimate, lease.fitted)
+        except BaseException:
+            self.release(lease)
+            raise
+        if held:
+            lease.claimed = True
+        else:
+            lease.released = True  # the store has undone the local reservation
+            if self.accounts.get(acc.alias) is acc:
+                self._touch(acc)
+            self._dispatch()
+        return held
+
+    async def _acquire_local(self, est: Estimate, excluded: frozenset[str], deadline: float,
+                             affinity: CacheKeys | None, front: bool) -> tuple[Lease, float]:
         self._dispatch()  # earlier arrivals first
         lease = self.choose(est, excluded, affinity)
         if lease is not None:
@@ -616,7 +702,10 @@ class Pool:
         if not self.servable(excluded):
             raise NoAccounts()
         waiter = _Waiter(est, excluded, affinity)
-        self._queue.append(waiter)
+        if front:
+            self._queue.appendleft(waiter)
+        else:
+            self._queue.append(waiter)
         started = trio.current_time()
         try:
             while waiter.lease is None and trio.current_time() < deadline:

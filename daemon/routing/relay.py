@@ -162,7 +162,7 @@ class Relay:
     async def _acquire(self, inc: Incoming, excluded: list[str], deadline: float) -> tuple[Lease, float]:
         if not self.pool.queue_depth:
             lease = self.pool.choose(inc.estimate, excluded, inc.cache_keys, inc.model)
-            if lease is not None:
+            if lease is not None and (not self.pool.shared or await self.pool.confirm(lease)):
                 return lease, 0.0
         if inc.watch_hangup is None:
             return await self.pool.acquire(inc.estimate, excluded, deadline, inc.cache_keys, inc.model)

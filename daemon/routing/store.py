@@ -13,26 +13,29 @@ the pool's hot path (choose + release) reads a record's windows dozens of times 
 must stay in the microseconds. A store hands out `AccountState` records that the pool reads
 directly; a shared store keeps them as a local mirror of the shared truth.
 
-How a Redis-backed store (team mode) implements the same operations, as an added module:
+Team mode's `RedisStore` (redisstore.py, imported only with `--store`) is a `MemoryStore` used as
+a local mirror of the shared truth in Redis; its docstring has the keys and scripts. What it adds
+to this interface:
 
-- Keys: one hash per account (`dario:acct:<alias>`: windows, block fields, failures, enabled,
-  needs_login) plus one hash of reservations per account keyed by lease id, and one string for
-  the preferred alias. Each window field carries its reset; the hash's expiry is set to the
-  latest reset (`PEXPIREAT`), so stale windows and finished blocks disappear by themselves.
-- `reserve` / `release` / `observe_windows` / `forget_windows` / `block` / `clear_block` / `recovered` /
-  `count_failure` are each one Lua script (`EVALSHA`), so check-and-update is atomic on the
-  server. Its `reserve` would re-check that the estimate still fits the account's remaining
-  budget less the other instances' reservations and refuse otherwise; `reserve` then has to say
-  whether it held (a bool the pool answers by choosing again) — MemoryStore, the only writer of
-  its own state, is never refused, so today it returns nothing. The hot path costs one round
-  trip to reserve and one pipelined round trip to release and observe.
-- Reservations carry the instance's lease id; the instance refreshes a heartbeat key with a TTL,
-  and a reservation whose instance's heartbeat expired is dropped by the next script that reads
-  it, so a crashed dariod does not hold budget for ever.
-- Wake-ups: every script that frees capacity (release, recovery, a block lifted) publishes the
-  alias on a channel; each instance subscribes, refreshes that record in its mirror and calls
-  `Pool.notify()`, so its queued requests are judged again — as `MemoryStore`'s callers do
-  locally today.
+- Every operation here stays synchronous: it changes the mirror at once and queues the same change
+  for Redis, where a writer task sends the queue as one pipeline of Lua scripts (a release and the
+  windows observed with it share one round trip).
+- The choice must be confirmed: `claim(acc, est, strict)` (async, one round trip) runs the
+  `reserve` script, which re-checks the account against the shared state and holds the
+  reservation there or refuses (another instance took the headroom, or learned of a block).
+  `Pool.acquire` awaits it through `Pool.confirm` and chooses again, or queues, when refused;
+  `unclaim` undoes the local reservation of a refused choice. `MemoryStore` has no `claim`: the
+  pool never awaits anything for it, so its hot path is unchanged.
+- Reservations are one aggregate per instance (not one field per request), tied to the instance's
+  lease (a heartbeat key with a TTL): a crashed dariod's share is dropped by the next script that
+  reads it; a live one rewrites its aggregate from its own exact count after an outage.
+- Wake-ups: every script that changes an account publishes its new record; each instance applies
+  it to the mirror and calls `Pool.refreshed`, which re-judges its wait queue.
+- `health`: "ok" or "degraded" (Redis not answering: the mirror alone decides, as `MemoryStore`);
+  `Pool.store_health` says "memory" for a store without it.
+
+Not shared yet (sketch for a later change):
+
 - Prompt-cache affinity (`affinity_get` / `affinity_put`): one string per prefix digest,
   `dario:aff:<hex digest>` = alias, written with `SET … PX <ttl ms>` so Redis expires it at the
   TTL and a rewrite refreshes it; `affinity_get` is one `MGET` of the request's lookup digests
@@ -40,7 +43,8 @@ How a Redis-backed store (team mode) implements the same operations, as an added
   `volatile-lru`. The per-account counts for views are a sorted set per alias
   (`dario:aff-owner:<alias>`, score = expiry, `ZREMRANGEBYSCORE` then `ZCARD`), kept by the same
   Lua script that writes the strings.
-- Per-instance facts stay local and are not stored: the key itself (each instance reads its own
+
+Per-instance facts stay local and are never shared: the key itself (each instance reads its own
   OS keyring), keyring waits, the heap bookkeeping (uid, version, timer_due, last_chosen) and the
   request/error/latency counters shown in views.
 
@@ -209,6 +213,14 @@ class AccountState:
             if remaining - self._reserved(name) < need:
                 return False
         return True
+
+    def request_room(self, now: float) -> bool:
+        """Whether the requests window (if known) has room for one more after the reservations."""
+        w = self.windows.get("requests")
+        if w is None:
+            return True
+        remaining = w.remaining_at(now)
+        return remaining is None or remaining - self.in_flight >= 1
 
     def next_free(self, now: float) -> float | None:
         """When this account can next serve, if it is blocked by time (not by login/disable)."""

@@ -542,6 +542,20 @@ class Bench:
         self.results["pool_choose_release"] = orjson.loads(out.stdout)
         log(f"pool: {self.results['pool_choose_release']}")
 
+    def phase_store(self) -> None:
+        """Team mode: the pool's hot path with the Redis store against the memory store (loopback)."""
+        if not self.time_left("pool_store") or shutil.which("redis-server") is None:
+            return
+        cmd = [sys.executable, "-m", "tests.bench.bench_store"]
+        if self.args.quick:
+            cmd.append("--quick")
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
+        if out.returncode != 0:
+            log(f"store benchmark failed: {out.stderr[-500:]}")
+            return
+        self.results["pool_store"] = orjson.loads(out.stdout)
+        log(f"pool store: {self.results['pool_store']}")
+
     def phase_peer_uid(self) -> None:
         """µs dariod spends, once per new public connection, asking the kernel who the client is."""
         if not sys.platform.startswith("linux") or not self.time_left("peer_uid_lookup"):
@@ -721,6 +735,19 @@ class Bench:
                     target = self.check("body cost", "≤ 3 ms/MB", per_mb, per_mb <= 3.0) + f" ({target})"
             self.row(f"request body {label}, c=1 p50", "ms", {"direct": d, "dario": g}, target=target)
 
+    def summarize_store(self) -> None:
+        st = self.results.get("pool_store")
+        if not st:
+            return
+        mem, red = st["memory"]["acquire_us"], st["redis"]["acquire_us"]
+        self.row("Pool.acquire, Redis store vs memory store (loopback)", "µs", {"direct": mem, "dario": red},
+                 target=f"added {fmt(st['added_acquire_us'])} µs per request; release+observe pipelined: "
+                        f"cycle {fmt(st['redis']['cycle_us'])} µs vs {fmt(st['memory']['cycle_us'])} µs")
+        c = st["client"]
+        self.row("Redis reserve round trip: sync client in a trio thread vs on the loop", "µs",
+                 {"direct": c["sync_direct_us"], "dario": c["sync_in_thread_us"]},
+                 target="thread hand-off is the difference")
+
     def summarize_peer_uid(self) -> None:
         for m in self.results.get("peer_uid_lookup") or []:
             n = m["open_connections"]
@@ -757,6 +784,7 @@ class Bench:
             self.phase_hold()
             self.phase_body()
             self.phase_pool()
+            self.phase_store()
             self.phase_peer_uid()
             if self.args.profile:
                 self.phase_profile()
@@ -768,6 +796,7 @@ class Bench:
         self.results["load_generator_cpu_pct_max"] = max(self.loadgen.cpu_pcts) if self.loadgen and \
             self.loadgen.cpu_pcts else None
         self.summarize()
+        self.summarize_store()
         self.summarize_peer_uid()
         self.results["rows"] = self.rows
         self.results["targets"] = self.targets

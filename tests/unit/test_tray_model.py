@@ -505,3 +505,14 @@ def test_app_apply_updates_icon_title_and_menu(pystray_dummy: Any) -> None:
     # A real change (the account came back) rebuilds at once.
     tray.apply(make_status(account("work"), account("spare")), NOW + 4)
     assert tray.icon.menu_updates == 2 and tray.icon.icon == "image:healthy"
+
+
+def test_team_store_degraded_shows_in_health_and_tooltip() -> None:
+    # Team mode: Redis not answering is said in the tray, while the accounts themselves are fine.
+    status = make_status(account("work"))
+    assert health(status) is TrayHealth.HEALTHY
+    status["store"] = "ok"
+    assert health(status) is TrayHealth.HEALTHY and "store" not in tooltip(status, NOW)
+    status["store"] = "degraded"
+    assert health(status) is TrayHealth.DEGRADED
+    assert tooltip(status, NOW).endswith("· store: degraded")

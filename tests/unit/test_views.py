@@ -389,3 +389,10 @@ def test_status_says_when_usage_rows_wait_or_were_dropped() -> None:
             "problem": "usage analytics database postgresql://team:***@db/usage is unusable (connection refused)"}
     text = render(views.render_status, {**status([]), "analytics": down}, now=NOW)
     assert "1,200 rows waiting, 7 dropped" in text and "connection refused" in text
+def test_status_says_when_the_team_store_is_degraded() -> None:
+    st = status([])
+    assert "Store" not in render(views.render_status, st, now=NOW)  # memory: nothing to say
+    st["store"] = "ok"
+    assert "redis, ok" in render(views.render_status, st, now=NOW)
+    st["store"] = "degraded"
+    assert "redis, degraded" in render(views.render_status, st, now=NOW)
