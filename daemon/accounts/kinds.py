@@ -238,6 +238,6 @@ def _vertex_secret(secret: str, checked: Checked) -> str:
         info = None
     if not isinstance(info, dict) or info.get("type") != "service_account" \
             or not all(isinstance(info.get(k), str) and info[k] for k in ("private_key", "client_email")):
-        raise FieldProblem("--credentials must name a Google service-account JSON key file "
-                           "(\"type\": \"service_account\"); for your gcloud login use --adc", "secret")
+        raise FieldProblem("that is not a Google service-account JSON key (\"type\": \"service_account\", with "
+                           "private_key and client_email); for your gcloud login use --adc", "secret")
     return secret
