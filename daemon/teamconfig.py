@@ -542,7 +542,7 @@ def check(path: Path) -> tuple[str, int]:
         notes.append(f"  {label}: {source.describe()}: {_availability(source)}")
     for a in config.accounts:
         if a.secret is None:
-            notes.append(f"  {a.alias}: {_reference(a.options)}: read by dariod when it calls")
+            notes.append(f"  {a.alias}: {_reference(a.options)}: by reference, nothing to read")
     if problems:
         return ConfigError(path, problems, text).report(), 2
     count = len(config.accounts)
