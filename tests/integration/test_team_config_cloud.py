@@ -204,3 +204,44 @@ def test_a_bad_secret_needs_login_naming_the_source_and_refresh_rereads_it(
     assert (code, headers["x-dario-account"]) == (200, "aws-file")
     assert signed_by(bedrock)[-1] == AKID_FILE
     assert "NOTAKEY" not in cloud.stderr() and "RTVALUE" not in cloud.stderr()
+
+
+def test_keys_from_the_keyring_and_vertex_application_default_credentials(
+        dariod_factory: Callable[..., Dariod], bedrock: FakeBedrock, vertex: FakeVertex) -> None:
+    config = f"""
+[[account]]
+alias = "aws-kr"
+kind = "bedrock"
+region = "us-east-1"
+base_url = "{bedrock.url}"
+secret = {{ keyring = true }}
+preferred = true
+
+[[account]]
+alias = "gcp-adc"
+kind = "vertex"
+project = "proj"
+region = "us-east5"
+base_url = "{vertex.url}"
+adc = true
+"""
+    bedrock.clear()
+    vertex.clear()
+    d = team_dariod(dariod_factory, config, start=False)
+    store = d.home / "keyring.json"
+    store.write_text(json.dumps({"dario\0aws-kr": f"{AKID_FILE} {SECRET_FILE}\n"}))
+    # ADC as google-auth finds it: GOOGLE_APPLICATION_CREDENTIALS names a service-account file.
+    d.env.update(PYTHON_KEYRING_BACKEND="tests.keyring_backend.FileKeyring", DARIO_TEST_KEYRING_FILE=str(store),
+                 GOOGLE_APPLICATION_CREDENTIALS=str(vertex.service_account(d.home)))
+    d.start()
+    by_alias = accounts(d)
+    assert by_alias["gcp-adc"]["credential"] == "adc" and by_alias["gcp-adc"]["project"] == "proj"
+
+    code, headers, body = post(d.url, ask("keys from the keyring"))
+    assert (code, headers["x-dario-account"]) == (200, "aws-kr"), body
+    assert signed_by(bedrock) == [AKID_FILE]  # the keyring's `AKID SECRET` became the account's document
+
+    assert d.ctl("accounts", "prefer", "gcp-adc").returncode == 0
+    code, headers, body = post(d.url, ask("application default credentials"))
+    assert (code, headers["x-dario-account"]) == (200, "gcp-adc"), body
+    assert len(vertex_calls(vertex)) == 1
