@@ -33,7 +33,7 @@ Read with the standard library's `tomllib` (TOML 1.0, https://toml.io/en/v1.0.0)
     secret = { credential = "vertex-sa" }    # the service-account JSON; or adc = true (no secret)
 
 A Bedrock or Vertex account's fields are judged by the rules `dario-ctl login` follows
-(`accounts.kinds.check_fields`); `secret` may be left out exactly when the credential is a
+(`accounts.kinds.field_problems`); `secret` may be left out exactly when the credential is a
 reference (an AWS profile or botocore's default chain, Vertex ADC).
 
 `load` returns a `TeamConfig` or raises `ConfigError` holding every problem found, each with the
@@ -53,7 +53,7 @@ from typing import Any
 
 from dario.daemon.accounts import kinds
 from dario.daemon.accounts.errors import InvalidAccount
-from dario.daemon.accounts.kinds import FieldProblem, LoginFields
+from dario.daemon.accounts.kinds import LoginFields
 from dario.daemon.accounts.registry import check_alias, check_limits
 from dario.daemon.accounts.sources import (
     CREDENTIALS_ENV,
@@ -363,7 +363,7 @@ class _Reader:
 
     def kind_fields(self, table: tuple[str, int], head: int | None, label: str, raw: dict[str, Any]
                     ) -> tuple[str, kinds.Checked | None, dict[str, str]]:
-        """kind, base_url and the kind fields, judged by the login's rules (`kinds.check_fields`)."""
+        """kind, base_url and the kind fields, judged by the login's rules (`kinds.field_problems`)."""
         kind = raw.get("kind", "anthropic")
         base_url = raw.get("base_url")
         options: dict[str, str] = {}
@@ -396,27 +396,25 @@ class _Reader:
         if kind == "bedrock" and not options.get("credential") and not options.get("aws_profile") \
                 and "secret" not in raw:
             options["credential"] = "profile"  # no keys, no profile: botocore's default chain
-        try:
-            checked = kinds.check_fields(kind, base_url, LoginFields(**options))
-        except FieldProblem as exc:
-            line = self.where.key(table, exc.field) if exc.field else None
-            self.problem(line or head, f"{label}: {kinds.config_wording(str(exc))}")
-            return kind, None, options
+        checked, found = kinds.field_problems(kind, base_url, LoginFields(**options))
+        for problem in found:
+            line = self.where.key(table, problem.field) if problem.field else None
+            self.problem(line or head, f"{label}: {kinds.config_wording(str(problem))}")
         return kind, (checked if fine else None), options
 
     def secret(self, line: int | None, label: str, raw: Any, *, allow_keyring: bool) -> SecretSpec | None:
-        kinds = SOURCE_KINDS if allow_keyring else tuple(k for k in SOURCE_KINDS if k != "keyring")
-        choices = ", ".join(kinds)
+        allowed = SOURCE_KINDS if allow_keyring else tuple(k for k in SOURCE_KINDS if k != "keyring")
+        choices = ", ".join(allowed)
         if isinstance(raw, str):
             # Never echo it: it may well be the key itself.
             self.problem(line, f"{label} must name where the secret comes from ({choices}), e.g. "
                                "{ credential = \"NAME\" }; a key written into this file is refused")
             return None
         if not isinstance(raw, dict) or len(raw) != 1:
-            self.problem(line, f"{label} must name exactly one source: {{ {' | '.join(f'{k} = …' for k in kinds)} }}")
+            self.problem(line, f"{label} must name exactly one source: {{ {' | '.join(f'{k} = …' for k in allowed)} }}")
             return None
         (kind, value), = raw.items()
-        if kind not in kinds:
+        if kind not in allowed:
             self.problem(line, f"{label}: unknown source {kind!r}; use one of: {choices}")
             return None
         if kind == "keyring":

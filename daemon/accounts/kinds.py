@@ -93,18 +93,33 @@ def describe_reference(fields: LoginFields) -> str:
 
 
 def check_fields(kind: str, base_url: str | None, fields: LoginFields) -> Checked:
-    """Judge a login's non-secret inputs; raises FieldProblem (never about a secret: none is given)."""
+    """Judge a login's non-secret inputs; raises the first FieldProblem (none is about a secret)."""
+    checked, problems = field_problems(kind, base_url, fields)
+    if checked is None:
+        raise problems[0]
+    return checked
+
+
+def field_problems(kind: str, base_url: str | None, fields: LoginFields) -> tuple[Checked | None, list[FieldProblem]]:
+    """What the non-secret inputs make, or every problem with them (one per field at most)."""
+    problems: list[FieldProblem] = []
     if kind not in ACCOUNT_KINDS:
-        raise FieldProblem(f"unknown account kind {kind!r}; choose one of: {', '.join(ACCOUNT_KINDS)}", "kind")
+        problems.append(FieldProblem(f"unknown account kind {kind!r}; choose one of: {', '.join(ACCOUNT_KINDS)}",
+                                     "kind"))
+        return None, problems
     if kind == bedrock.KIND:
-        return _bedrock_fields(base_url, fields)
-    if kind == vertex.KIND:
-        return _vertex_fields(base_url, fields)
-    given = [name for name in ("region", "project", "credential", "aws_profile", "inference_profile")
-             if getattr(fields, name)]
-    if given:
-        raise FieldProblem(f"{', '.join(given)} apply to bedrock or vertex accounts, not to {kind}", given[0])
-    return Checked(_url(kind, base_url), None, True)
+        checked = _bedrock_fields(base_url, fields, problems)
+    elif kind == vertex.KIND:
+        checked = _vertex_fields(base_url, fields, problems)
+    else:
+        given = [name for name in ("region", "project", "credential", "aws_profile", "inference_profile")
+                 if getattr(fields, name)]
+        if given:
+            problems.append(FieldProblem(f"{', '.join(given)} apply to bedrock or vertex accounts, not to {kind}",
+                                         given[0]))
+        url = _url(kind, base_url, problems)
+        checked = Checked(url, None, True) if url is not None else None
+    return (None if problems else checked), problems
 
 
 def prepare(kind: str, secret: str, base_url: str | None, fields: LoginFields) -> Prepared:
@@ -122,32 +137,37 @@ def prepare(kind: str, secret: str, base_url: str | None, fields: LoginFields) -
     return Prepared(checked.base_url, document, checked.details)
 
 
-def _url(kind: str, base_url: str | None) -> str:
+def _url(kind: str, base_url: str | None, problems: list[FieldProblem]) -> str | None:
     try:
         return normalise_base_url(kind, base_url)
     except InvalidAccount as exc:
-        raise FieldProblem(str(exc), "base_url" if kind in ACCOUNT_KINDS else "kind") from None
+        problems.append(FieldProblem(str(exc), "base_url"))
+        return None
 
 
-def _bedrock_fields(base_url: str | None, fields: LoginFields) -> Checked:
+def _bedrock_fields(base_url: str | None, fields: LoginFields, problems: list[FieldProblem]) -> Checked | None:
     region = fields.region or ""
     if not _AWS_REGION.match(region):
-        raise FieldProblem(f"a bedrock account needs --region, an AWS region like us-east-1 (got {region!r})"
-                           if region else "a bedrock account needs --region (an AWS region like us-east-1)", "region")
+        problems.append(FieldProblem(
+            f"a bedrock account needs --region, an AWS region like us-east-1 (got {region!r})" if region
+            else "a bedrock account needs --region (an AWS region like us-east-1)", "region"))
     if fields.project:
-        raise FieldProblem("--project applies to vertex accounts", "project")
+        problems.append(FieldProblem("--project applies to vertex accounts", "project"))
     profile = fields.aws_profile or None
     credential = fields.credential or ("profile" if profile else "keys")
     if credential not in BEDROCK_CREDENTIALS:
-        raise FieldProblem(f"unknown bedrock credential {credential!r}; one of: {', '.join(BEDROCK_CREDENTIALS)}",
-                           "credential")
+        problems.append(FieldProblem(
+            f"unknown bedrock credential {credential!r}; one of: {', '.join(BEDROCK_CREDENTIALS)}", "credential"))
     prefix = fields.inference_profile or None
     if prefix is not None and prefix not in INFERENCE_PROFILES:
-        raise FieldProblem(f"--inference-profile must be one of {', '.join(INFERENCE_PROFILES)}", "inference_profile")
+        problems.append(FieldProblem(f"--inference-profile must be one of {', '.join(INFERENCE_PROFILES)}",
+                                     "inference_profile"))
     if profile is not None and (credential != "profile" or not _AWS_PROFILE.match(profile)):
-        raise FieldProblem("--aws-profile takes a profile name and goes without keys or --bedrock-api-key",
-                           "aws_profile")
-    url = _url(bedrock.KIND, base_url) if base_url else f"https://bedrock-runtime.{region}.amazonaws.com"
+        problems.append(FieldProblem("--aws-profile takes a profile name and goes without keys or --bedrock-api-key",
+                                     "aws_profile"))
+    url = _url(bedrock.KIND, base_url, problems) if base_url else f"https://bedrock-runtime.{region}.amazonaws.com"
+    if problems or url is None:
+        return None
     return Checked(url, credential, credential != "profile", {
         "region": region, "credential": credential, "aws_profile": profile, "inference_profile": prefix})
 
@@ -208,23 +228,28 @@ def _aws_keys(secret: str) -> dict[str, str]:
     return out
 
 
-def _vertex_fields(base_url: str | None, fields: LoginFields) -> Checked:
+def _vertex_fields(base_url: str | None, fields: LoginFields, problems: list[FieldProblem]) -> Checked | None:
     if not fields.project or not fields.region:
-        raise FieldProblem("a vertex account needs --project (a Google Cloud project id) and --region "
-                           "(a Vertex AI location, e.g. us-east5, europe-west1 or global)",
-                           "project" if not fields.project else "region")
+        problems.append(FieldProblem("a vertex account needs --project (a Google Cloud project id) and --region "
+                                     "(a Vertex AI location, e.g. us-east5, europe-west1 or global)",
+                                     "project" if not fields.project else "region"))
     if fields.aws_profile or fields.inference_profile:
-        raise FieldProblem("--aws-profile and --inference-profile apply to bedrock accounts",
-                           "aws_profile" if fields.aws_profile else "inference_profile")
+        problems.append(FieldProblem("--aws-profile and --inference-profile apply to bedrock accounts",
+                                     "aws_profile" if fields.aws_profile else "inference_profile"))
     credential = fields.credential or "service_account"
     if credential not in VERTEX_CREDENTIALS:
-        raise FieldProblem(f"unknown vertex credential {credential!r}; one of: {', '.join(VERTEX_CREDENTIALS)}",
-                           "credential")
-    host = _url(vertex.KIND, base_url) if base_url else None
+        problems.append(FieldProblem(
+            f"unknown vertex credential {credential!r}; one of: {', '.join(VERTEX_CREDENTIALS)}", "credential"))
+    host = _url(vertex.KIND, base_url, problems) if base_url else None
+    if not fields.project or not fields.region or (base_url and host is None):
+        return None
     try:
         url = vertex.base_url_for(fields.project, fields.region, host)
     except ValueError as exc:
-        raise FieldProblem(str(exc), "project" if "project" in str(exc) else "region") from None
+        problems.append(FieldProblem(str(exc), "project" if "project" in str(exc) else "region"))
+        return None
+    if problems:
+        return None
     return Checked(url, credential, credential != "adc",
                    {"region": fields.region, "project": fields.project, "credential": credential})
 

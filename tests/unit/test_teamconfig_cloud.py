@@ -104,6 +104,14 @@ def test_each_cloud_problem_names_its_line_in_the_files_words(body: str, line: i
     assert "--" not in message  # the file's keys, not dario-ctl's flags
 
 
+def test_every_field_problem_of_an_account_is_reported_at_once() -> None:
+    found = problems('kind = "bedrock"\nregion = "Mars"\ninference_profile = "mars"\ncredential = "sso"\n'
+                     'project = "p"\nbase_url = "ftp://x"')
+    assert [line for line, _ in found] == [4, 7, 6, 5, 8]
+    assert "region" in found[0][1] and "project applies" in found[1][1] and "credential 'sso'" in found[2][1]
+    assert "inference_profile" in found[3][1] and "base_url must be an http(s) URL" in found[4][1]
+
+
 def test_the_file_becomes_managed_accounts_the_service_can_prepare() -> None:
     text = f"""
 [[account]]
