@@ -191,8 +191,10 @@ def managed_accounts(team: TeamConfig | None) -> list[ManagedAccount]:
         return []
     return [
         ManagedAccount(alias=a.alias, kind=a.kind, base_url=a.base_url,
-                       source=source_for(a.secret.kind, a.secret.value, a.alias), config_file=str(team.path),
-                       enabled=a.enabled, preferred=a.preferred, options=dict(a.options), limits=dict(a.limits))
+                       source=source_for(a.secret.kind, a.secret.value, a.alias) if a.secret is not None else None,
+                       config_file=str(team.path), enabled=a.enabled, preferred=a.preferred,
+                       options=dict(a.options), limits=dict(a.limits), configured_base_url=a.configured_base_url,
+                       details=dict(a.details))
         for a in team.accounts
     ]
 

@@ -17,6 +17,25 @@ Read with the standard library's `tomllib` (TOML 1.0, https://toml.io/en/v1.0.0)
     base_url = "https://api.anthropic.com"   # default per kind
     secret = { credential = "anthropic-team-a" }   # or { file = "/abs/path" }, { env = "VAR" }, { keyring = true }
 
+    [[account]]
+    alias = "aws-main"
+    kind = "bedrock"
+    region = "us-east-1"
+    inference_profile = "us"                 # optional
+    aws_profile = "dario"                    # by reference (botocore's chain); or secret = … holding AWS keys,
+                                             # or credential = "api_key" + secret; or neither: the default chain
+
+    [[account]]
+    alias = "gcp-main"
+    kind = "vertex"
+    project = "my-proj"
+    region = "us-east5"
+    secret = { credential = "vertex-sa" }    # the service-account JSON; or adc = true (no secret)
+
+A Bedrock or Vertex account's fields are judged by the rules `dario-ctl login` follows
+(`accounts.kinds.field_problems`); `secret` may be left out exactly when the credential is a
+reference (an AWS profile or botocore's default chain, Vertex ADC).
+
 `load` returns a `TeamConfig` or raises `ConfigError` holding every problem found, each with the
 line it is on, so `dariod --config FILE --check` can list them all at once. Secrets are never
 read here and never printed: a `secret` written as a literal string is refused without echoing it.
@@ -32,8 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dario.daemon.accounts import kinds
 from dario.daemon.accounts.errors import InvalidAccount
-from dario.daemon.accounts.registry import check_alias, check_limits, normalise_base_url
+from dario.daemon.accounts.kinds import LoginFields
+from dario.daemon.accounts.registry import check_alias, check_limits
 from dario.daemon.accounts.sources import (
     CREDENTIALS_ENV,
     SOURCE_KINDS,
@@ -44,7 +65,7 @@ from dario.daemon.accounts.sources import (
     SourceKind,
     source_for,
 )
-from dario.daemon.control.api import ACCOUNT_KINDS, LIMIT_NAMES
+from dario.daemon.control.api import LIMIT_NAMES
 from dario.daemon.redact import redact
 
 CONFIG_ENV = "DARIO_CONFIG"
@@ -70,9 +91,9 @@ SERVER_KEYS: dict[str, tuple[str, str, str]] = {
 }
 # Handled apart: a secret source, and the team-mode store URLs (strings kept for the stores to read).
 SERVER_SPECIAL = ("api_key", "store", "analytics")
-# Kind-specific account fields (Bedrock, Vertex): accepted and kept, passed on to the registry.
-KIND_FIELDS = ("region", "project", "inference_profile", "aws_profile")
-ACCOUNT_KEYS = ("alias", "kind", "base_url", "enabled", "preferred", "secret", *KIND_FIELDS, *LIMIT_NAMES)
+# Kind-specific account fields (Bedrock, Vertex), as `dario-ctl login` takes them (LoginFields).
+KIND_FIELDS = ("region", "project", "inference_profile", "aws_profile", "credential")
+ACCOUNT_KEYS = ("alias", "kind", "base_url", "enabled", "preferred", "secret", *KIND_FIELDS, "adc", *LIMIT_NAMES)
 
 _CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,254}$")  # a file name in $CREDENTIALS_DIRECTORY
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -91,12 +112,16 @@ class SecretSpec:
 class AccountEntry:
     alias: str
     kind: str
-    base_url: str
-    secret: SecretSpec
+    base_url: str  # as the account is stored (a Vertex account's carries its project and region)
+    secret: SecretSpec | None  # None: the credential is a reference (AWS profile or chain, Vertex ADC)
     enabled: bool = True
     preferred: bool = False
-    options: Mapping[str, str] = field(default_factory=dict)  # region, project, inference_profile, aws_profile
+    # The kind fields as LoginFields takes them (region, project, credential, …); `credential` is
+    # filled in when the file implies it (adc = true; a bedrock account with no secret and no profile).
+    options: Mapping[str, str] = field(default_factory=dict)
     limits: Mapping[str, int | None] = field(default_factory=dict)  # declared rpm, input_tpm, output_tpm
+    configured_base_url: str | None = None  # base_url as written (kinds.prepare takes this one)
+    details: Mapping[str, str | None] = field(default_factory=dict)  # region, project, credential… for views
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,19 +329,6 @@ class _Reader:
             except InvalidAccount as exc:
                 self.problem(self.where.key(table, "alias"), f"{label}: {exc}")
             label = f"{label} ({alias})"
-        kind = raw.get("kind", "anthropic")
-        base_url = raw.get("base_url")
-        url = ""
-        if not isinstance(kind, str) or (base_url is not None and not isinstance(base_url, str)):
-            self.problem(self.where.key(table, "kind" if not isinstance(kind, str) else "base_url"),
-                         f"{label}: kind and base_url must be strings")
-        else:
-            try:
-                url = normalise_base_url(kind, base_url)
-            except InvalidAccount as exc:
-                key = "base_url" if kind in ACCOUNT_KINDS else "kind"
-                self.problem(self.where.key(table, key) or head,
-                             f"{label}: {str(exc).replace('--base-url', 'base_url')}")
         flags: dict[str, bool] = {}
         for key, default in (("enabled", True), ("preferred", False)):
             value = raw.get(key, default)
@@ -324,13 +336,7 @@ class _Reader:
                 flags[key] = value
             else:
                 self.problem(self.where.key(table, key), f"{label}: {key} must be true or false")
-        options: dict[str, str] = {}
-        for key in KIND_FIELDS:
-            if key in raw:
-                if isinstance(raw[key], str) and raw[key]:
-                    options[key] = raw[key]
-                else:
-                    self.problem(self.where.key(table, key), f"{label}: {key} must be a non-empty string")
+        kind, checked, options = self.kind_fields(table, head, label, raw)
         limits: dict[str, int | None] = {}
         for key in LIMIT_NAMES:
             if key in raw:
@@ -340,30 +346,75 @@ class _Reader:
                     message = str(exc).replace("--" + key.replace("_", "-"), key)
                     self.problem(self.where.key(table, key), f"{label}: {message}")
         secret: SecretSpec | None = None
+        needs_secret = checked.needs_secret if checked is not None else None  # None: unknown (bad fields)
         if "secret" not in raw:
-            self.problem(head, f"{label}: secret is required: where the key comes from, e.g. "
-                               "secret = { credential = \"NAME\" }")
+            if needs_secret:
+                self.problem(head, f"{label}: secret is required: {_secret_hint(kind)}")
         else:
-            secret = self.secret(self.where.key(table, "secret"), f"{label}: secret", raw["secret"],
-                                 allow_keyring=True)
-        if len(self.problems) > before or alias is None or secret is None:
+            line = self.where.key(table, "secret")
+            secret = self.secret(line, f"{label}: secret", raw["secret"], allow_keyring=True)
+            if needs_secret is False:
+                self.problem(line, f"{label}: secret is not used with {_reference(options)}; remove it")
+        if len(self.problems) > before or alias is None or checked is None:
             return None
-        return AccountEntry(alias=alias, kind=kind, base_url=url, secret=secret, enabled=flags["enabled"],
-                            preferred=flags["preferred"], options=options, limits=limits)
+        return AccountEntry(alias=alias, kind=kind, base_url=checked.base_url, secret=secret,
+                            enabled=flags["enabled"], preferred=flags["preferred"], options=options, limits=limits,
+                            configured_base_url=raw.get("base_url"), details=checked.details)
+
+    def kind_fields(self, table: tuple[str, int], head: int | None, label: str, raw: dict[str, Any]
+                    ) -> tuple[str, kinds.Checked | None, dict[str, str]]:
+        """kind, base_url and the kind fields, judged by the login's rules (`kinds.field_problems`)."""
+        kind = raw.get("kind", "anthropic")
+        base_url = raw.get("base_url")
+        options: dict[str, str] = {}
+        fine = True
+        for key in KIND_FIELDS:
+            if key in raw:
+                if isinstance(raw[key], str) and raw[key]:
+                    options[key] = raw[key]
+                else:
+                    self.problem(self.where.key(table, key), f"{label}: {key} must be a non-empty string")
+                    fine = False
+        if "adc" in raw:
+            adc_line = self.where.key(table, "adc")
+            if raw["adc"] is not True:
+                self.problem(adc_line, f"{label}: write adc = true (or leave it out)")
+                fine = False
+            elif kind != "vertex":
+                self.problem(adc_line, f"{label}: adc applies to vertex accounts")
+                fine = False
+            elif options.get("credential", "adc") != "adc" or "secret" in raw:
+                self.problem(adc_line, f"{label}: adc = true uses application default credentials: "
+                                       "it goes without credential and secret")
+                fine = False
+            else:
+                options["credential"] = "adc"
+        if not isinstance(kind, str) or (base_url is not None and not isinstance(base_url, str)):
+            self.problem(self.where.key(table, "kind" if not isinstance(kind, str) else "base_url"),
+                         f"{label}: kind and base_url must be strings")
+            return "", None, options
+        if kind == "bedrock" and not options.get("credential") and not options.get("aws_profile") \
+                and "secret" not in raw:
+            options["credential"] = "profile"  # no keys, no profile: botocore's default chain
+        checked, found = kinds.field_problems(kind, base_url, LoginFields(**options))
+        for problem in found:
+            line = self.where.key(table, problem.field) if problem.field else None
+            self.problem(line or head, f"{label}: {kinds.config_wording(str(problem))}")
+        return kind, (checked if fine else None), options
 
     def secret(self, line: int | None, label: str, raw: Any, *, allow_keyring: bool) -> SecretSpec | None:
-        kinds = SOURCE_KINDS if allow_keyring else tuple(k for k in SOURCE_KINDS if k != "keyring")
-        choices = ", ".join(kinds)
+        allowed = SOURCE_KINDS if allow_keyring else tuple(k for k in SOURCE_KINDS if k != "keyring")
+        choices = ", ".join(allowed)
         if isinstance(raw, str):
             # Never echo it: it may well be the key itself.
             self.problem(line, f"{label} must name where the secret comes from ({choices}), e.g. "
                                "{ credential = \"NAME\" }; a key written into this file is refused")
             return None
         if not isinstance(raw, dict) or len(raw) != 1:
-            self.problem(line, f"{label} must name exactly one source: {{ {' | '.join(f'{k} = …' for k in kinds)} }}")
+            self.problem(line, f"{label} must name exactly one source: {{ {' | '.join(f'{k} = …' for k in allowed)} }}")
             return None
         (kind, value), = raw.items()
-        if kind not in kinds:
+        if kind not in allowed:
             self.problem(line, f"{label}: unknown source {kind!r}; use one of: {choices}")
             return None
         if kind == "keyring":
@@ -385,6 +436,21 @@ class _Reader:
             self.problem(line, f"{label}: {value!r} is not an environment variable name")
             return None
         return SecretSpec(kind, value)
+
+
+def _secret_hint(kind: str) -> str:
+    """What to write when an account's `secret` is missing."""
+    if kind == "bedrock":
+        return ("AWS keys or a Bedrock API key, e.g. secret = { credential = \"NAME\" }; for credentials by "
+                "reference leave out credential and use aws_profile (or nothing: botocore's default chain)")
+    if kind == "vertex":
+        return ("the service-account JSON, e.g. secret = { credential = \"NAME\" }; or adc = true for "
+                "application default credentials")
+    return "where the key comes from, e.g. secret = { credential = \"NAME\" }"
+
+
+def _reference(options: Mapping[str, str]) -> str:
+    return kinds.describe_reference(LoginFields(**options))
 
 
 # -- line numbers -------------------------------------------------------------------------------
@@ -462,6 +528,7 @@ def check(path: Path) -> tuple[str, int]:
     where = _Locator(text)
     specs: list[tuple[str, SecretSpec, int | None]] = [
         (a.alias, a.secret, where.key(("account", i), "secret")) for i, a in enumerate(config.accounts)
+        if a.secret is not None
     ]
     if config.server.api_key is not None:
         specs.append(("[server] api_key", config.server.api_key, where.key(("server", 0), "api_key")))
@@ -471,6 +538,9 @@ def check(path: Path) -> tuple[str, int]:
             problems.append(Problem(line, f"{label}: {source.mode_problem()}"))
             continue
         notes.append(f"  {label}: {source.describe()}: {_availability(source)}")
+    for a in config.accounts:
+        if a.secret is None:
+            notes.append(f"  {a.alias}: {_reference(a.options)}: by reference, nothing to read")
     if problems:
         return ConfigError(path, problems, text).report(), 2
     count = len(config.accounts)

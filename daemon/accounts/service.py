@@ -2,7 +2,10 @@
 
 Accounts come from two places: the registry (made with `dario-ctl login`, keys in the OS keyring)
 and, on a server, the team config file (`ManagedAccount`: each names its secret source, and
-login/logout refuse them; `refresh` re-reads the source).
+login/logout refuse them; `refresh` re-reads the source). What a source gives is turned into the
+stored form by `kinds.prepare`, as a login's input is: a Bedrock account's AWS keys become the
+adapter's document, and one whose credential is a reference (an AWS profile, Vertex ADC) has no
+source at all.
 
 It changes three things together (the registry file, the OS keyring and the pool) and raises
 only the domain errors of `accounts.errors`; the control server turns them into HTTP answers.
@@ -68,12 +71,30 @@ class ManagedAccount:
     alias: str
     kind: str
     base_url: str
-    source: SecretSource
+    source: SecretSource | None  # None: the credential is a reference (AWS profile or chain, Vertex ADC)
     config_file: str  # the file that defines it, for messages
     enabled: bool = True
     preferred: bool = False
-    options: dict[str, str] = field(default_factory=dict)  # kind fields (region, project, …), kept as given
+    options: dict[str, str] = field(default_factory=dict)  # kind fields as LoginFields takes them (region, …)
     limits: dict[str, int | None] = field(default_factory=dict)  # declared limits (rpm, input_tpm, output_tpm)
+    configured_base_url: str | None = None  # base_url as the file gives it (None: the kind's default)
+    details: dict[str, str | None] = field(default_factory=dict)  # region, project, credential…: shown by views
+
+    @property
+    def fields(self) -> LoginFields:
+        return LoginFields(**self.options)
+
+    def origin(self) -> str:
+        """Where its credential comes from, in words (never the value)."""
+        return self.source.describe() if self.source is not None else kinds.describe_reference(self.fields)
+
+    @property
+    def reads_keyring(self) -> bool:
+        return self.source is not None and self.source.kind == "keyring"
+
+    def stored(self, secret: str) -> str:
+        """What the pool keeps for what the source gave (raises InvalidAccount, never quoting it)."""
+        return kinds.prepare(self.kind, secret, self.configured_base_url, self.fields).secret
 
 
 # Sends a cheap authenticated request with (kind, base_url, secret); raises UpstreamUnreachable.
@@ -154,11 +175,11 @@ class AccountService:
                 self.pool.set_declared_limits(acc.alias, acc.limits())
             self.pool.mark_keyring_wait(acc.alias, "reading the key from the OS keyring")
         for m in self.managed.values():
-            self.pool.upsert(m.alias, m.kind, m.base_url, 0.0, None, m.enabled)
+            self.pool.upsert(m.alias, m.kind, m.base_url, 0.0, None, m.enabled, m.details or None)
             self.pool.set_managed(m.alias, "config")
             if any(v is not None for v in m.limits.values()):
                 self.pool.set_declared_limits(m.alias, m.limits)
-            if m.source.kind == "keyring":
+            if m.reads_keyring:
                 self.pool.mark_keyring_wait(m.alias, "reading the key from the OS keyring")
             else:
                 self._read_source(m)
@@ -179,8 +200,15 @@ class AccountService:
         secret, problem = outcome
         if secret is None:
             self._source_failed(m, problem or "no key")
-        elif self.pool.accounts.get(m.alias) is not None:
-            self.pool.secret_loaded(m.alias, secret)
+            return
+        try:
+            stored = m.stored(secret)
+        except InvalidAccount as exc:  # kinds' messages never quote the secret
+            self._source_failed(m, f"{m.origin()} does not hold a usable credential: "
+                                   f"{kinds.config_wording(str(exc))}")
+            return
+        if self.pool.accounts.get(m.alias) is not None:
+            self.pool.secret_loaded(m.alias, stored)
 
     def _source_failed(self, m: ManagedAccount, problem: str) -> None:
         reason = f"{problem}; then run: {command('dario-ctl')} refresh {m.alias}"  # `problem` names the source
@@ -247,8 +275,11 @@ class AccountService:
         for alias, secret in (call.result or {}).items():
             acc = self.pool.accounts.get(alias)
             if acc is not None and acc.secret is None:  # a login meanwhile brought a newer key
-                self.pool.secret_loaded(alias, secret)
                 managed = self.managed.get(alias)
+                if managed is not None and secret:
+                    self._apply_source(managed, (secret, None))
+                    continue
+                self.pool.secret_loaded(alias, secret)
                 if managed is not None and not secret:
                     self._source_failed(managed, f"{KeyringSource(alias).describe()} holds no key; store one with "
                                                  f"`keyring set {secrets.KEYRING_SERVICE} {alias}`")
@@ -350,7 +381,7 @@ class AccountService:
                   else "remove its [[account]] table from the file and restart dariod")
         raise ManagedByConfig(
             f"account {alias!r} is defined in the config file {m.config_file}, so {what} cannot change it: "
-            f"{change} (its secret comes from {m.source.describe()}); "
+            f"{change} (its credential comes from {m.origin()}); "
             f"after changing the secret, run: {command('dario-ctl')} refresh {alias}"
         )
 
@@ -406,10 +437,10 @@ class AccountService:
         targets = [alias] if alias else list(self.pool.accounts)
         for name in targets:  # a config account's source may hold a new (rotated) key: read it again
             m = self.managed.get(name)
-            if m is not None and m.source.kind != "keyring":
+            if m is not None and not m.reads_keyring:
                 await self._reread_source(m)
         unread = [name for name in targets if self.pool.accounts[name].secret is None
-                  and not (name in self.managed and self.managed[name].source.kind != "keyring")]
+                  and not (name in self.managed and not self.managed[name].reads_keyring)]
         if unread:
             await self._reread_keyring(unread)
         results: list[RefreshResult] = []
@@ -437,7 +468,7 @@ class AccountService:
             status = 200  # the credential works; what the check could not do is said below
         if status in (401, 403):
             self.pool.observe_auth_failure(acc, status, message)
-            fix = (f"fix the key in {self.managed[alias].source.describe()}, then run: "
+            fix = (f"fix the credential in {self.managed[alias].origin()}, then run: "
                    f"{command('dario-ctl')} refresh {alias}" if alias in self.managed
                    else f"run: {command('dario-ctl')} login {alias}")
             return {"alias": alias, "ok": False, "status": "needs_login", "message": f"key rejected ({status}); {fix}"}
@@ -458,8 +489,13 @@ class AccountService:
         return {"alias": alias, "ok": True, "status": view["status"], "message": said[:300]}
 
 
-def _read_source(source: SecretSource) -> tuple[str | None, str | None]:
-    """(secret, None) or (None, why not): a blocking read, safe to run in a worker thread."""
+def _read_source(source: SecretSource | None) -> tuple[str | None, str | None]:
+    """(secret, None) or (None, why not): a blocking read, safe to run in a worker thread.
+
+    No source (a credential by reference): ("", None), the empty secret `kinds.prepare` expects then.
+    """
+    if source is None:
+        return "", None
     try:
         return source.read(), None
     except (SecretUnavailable, KeyringUnavailable) as exc:

@@ -59,7 +59,7 @@ def test_system_unit_runs_dariod_as_a_dynamic_user_with_credentials_and_hardenin
 
 def test_every_credential_the_example_config_names_is_loaded_by_the_unit() -> None:
     config = teamconfig.load(SERVER / "dario.toml.example")
-    named = {a.secret.value for a in config.accounts if a.secret.kind == "credential"}
+    named = {a.secret.value for a in config.accounts if a.secret is not None and a.secret.kind == "credential"}
     assert config.server.api_key is not None and config.server.api_key.kind == "credential"
     named.add(config.server.api_key.value)
     loaded = {v.split(":", 1)[0] for v in values(unit()["Service"], "LoadCredential")}
@@ -69,7 +69,8 @@ def test_every_credential_the_example_config_names_is_loaded_by_the_unit() -> No
 def test_the_example_config_passes_the_checker() -> None:
     report, code = teamconfig.check(SERVER / "dario.toml.example")
     assert code == 0, report
-    assert "OK (3 accounts, preferred team-main)" in report
+    assert "OK (5 accounts, preferred team-main)" in report
+    assert "aws-main: the AWS default credential chain: by reference" in report
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")

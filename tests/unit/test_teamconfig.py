@@ -35,7 +35,6 @@ kind = "anthropic-compatible"
 base_url = "https://gw.example.com/v1/"
 secret = { file = "/etc/dario/keys/b" }
 enabled = false
-region = "eu-west-1"
 
 [[account]]
 alias = "c"
@@ -71,7 +70,7 @@ def test_a_good_file_reads_into_accounts_and_settings() -> None:
     a, b, c, d = config.accounts
     assert (a.kind, a.base_url, a.secret) == ("anthropic", "https://api.anthropic.com",
                                               SecretSpec("credential", "anthropic-a"))
-    assert b.base_url == "https://gw.example.com" and b.enabled is False and dict(b.options) == {"region": "eu-west-1"}
+    assert b.base_url == "https://gw.example.com" and b.enabled is False and dict(b.options) == {}
     assert c.secret == SecretSpec("env", "C_KEY") and d.secret == SecretSpec("keyring", "")
     assert config.preferred == "a"
     assert config.server.settings == {"host": "0.0.0.0", "port": 4000, "queue_timeout": 5.0,
