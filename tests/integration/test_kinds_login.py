@@ -57,6 +57,10 @@ def gateway(bedrock: FakeBedrock, vertex: FakeVertex, files: Path) -> Iterator[D
            "AWS_EC2_METADATA_DISABLED": "true", "GOOGLE_APPLICATION_CREDENTIALS": str(adc)}
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         env[var] = ""
+    # What login stores is read back from the file keyring, also when the suite runs on the real
+    # Secret Service (CI): these tests are about each kind's document, not the keyring.
+    env.update(PYTHON_KEYRING_BACKEND="tests.keyring_backend.FileKeyring",
+               DARIO_TEST_KEYRING_FILE=str(files / "keyring.json"))
     d = Dariod(env=env).start()
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         d.env.pop(var, None)

@@ -101,10 +101,11 @@ class Load:
         try:
             while not self._stop.is_set():
                 phase = self.phase
+                started = time.monotonic()
                 try:
                     status, seconds = _post(conn, f"load {i}")
                 except Exception as exc:  # a failed request is a result, not a crash of the load
-                    self.errors.append(repr(exc))
+                    self.errors.append(f"{phase}: {exc!r} after {time.monotonic() - started:.1f} s")
                     conn.close()
                     conn = http.client.HTTPConnection("127.0.0.1", self.d.port, timeout=30)
                     continue
@@ -139,6 +140,8 @@ def test_postgres_outage_under_load_fails_and_slows_nothing(
     fake.clear()
     d = Dariod(env={"DARIO_ANALYTICS_URL": team_url}).start()
     try:
+        # The load sends about a thousand requests in seconds: above the fake's default 1,000 a minute.
+        fake.set_limits("sk-ant-team-load", requests=1_000_000)
         d.login("work", "sk-ant-team-load", fake.url)
         with Load(d) as load:
             wait_until(lambda: load.count("before") >= 200, 30, "load before the outage")
