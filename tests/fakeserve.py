@@ -25,6 +25,18 @@ from hypercorn.trio import serve
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+async def answer_lifespan(receive: Any, send: Any) -> None:
+    """The ASGI lifespan protocol, for a fake with nothing to start or stop
+    (https://asgi.readthedocs.io/en/latest/specs/lifespan.html)."""
+    while True:
+        msg = await receive()
+        if msg["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif msg["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 async def serve_until_signal(app: Any, config: Config) -> None:
     """Serve `app` with `config`, print the READY line, and stop on SIGTERM or SIGINT."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -37,7 +37,7 @@ import orjson
 import trio
 from hypercorn.config import Config
 
-from tests.fakeserve import FakeProcess, serve_until_signal
+from tests.fakeserve import FakeProcess, answer_lifespan, serve_until_signal
 
 Message = dict[str, Any]
 
@@ -68,13 +68,8 @@ class SharedLimitFake:
     async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Message]],
                        send: Callable[[Message], Awaitable[None]]) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         body = b""
         while True:
             msg = await receive()

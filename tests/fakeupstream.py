@@ -77,7 +77,7 @@ from wsgiref.handlers import format_date_time
 import orjson
 import trio
 
-from tests.fakeserve import FakeProcess, serve_until_signal
+from tests.fakeserve import FakeProcess, answer_lifespan, serve_until_signal
 
 Scope = MutableMapping[str, Any]
 Message = dict[str, Any]
@@ -1008,13 +1008,8 @@ class App:
         if scope["type"] == "http":
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw = await _read_body(receive)
