@@ -160,23 +160,31 @@ def headroom_bar(fraction: float | None, width: int = 10) -> str:
     return "█" * filled + "░" * (width - filled) + f" {round(f * 100)}%"
 
 
-def window_text(name: str, w: WindowView) -> str | None:
-    """`req 49/50`, `req 2/3 (declared)`, `req 1/~2 (estimated)`; None when nothing is known."""
+def window_text(name: str, w: WindowView, *, marked: bool = True) -> str | None:
+    """`req 49/50`, `req 2/3 (declared)`, `req 1/~2 (estimated)`; None when nothing is known.
+
+    `marked=False` leaves out the `(declared)`/`(estimated)` word (the caller says it once).
+    """
     limit, remaining = w.get("limit"), w.get("remaining")
     if limit is None and remaining is None:
         return None
     source = w.get("source", "headers")
     approx = "~" if source == "estimated" else ""
     text = f"{WINDOW_LABELS.get(name, name)} {compact_count(remaining)}/{approx}{compact_count(limit)}"
-    return text if source not in ("declared", "estimated") else f"{text} ({source})"
+    return text if not marked or source not in ("declared", "estimated") else f"{text} ({source})"
 
 
 def windows_summary(windows: Mapping[str, WindowView]) -> str:
     """`req 49/50 · out 190k/200k`: remaining/limit per known rate-limit window, marked when the
-    limit is one the user declared or one dario estimated from throttling (`~`)."""
+    limit is one the user declared or one dario estimated from throttling (`~`). Windows that
+    all share one such source are marked once, at the end (the status table is narrow)."""
     order = [k for k in WINDOW_LABELS if k in windows] + sorted(k for k in windows if k not in WINDOW_LABELS)
-    parts = [text for key in order if (text := window_text(key, windows[key])) is not None]
-    return " · ".join(parts) or UNKNOWN
+    sources = {windows[k].get("source", "headers") for k in order}
+    shared = next(iter(sources)) if len(sources) == 1 and sources & {"declared", "estimated"} else None
+    parts = [text for key in order if (text := window_text(key, windows[key], marked=shared is None)) is not None]
+    if not parts:
+        return UNKNOWN
+    return " · ".join(parts) + (f" ({shared})" if shared else "")
 
 
 # Each declared limit: how it reads, and the window it bounds.
@@ -243,7 +251,7 @@ def _headroom_style(fraction: float | None) -> str:
 
 # Columns of the accounts table, least important first: a narrow terminal drops these in this
 # order (and shortens the bar) rather than cutting an alias or a number.
-DROPPABLE = ("Convs", "Kind", "In-flight", "Windows")
+DROPPABLE = ("Convs", "In-flight", "Kind", "Windows")
 NOTE_MAX = 120  # characters of one reason shown in the table
 NOTE_MIN_WIDTH = 24  # the note wraps between words; below this it would read one word per line
 SHOWS_HEADROOM = ("ok", "cooling", "exhausted")  # the others cannot serve: a bar would mislead

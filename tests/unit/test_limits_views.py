@@ -38,6 +38,10 @@ def test_windows_summary_marks_declared_and_estimated_limits() -> None:
     assert windows_summary({"requests": w(3, 2, "declared"), "output-tokens": w(40_000, 39_000, "estimated")}) == (
         "req 2/3 (declared) · out 39k/~40k (estimated)"
     )
+    # One source for every window: said once.
+    assert windows_summary({"requests": w(1, 0, "estimated"), "output-tokens": w(200, 195, "estimated")}) == (
+        "req 0/~1 · out 195/~200 (estimated)"
+    )
 
 
 def test_limits_lines_say_what_is_declared_and_what_was_learned() -> None:
