@@ -43,15 +43,10 @@ import re
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials, ReadOnlyCredentials
-from botocore.eventstream import EventStreamBuffer, ParserError
-from botocore.exceptions import BotoCoreError, ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError
 
 from dario.daemon import __version__
 from dario.daemon.errors import ANTHROPIC_STATUS, anthropic_type_for_status
@@ -62,6 +57,12 @@ from dario.daemon.upstream.httpclient import ConnectError, HttpClient, Response
 from dario.daemon.upstream.local import LocalReply, json_headers, read_capped, refusal
 from dario.daemon.upstream.modelids import PROFILE_PREFIXES, ModelIds
 from dario.daemon.upstream.sse import MAX_PENDING_EVENT, EventTooLarge
+
+if TYPE_CHECKING:
+    from botocore.credentials import Credentials, ReadOnlyCredentials
+
+# botocore is imported where it is used, not here: dariod builds this adapter whether or not any
+# Bedrock account exists, and importing botocore costs every user about 7 MB of resident memory.
 
 KIND = "bedrock"
 SIGNING_SERVICE = "bedrock"  # botocore's bedrock-runtime model: "signingName": "bedrock"
@@ -310,6 +311,10 @@ def _refused(status: int, etype: str, message: str) -> BedrockRequest:
 
 def _sign(request: BedrockRequest, creds: Credentials | ReadOnlyCredentials) -> list[tuple[bytes, bytes]]:
     """SigV4 by botocore (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_sigv.html)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
     aws = AWSRequest(method=request.method, url=request.url, data=request.body, headers=headers)
     signer_creds = creds if isinstance(creds, Credentials) else Credentials(creds.access_key, creds.secret_key,
@@ -416,7 +421,10 @@ class EventStreamDecoder:
     """
 
     def __init__(self) -> None:
+        from botocore.eventstream import EventStreamBuffer, ParserError
+
         self._buffer = EventStreamBuffer()
+        self._parser_error = ParserError
         self._pending = 0  # bytes fed and not yet handed out as whole frames
         self._held: dict[str, Any] | None = None  # a message_delta waiting for its usage
         self._broken = False
@@ -431,7 +439,7 @@ class EventStreamDecoder:
             for message in self._buffer:
                 self._pending -= message.prelude.total_length
                 out.append(self._frame(message.headers, message.payload))
-        except ParserError:
+        except self._parser_error:
             # A corrupt frame: nothing after it can be trusted (the CRCs say so).
             self._broken = True
             out.append(_error_event("api_error", "Amazon Bedrock sent a corrupt event-stream frame"))
@@ -541,6 +549,8 @@ class BedrockUpstream:
             # Bedrock API keys (https://docs.aws.amazon.com/bedrock/latest/userguide/api-keys-use.html)
             return [*request.headers, (b"authorization", b"Bearer " + auth.api_key.encode())]
         if auth.type == "keys":
+            from botocore.credentials import Credentials
+
             return _sign(request, Credentials(auth.access_key_id, auth.secret_access_key, auth.session_token))
         return _sign(request, await self.chain.get(auth.profile))
 
@@ -549,6 +559,13 @@ class BedrockUpstream:
         `LocalReply` in Anthropic's error shape (the AWS error name kept in `x-amzn-errortype`)."""
         if isinstance(request, BedrockRequest) and request.refused is not None:
             return refusal(*request.refused)
+        from botocore.exceptions import (
+            BotoCoreError,
+            ConnectionClosedError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+        )
+
         try:
             headers = await self.authorize(request)
         except CredentialsUnavailable as exc:
