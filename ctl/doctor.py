@@ -297,6 +297,35 @@ def check_clock(ctx: Context) -> list[Check]:
     return [Check("clock", "ok", f"within {max(abs(skew), 1):.0f} s of {url}")]
 
 
+def check_stores(ctx: Context) -> list[Check]:
+    """Where the pool state and the usage rows live, and whether that store works (team mode)."""
+    status = ctx.status()
+    if status is None:
+        return [Check("stores", "skip", "needs the daemon")]
+    out: list[Check] = []
+    store = status.get("store", "memory")
+    if store == "degraded":
+        out.append(Check("pool state", "warn", "Redis does not answer: this dariod routes on its own picture "
+                         "until it does (nothing fails meanwhile)",
+                         "check that redis-server runs and that --store / DARIO_STORE names it"))
+    elif store == "ok":
+        out.append(Check("pool state", "ok", "shared through Redis"))
+    else:
+        out.append(Check("pool state", "ok", "in memory (this dariod alone)"))
+    analytics = status.get("analytics")
+    if analytics is None:
+        out.append(Check("usage", "skip", "not recorded (--no-analytics)"))
+    elif analytics.get("problem") or not analytics.get("ok", True):
+        dropped = analytics.get("dropped", 0)
+        lost = f"; {dropped:,} rows dropped" if dropped else ""
+        out.append(Check("usage", "warn", f"{analytics.get('problem') or 'the usage store is unusable'}"
+                         f" ({analytics.get('pending', 0):,} rows waiting{lost})",
+                         "requests are still served; fix the database and dariod writes the waiting rows"))
+    else:
+        out.append(Check("usage", "ok", f"{analytics.get('store', 'sqlite')}: {analytics.get('where', '')}"))
+    return out
+
+
 CHECKS: tuple[tuple[str, Callable[[Context], list[Check]]], ...] = (
     ("daemon", check_daemon),
     ("control files", check_control_files),
@@ -307,6 +336,7 @@ CHECKS: tuple[tuple[str, Callable[[Context], list[Check]]], ...] = (
     ("public port", check_public_port),
     ("upstream", check_upstreams),
     ("clock", check_clock),
+    ("stores", check_stores),
 )
 
 

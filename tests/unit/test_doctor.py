@@ -137,3 +137,23 @@ def test_autostart_installed_then_enabled(tmp_path: Path) -> None:
     wants.symlink_to(tmp_path / ".config" / "systemd" / "user" / autostart.SERVICE_NAME)
     [check] = doctor.check_autostart(StubContext(None, tmp_path))
     assert (check.status, check.verdict) == ("ok", "installed and enabled")
+
+
+@pytest.mark.parametrize(("status", "expected"), [
+    ({}, [("pool state", "ok", "in memory (this dariod alone)"), ("usage", "skip", "not recorded (--no-analytics)")]),
+    ({"store": "ok", "analytics": {"store": "postgresql", "where": "postgresql://team:***@db/usage", "ok": True,
+                                   "pending": 0, "written": 5, "dropped": 0, "problem": None}},
+     [("pool state", "ok", "shared through Redis"), ("usage", "ok", "postgresql: postgresql://team:***@db/usage")]),
+    ({"store": "degraded", "analytics": {"store": "postgresql", "where": "postgresql://db/usage", "ok": False,
+                                         "pending": 1200, "written": 5, "dropped": 7,
+                                         "problem": "usage analytics database postgresql://db/usage is unusable"}},
+     [("pool state", "warn", None), ("usage", "warn", "usage analytics database postgresql://db/usage is unusable "
+                                                       "(1,200 rows waiting; 7 rows dropped)")]),
+])
+def test_stores_say_where_state_and_usage_live_and_whether_they_work(
+        tmp_path: Path, status: dict[str, Any], expected: list[tuple[str, str, str | None]]) -> None:
+    checks = doctor.check_stores(StubContext(status, tmp_path))
+    assert [(c.name, c.status) for c in checks] == [(name, verdict) for name, verdict, _ in expected]
+    for check, (_, _, words) in zip(checks, expected, strict=True):
+        assert words is None or check.verdict == words
+    assert "redis-server" in checks[0].hint if checks[0].status == "warn" else True
