@@ -1,8 +1,7 @@
-"""Model ids per account kind through a real dariod: what an Anthropic-only pool can show today.
-
-Bedrock and Vertex AI accounts are logged in and wired by the `kinds` branch; the pool-level tests
-(tests/unit/test_models_per_kind.py) cover their skipping. `test_cross_kind_pool` below is the
-end-to-end check to enable once both branches are merged (see its skip reason).
+"""Model ids per account kind through a real dariod: unknown and native ids, models.json, per-kind
+prices, and a pool of an Anthropic account and a Bedrock account (`test_cross_kind_pool`), where a
+model only some kinds offer goes only to them. The pool-level rules are in
+tests/unit/test_models_per_kind.py.
 """
 
 from __future__ import annotations
