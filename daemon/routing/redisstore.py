@@ -27,11 +27,33 @@ the process):
 - `dario:hb:<instance id>`: the instance's lease, `SET … PX 3000` refreshed every second.
   Scripts that read reservations drop fields whose instance has no lease: a `kill -9`'d
   instance's reservations vanish within the lease TTL.
+- `dario:aff:<hex digest>` string: the `<id>` that holds the prompt-cache prefix, with the
+  cache's TTL; channel `dario:aff` carries the same entries to every instance's map (below).
 - `dario:pref`: the preferred alias. Channel `dario:pool`: every script that changes an account
   (release, observe, block, clear, recovery) publishes its new record (JSON); each instance's
   subscriber applies it to the mirror and calls `Pool.refreshed`, which re-judges the wait queue:
   waiting requests are woken by Redis, not by polling. Every instance sees the messages in the
   same order; each keeps its own FIFO queue.
+
+Prompt-cache affinity (`affinity_put`, called after a successful answer): the local
+`AffinityMap` as in `MemoryStore`, plus one queued op that the writer sends in its pipeline as one
+`SET dario:aff:<hex digest> <id> PX <ttl ms>` per cache key (Redis expires it with the upstream's
+cache; a rewrite refreshes it) and one `PUBLISH dario:aff` of {instance, id, [(digest, ttl,
+expiry)]}. Each other instance adds the entries to its own map when `<id>` names the account it
+holds under the same key (another key under the same alias is another organisation, whose cache
+this one cannot read), with the writer's expiry. `affinity_get` stays the local, synchronous
+lookup: no Redis call on the request path. The subscriber is started (and `run` returns) only
+once Redis has confirmed both subscriptions, so nothing published after that is missed.
+
+Entries an instance missed (it started, or it was degraded, while they were written) are *not*
+read back, neither at merge-back nor lazily. A read on a local miss would either have to be
+awaited before the choice (the round trip this design avoids) or arrive after the choice was
+made, when the request's own answer is about to write (and publish) the entry anyway. Entries
+live five minutes to an hour, so the cost is at most one cache miss per conversation that was
+live across the gap, after which that conversation's next answer (on any instance) brings the
+entry to every map. The `dario:aff:*` strings are the shared record for an awaited read should a
+later change want one (`MGET` of the lookup digests, longest first). Entries written while
+degraded stay in the writer's map and are not pushed at merge-back, for the same reason.
 
 Clocks: scripts compare times the calling instance sends (epoch seconds), so instances of one
 team need clocks in sync (NTP) to well under a window.
