@@ -15,7 +15,10 @@ a breakpoint does not change the digests of earlier prefixes); each candidate bo
 `copy().digest()` of that running hash, so the cost is O(prompt size) + O(breakpoints × 20).
 
 `AffinityMap` remembers the account that served each written prefix until its TTL runs out (a
-use refreshes it), bounded by an LRU cap; `MemoryStore` (store.py) keeps one.
+use refreshes it), bounded by an LRU cap; `MemoryStore` (store.py) keeps one. In team mode
+`RedisStore` also puts other instances' entries, as of the time they were written there: a dict's
+order can then be off by the propagation delay, so an entry past its expiry may stay that much
+longer before `expire` drops it (`get` checks each entry's expiry itself).
 
 May import: exchange.
 """

@@ -27,11 +27,33 @@ the process):
 - `dario:hb:<instance id>`: the instance's lease, `SET … PX 3000` refreshed every second.
   Scripts that read reservations drop fields whose instance has no lease: a `kill -9`'d
   instance's reservations vanish within the lease TTL.
+- `dario:aff:<hex digest>` string: the `<id>` that holds the prompt-cache prefix, with the
+  cache's TTL; channel `dario:aff` carries the same entries to every instance's map (below).
 - `dario:pref`: the preferred alias. Channel `dario:pool`: every script that changes an account
   (release, observe, block, clear, recovery) publishes its new record (JSON); each instance's
   subscriber applies it to the mirror and calls `Pool.refreshed`, which re-judges the wait queue:
   waiting requests are woken by Redis, not by polling. Every instance sees the messages in the
   same order; each keeps its own FIFO queue.
+
+Prompt-cache affinity (`affinity_put`, called after a successful answer): the local
+`AffinityMap` as in `MemoryStore`, plus one queued op that the writer sends in its pipeline as one
+`SET dario:aff:<hex digest> <id> PX <ttl ms>` per cache key (Redis expires it with the upstream's
+cache; a rewrite refreshes it) and one `PUBLISH dario:aff` of {instance, id, [(digest, ttl,
+expiry)]}. Each other instance adds the entries to its own map when `<id>` names the account it
+holds under the same key (another key under the same alias is another organisation, whose cache
+this one cannot read), with the writer's expiry. `affinity_get` stays the local, synchronous
+lookup: no Redis call on the request path. The subscriber is started (and `run` returns) only
+once Redis has confirmed both subscriptions, so nothing published after that is missed.
+
+Entries an instance missed (it started, or it was degraded, while they were written) are *not*
+read back, neither at merge-back nor lazily. A read on a local miss would either have to be
+awaited before the choice (the round trip this design avoids) or arrive after the choice was
+made, when the request's own answer is about to write (and publish) the entry anyway. Entries
+live five minutes to an hour, so the cost is at most one cache miss per conversation that was
+live across the gap, after which that conversation's next answer (on any instance) brings the
+entry to every map. The `dario:aff:*` strings are the shared record for an awaited read should a
+later change want one (`MGET` of the lookup digests, longest first). Entries written while
+degraded stay in the writer's map and are not pushed at merge-back, for the same reason.
 
 Clocks: scripts compare times the calling instance sends (epoch seconds), so instances of one
 team need clocks in sync (NTP) to well under a window.
@@ -56,13 +78,14 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from dario.daemon.exchange import Estimate
+from dario.daemon.exchange import CacheKey, Estimate
+from dario.daemon.routing.affinity import TTL_1H, TTL_5M
 from dario.daemon.routing.ratelimits import WINDOWS, Window
 from dario.daemon.routing.store import AccountState, BlockKind, MemoryStore
 
@@ -77,6 +100,8 @@ log = logging.getLogger("dario")
 
 PREFIX = "dario:"
 CHANNEL = PREFIX + "pool"
+AFFINITY_CHANNEL = PREFIX + "aff"
+_AFFINITY_TTLS = frozenset((TTL_5M, TTL_1H))
 LEASE_TTL_MS = 3000
 HEARTBEAT_EVERY = 1.0
 TIMEOUT = 0.25
@@ -318,6 +343,7 @@ class RedisStore(MemoryStore):
         self._writes_unanswered: dict[str, int] = {}  # tag -> queued writes Redis has not answered yet
         self._health_changed = trio.Event()
         self.on_refresh: Callable[[AccountState], None] | None = None  # the pool's re-judge hook
+        self.on_affinity: Callable[[str], None] | None = None  # called with the alias of each affinity message applied
 
     # -- identity ----------------------------------------------------------------------
     def tag(self, acc: AccountState) -> str | None:
@@ -367,6 +393,40 @@ class RedisStore(MemoryStore):
         self._ids.pop(alias, None)
         self._local.pop(alias, None)
         self._others.pop(alias, None)
+
+    def affinity_put(self, keys: Sequence[CacheKey], alias: str, now: float) -> None:
+        super().affinity_put(keys, alias, now)
+        acc = self.accounts.get(alias)
+        tag = None if self.degraded or acc is None else self.tag(acc)
+        if tag is None:
+            return  # degraded (this instance's map only, as `MemoryStore`), or a key not known yet
+        args: list[str | float | int] = []
+        for digest, ttl in keys:
+            args += [digest.hex(), ttl, now + ttl]
+        # Not counted in `_writes_unanswered`: no account record comes back from these writes.
+        self._pending.append(_Op("aff", tag, args))
+        self._queued_total += 1
+        self._wake.set()
+
+    def _apply_affinity(self, data: str) -> None:
+        """Another instance's `affinity_put`, published on `AFFINITY_CHANNEL`: add it to the local map."""
+        msg = json.loads(data)
+        if msg["i"] == self.instance_id:
+            return  # this instance's own, already in its map
+        tag = str(msg["t"])
+        alias = tag.rsplit(":", 1)[0]
+        acc = self.accounts.get(alias)
+        if acc is None or self.tag(acc) != tag:
+            return  # another team member's account, or another key under the same name (another org)
+        now = self.clock()
+        for digest_hex, ttl, expires in msg["e"]:
+            ttl, expires = float(ttl), float(expires)
+            if ttl not in _AFFINITY_TTLS or expires <= now:
+                continue
+            # Written as of the sender's clock, so the entry runs out when the sender's does.
+            self.affinity.put((CacheKey(bytes.fromhex(digest_hex), ttl),), alias, expires - ttl)
+        if self.on_affinity is not None:
+            self.on_affinity(alias)
 
     def prefer(self, alias: str | None) -> None:
         super().prefer(alias)
@@ -541,7 +601,8 @@ class RedisStore(MemoryStore):
             await self._beat()
             nursery.start_soon(self._heartbeat_forever)
             nursery.start_soon(self._write_forever)
-            nursery.start_soon(self._subscribe_forever)
+            # Started once subscribed (or failed to): a change published after `run` started is heard.
+            await nursery.start(self._subscribe_forever)
             task_status.started()
 
     async def _heartbeat_forever(self) -> None:
@@ -627,7 +688,7 @@ class RedisStore(MemoryStore):
         now = self.clock()
         replies = await trio.to_thread.run_sync(self._pipeline, ops, now)
         for op, reply in zip(ops, replies, strict=True):
-            if op.script != "pref":
+            if op.script not in ("pref", "aff"):
                 if op.queued:
                     self._answered_write(op.tag)
                 self._apply_tagged(op.tag, reply[0], reply[1])
@@ -640,17 +701,33 @@ class RedisStore(MemoryStore):
             self._writes_unanswered.pop(tag, None)
 
     def _pipeline(self, ops: list[_Op], now: float) -> list[Any]:
+        """Send every op in one round trip; one reply per op (an affinity op's are its SETs' and PUBLISH's)."""
         pipe = self.client.pipeline(transaction=False)
+        sizes: list[int] = []
         for op in ops:
             if op.script == "pref":
                 if op.args[0]:
                     pipe.set(PREFIX + "pref", str(op.args[0]))
                 else:
                     pipe.delete(PREFIX + "pref")
+                sizes.append(1)
+            elif op.script == "aff":
+                entries = [op.args[i:i + 3] for i in range(0, len(op.args), 3)]
+                for digest_hex, ttl, _ in entries:
+                    pipe.set(f"{PREFIX}aff:{digest_hex}", op.tag, px=int(float(ttl) * 1000))
+                pipe.publish(AFFINITY_CHANNEL, json.dumps({"i": self.instance_id, "t": op.tag, "e": entries}))
+                sizes.append(len(entries) + 1)
             else:
                 self._scripts[op.script](keys=self.keys(op.tag), args=[now, self.instance_id, op.tag, *op.args],
                                          client=pipe)
-        return list(pipe.execute())
+                sizes.append(1)
+        flat = pipe.execute()
+        replies: list[Any] = []
+        start = 0
+        for size in sizes:
+            replies.append(flat[start] if size == 1 else flat[start:start + size])
+            start += size
+        return replies
 
     async def _write_forever(self) -> None:
         while True:
@@ -673,15 +750,22 @@ class RedisStore(MemoryStore):
         while self._answered_total < target and not self.degraded:
             await self._answered.wait()
 
-    async def _subscribe_forever(self) -> None:
+    async def _subscribe_forever(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        started = False
         while True:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.client.pubsub()
             try:
-                await trio.to_thread.run_sync(pubsub.subscribe, CHANNEL)
+                await trio.to_thread.run_sync(_subscribe, pubsub)
+                if not started:
+                    started = True
+                    task_status.started()
                 while True:
                     batch = await trio.to_thread.run_sync(_next_messages, pubsub, abandon_on_cancel=True)
-                    for data in batch:
+                    for channel, data in batch:
                         try:
+                            if channel == AFFINITY_CHANNEL:
+                                self._apply_affinity(data)
+                                continue
                             msg = json.loads(data)
                             self._apply_tagged(msg["t"], _lua_list(msg["h"]), _lua_list(msg["r"]))
                         except (ValueError, KeyError, TypeError):
@@ -691,6 +775,9 @@ class RedisStore(MemoryStore):
             finally:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(_close_quietly, pubsub)
+            if not started:
+                started = True
+                task_status.started()
             await trio.sleep(HEARTBEAT_EVERY / 2)
 
 
@@ -699,13 +786,26 @@ def _lua_list(value: object) -> list[str]:
     return [str(x) for x in value] if isinstance(value, list) else []
 
 
-def _next_messages(pubsub: Any) -> list[str]:
-    """Block up to a second for one message, then take whatever else is already there."""
-    out: list[str] = []
+def _subscribe(pubsub: Any) -> None:
+    """Subscribe to both channels and wait for Redis to confirm each: every later PUBLISH is heard."""
+    channels = (CHANNEL, AFFINITY_CHANNEL)
+    pubsub.subscribe(*channels)
+    confirmed = 0
+    while confirmed < len(channels):
+        msg = pubsub.get_message(timeout=TIMEOUT)
+        if msg is None:
+            raise redis.TimeoutError("Redis did not confirm the subscription")
+        if msg.get("type") == "subscribe":
+            confirmed += 1
+
+
+def _next_messages(pubsub: Any) -> list[tuple[str, str]]:
+    """Block up to a second for one message, then take whatever else is already there: (channel, data)."""
+    out: list[tuple[str, str]] = []
     msg = pubsub.get_message(timeout=1.0)
     while msg is not None:
         if msg.get("type") == "message":
-            out.append(msg["data"])
+            out.append((msg["channel"], msg["data"]))
         msg = pubsub.get_message(timeout=0.0)
     return out
 

@@ -33,16 +33,10 @@ to this interface:
   it to the mirror and calls `Pool.refreshed`, which re-judges its wait queue.
 - `health`: "ok" or "degraded" (Redis not answering: the mirror alone decides, as `MemoryStore`);
   `Pool.store_health` says "memory" for a store without it.
-
-Not shared yet (sketch for a later change):
-
-- Prompt-cache affinity (`affinity_get` / `affinity_put`): one string per prefix digest,
-  `dario:aff:<hex digest>` = alias, written with `SET … PX <ttl ms>` so Redis expires it at the
-  TTL and a rewrite refreshes it; `affinity_get` is one `MGET` of the request's lookup digests
-  (the first non-nil, longest prefix first, wins). The size cap is Redis's own `maxmemory` with
-  `volatile-lru`. The per-account counts for views are a sorted set per alias
-  (`dario:aff-owner:<alias>`, score = expiry, `ZREMRANGEBYSCORE` then `ZCARD`), kept by the same
-  Lua script that writes the strings.
+- Prompt-cache affinity: `affinity_put` also queues, for the writer's pipeline, one
+  `SET dario:aff:<hex digest> <alias:fingerprint> PX <ttl ms>` per key and a publish of the
+  entries, which every instance adds to its local `AffinityMap`. `affinity_get` and
+  `affinity_counts` stay local and synchronous: affinity adds no round trip to a request.
 
 Per-instance facts stay local and are never shared: the key itself (each instance reads its own
   OS keyring), keyring waits, the heap bookkeeping (uid, version, timer_due, last_chosen) and the
