@@ -65,3 +65,19 @@ class RedisServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    def fresh_url(self) -> str:
+        """The server's URL with an empty database, started again if a test stopped it."""
+        if not self.answers():
+            self.start()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(b"FLUSHDB\r\n")
+            if not s.recv(16).startswith(b"+OK"):
+                raise RuntimeError(f"redis-server on port {self.port} refused FLUSHDB")
+        return self.url

@@ -44,6 +44,7 @@ from dario.daemon.upstream.httpclient import (
     ReadTimeout,
     UpstreamError,
 )
+from dario.daemon.upstream.local import read_capped
 from dario.daemon.upstream.sse import EventTooLarge, iter_events
 
 log = logging.getLogger("dario.relay")
@@ -241,7 +242,7 @@ class Relay:
             self.pool.observe_headers(acc, snap, lease.started, status)
             if status >= 400:
                 # Where upstream error text enters dario: from here on it holds no key.
-                body = redact_body(await self._read_error_body(response), up.secret_values(acc.secret))
+                body = redact_body(await read_capped(response, MAX_ERROR_BODY), up.secret_values(acc.secret))
                 out.upstream_ms += (time.perf_counter() - t0) * 1000.0
                 answer = Answer(status, self._client_headers(response, acc.alias, inc, None), body, acc.alias)
                 verdict = up.classify(status, response.headers, body)
@@ -274,19 +275,6 @@ class Relay:
             await sink.answer(answer)
         finally:
             await response.aclose()
-
-    async def _read_error_body(self, response: Reply) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_ERROR_BODY:
-                    break
-                chunks.append(chunk)
-        except UpstreamError:
-            pass  # a truncated error body is still an error
-        return b"".join(chunks)
 
     def _upstream_of(self, acc: AccountState, lease: Lease) -> Upstream:
         up = self.upstreams.get(acc.kind)

@@ -12,7 +12,7 @@ from dario.daemon.upstream import ratelimits
 from dario.daemon.upstream.base import Call, Request, StreamDecoder, Upstream, Verdict, VerdictKind
 from dario.daemon.upstream.errors import parse_error
 from dario.daemon.upstream.httpclient import HttpClient, Response
-from dario.daemon.upstream.sse import EventSplitter
+from dario.daemon.upstream.sse import EventSplitter, is_event_stream
 
 PATH_MESSAGES = "/v1/messages"
 PATH_COUNT_TOKENS = "/v1/messages/count_tokens"
@@ -106,10 +106,7 @@ class AnthropicUpstream:
         return None  # any error while listing models means the key (or the URL) is not usable
 
     def is_stream(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        for name, value in headers:
-            if name == b"content-type":
-                return value.startswith(b"text/event-stream")
-        return False
+        return is_event_stream(headers)
 
     def stream_decoder(self) -> StreamDecoder:
         return EventSplitter()  # already Anthropic SSE: only split into complete events

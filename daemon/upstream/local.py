@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 import orjson
 import trio
 
-from dario.daemon.upstream.httpclient import Response, UpstreamError
+from dario.daemon.upstream.base import Reply
+from dario.daemon.upstream.httpclient import UpstreamError
 
 MAX_ERROR_BODY = 256 * 1024
 
@@ -67,7 +68,7 @@ def refusal(status: int, etype: str, message: str) -> LocalReply:
     return LocalReply(status, json_headers(body), body)
 
 
-async def read_capped(response: Response, cap: int = MAX_ERROR_BODY) -> bytes:
+async def read_capped(response: Reply, cap: int = MAX_ERROR_BODY) -> bytes:
     """An error body, at most `cap` bytes; a body cut short by the connection is still an error."""
     chunks: list[bytes] = []
     size = 0
@@ -76,7 +77,7 @@ async def read_capped(response: Response, cap: int = MAX_ERROR_BODY) -> bytes:
             size += len(chunk)
             if size > cap:
                 break
-            chunks.append(bytes(chunk))
+            chunks.append(chunk)
     except UpstreamError:
         pass
     return b"".join(chunks)

@@ -22,6 +22,14 @@ _OVERLAP = len(_CRLF2) - 1  # a boundary may start this many bytes before a new 
 MAX_PENDING_EVENT = 4 * 1024 * 1024
 
 
+def is_event_stream(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether an answer's Content-Type says server-sent events (text/event-stream)."""
+    for name, value in headers:
+        if name == b"content-type":
+            return value.startswith(b"text/event-stream")
+    return False
+
+
 class EventTooLarge(Exception):
     """An event grew past the splitter's cap before its blank line arrived."""
 

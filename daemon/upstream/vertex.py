@@ -73,7 +73,7 @@ from dario.daemon.upstream.errors import MAX_MESSAGE, UpstreamErrorInfo, parse_e
 from dario.daemon.upstream.httpclient import ConnectError, HttpClient, Response
 from dario.daemon.upstream.local import LocalReply, error_body, json_headers, read_capped, refusal
 from dario.daemon.upstream.modelids import ModelIds
-from dario.daemon.upstream.sse import EventSplitter
+from dario.daemon.upstream.sse import EventSplitter, is_event_stream
 
 log = logging.getLogger("dario.upstream.vertex")
 
@@ -584,10 +584,7 @@ class VertexUpstream:
         return ratelimits.Snapshot({}, ratelimits.parse_retry_after(headers))
 
     def is_stream(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        for name, value in headers:
-            if name == b"content-type":
-                return value.startswith(b"text/event-stream")
-        return False
+        return is_event_stream(headers)
 
     def stream_decoder(self) -> StreamDecoder:
         return EventSplitter()  # streamRawPredict answers in Anthropic's own SSE

@@ -34,9 +34,8 @@ pytest.importorskip("redis")
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    srv = RedisServer().start()
-    yield srv
-    srv.cleanup()
+    with RedisServer() as srv:
+        yield srv
 
 
 def conversation_counts(d: Dariod) -> dict[str, int]:

@@ -25,17 +25,13 @@ LONGER = bytes(range(16, 32))
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RedisServer]:
-    srv = RedisServer().start()
-    yield srv
-    srv.cleanup()
+    with RedisServer() as srv:
+        yield srv
 
 
 @pytest.fixture
 def url(server: RedisServer) -> str:
-    if not server.answers():
-        server.start()
-    RedisStore(server.url).client.flushdb()
-    return server.url
+    return server.fresh_url()
 
 
 def _pool(url: str, accounts: dict[str, str]) -> tuple[Pool, RedisStore]:
