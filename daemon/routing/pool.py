@@ -202,8 +202,6 @@ class Pool:
             acc = self.store.add(AccountState(alias, kind, base_url, created, uid=next(self._uids)))
         acc.kind, acc.base_url, acc.created = kind, base_url, created
         acc.details = dict(details or {})
-        # Which models it offers depends on these (Bedrock: the region and inference profile).
-        acc.region, acc.profile_prefix = acc.details.get("region"), acc.details.get("inference_profile")
         if acc.enabled != enabled:
             self.store.set_enabled(acc, enabled)
         if secret is not None:
@@ -1078,9 +1076,9 @@ class Pool:
 
 
 def _target(acc: AccountState) -> tuple[str | None, str | None]:
-    """(region, profile prefix) of an account: its own fields, else what its base URL or (Bedrock,
-    until the registry carries them) its secret document says. Read only when a verdict is made."""
-    region, prefix = acc.region, acc.profile_prefix
+    """(region, profile prefix) of an account: its details (the registry's), else what its base URL
+    or (Bedrock) its secret document says. Read only when a verdict is made."""
+    region, prefix = acc.details.get("region"), acc.details.get("inference_profile")
     if acc.kind == BEDROCK:
         if (region is None or prefix is None) and acc.secret:
             try:

@@ -99,10 +99,6 @@ class AccountState:
     kind: str
     base_url: str
     created: float
-    # Non-secret target settings of Bedrock/Vertex accounts (the registry's; None: not set or
-    # another kind): which models the account offers depends on them (routing/models.py).
-    region: str | None = None
-    profile_prefix: str | None = None
     secret: str | None = None  # held in memory only; never serialized
     enabled: bool = True  # shared
     needs_login: str | None = None  # shared; reason, when the upstream rejected the key
@@ -131,7 +127,8 @@ class AccountState:
     version: int = 0  # bumped on every change; heap entries of older versions are stale
     last_chosen: int = 0  # sequence of the last choice: least recently chosen wins ties (round robin)
     timer_due: float | None = None  # when this account's pending timer fires
-    # A Bedrock or Vertex account's non-secret settings (region, project, credential type …), for views.
+    # A Bedrock or Vertex account's non-secret settings (region, project, credential type, inference
+    # profile …), for views; which models the account offers depends on its region and profile.
     details: dict[str, str | None] = field(default_factory=dict)
 
     def _clear_block_if_over(self, now: float) -> None:
